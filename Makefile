@@ -1,0 +1,24 @@
+# Two jobs, each sets up what it needs on a fresh machine.
+#   make demo   - the main job (see README)
+#   make test   - the test suite (what CI runs)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first and pinned: on this machine torch==2.13.0 is a local CPU wheel; an unpinned
+# torch would pull a multi-GB CUDA build.
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.txt
+
+demo: install
+	$(BIN)/python -m softrepa.demo
+
+test: install
+	$(BIN)/python -m pytest -q -x tests
