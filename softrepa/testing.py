@@ -1,0 +1,166 @@
+"""Tiny, seeded, random-weight diffusers pipelines built from configs: no downloads.
+
+Tests and benchmarks run the real code paths (the same functions that drive SD3, SD1.5 and
+SDXL) on these. The tokenizer is a real ``CLIPTokenizer`` built from the CLIP BPE vocabulary
+shipped in ``assets/clip-bpe`` (MIT, from open_clip), so prompts tokenize exactly as on the real
+models.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLIP_BPE = REPO_ROOT / "assets" / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCAB_SIZE = 49408
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The GPT-2/CLIP reversible byte -> printable unicode map."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+@functools.lru_cache(maxsize=1)
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """CLIP's vocabulary (49408 entries) and BPE merges, rebuilt from the BPE file as CLIP does."""
+    lines = gzip.open(CLIP_BPE).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == CLIP_VOCAB_SIZE, len(vocab)
+    return {token: i for i, token in enumerate(vocab)}, merges
+
+
+def clip_tokenizer(model_max_length: int = 77):
+    """A real ``CLIPTokenizer`` built offline."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    pairs = [tuple(m.split()) for m in merges]
+    return CLIPTokenizer(vocab=dict(vocab), merges=pairs, model_max_length=model_max_length)
+
+
+def save_clip_tokenizer(directory: str | os.PathLike, model_max_length: int = 77) -> Path:
+    directory = Path(directory)
+    clip_tokenizer(model_max_length).save_pretrained(directory)
+    return directory
+
+
+def tiny_clip_text_encoder(seed: int, hidden_size: int = 32, projection_dim: int = 32, with_projection: bool = True,
+                           num_layers: int = 2):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                            num_hidden_layers=num_layers, num_attention_heads=4, max_position_embeddings=77,
+                            projection_dim=projection_dim, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+                            hidden_act="gelu")
+    torch.manual_seed(seed)
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_class(config).eval()
+
+
+def tiny_vae(seed: int, block_out_channels=(8, 16), latent_channels: int = 4, shift_factor: float | None = None,
+             scaling_factor: float = 1.0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    n = len(block_out_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=tuple(block_out_channels),
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4,
+                         sample_size=32, shift_factor=shift_factor, scaling_factor=scaling_factor).eval()
+
+
+def tiny_sd3_transformer(seed: int = 0, num_layers: int = 3, caption_projection_dim: int = 32,
+                         sample_size: int = 16):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(sample_size=sample_size, patch_size=1, in_channels=4, out_channels=4,
+                                 num_layers=num_layers, attention_head_dim=8, num_attention_heads=4,
+                                 caption_projection_dim=caption_projection_dim, joint_attention_dim=64,
+                                 pooled_projection_dim=64, pos_embed_max_size=32).eval()
+
+
+def tiny_sd3_pipeline(seed: int = 0, num_layers: int = 3):
+    """SD3 architecture at toy size: two CLIP encoders (32 wide each), no T5, 3 joint blocks, 2x VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    tokenizer = clip_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=tiny_sd3_transformer(seed, num_layers=num_layers),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(seed + 1, shift_factor=0.0609, scaling_factor=1.5305),
+        text_encoder=tiny_clip_text_encoder(seed + 2), tokenizer=tokenizer,
+        text_encoder_2=tiny_clip_text_encoder(seed + 3), tokenizer_2=tokenizer,
+        text_encoder_3=None, tokenizer_3=None,
+    )
+
+
+def tiny_sd15_pipeline(seed: int = 0):
+    """SD1.5 architecture at toy size: CLIP text encoder (32 wide), 2-level UNet, DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=4).eval()
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(unet=unet, scheduler=scheduler, vae=tiny_vae(seed + 1, scaling_factor=0.18215),
+                                   text_encoder=tiny_clip_text_encoder(seed + 2, with_projection=False),
+                                   tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    """SDXL architecture at toy size: two CLIP encoders (32 + 32 = 64 wide), text-time conditioning."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                                projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+                                norm_num_groups=4).eval()
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    tokenizer = clip_tokenizer()
+    return StableDiffusionXLPipeline(unet=unet, scheduler=scheduler, vae=tiny_vae(seed + 1, scaling_factor=0.13025),
+                                     text_encoder=tiny_clip_text_encoder(seed + 2, with_projection=False),
+                                     tokenizer=tokenizer, text_encoder_2=tiny_clip_text_encoder(seed + 3),
+                                     tokenizer_2=tokenizer, force_zeros_for_empty_prompt=True)
+
+
+TINY_PIPELINES = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "sdxl": tiny_sdxl_pipeline}
+
+
+def tiny_pipeline(kind: str, seed: int = 0):
+    if kind not in TINY_PIPELINES:
+        raise ValueError(f"no tiny pipeline for kind {kind!r}; choose one of {sorted(TINY_PIPELINES)}")
+    return TINY_PIPELINES[kind](seed)
+
+
+def save_tiny_pipeline(kind: str, directory: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny pipeline in diffusers format so ``from_pretrained(directory)`` loads it offline."""
+    directory = Path(directory)
+    tiny_pipeline(kind, seed).save_pretrained(directory)
+    return directory
