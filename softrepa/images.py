@@ -1,0 +1,93 @@
+"""Opening user images safely: any mode to RGB, EXIF orientation, clear errors for bad files.
+
+Used at every edge that reads pictures (editor, app, trainer data, evaluation), so a CMYK JPEG,
+a 16-bit PNG, a palette GIF with transparency or a phone photo shot sideways all come out as an
+upright RGB image, and a zero-byte file, a text file or a decompression bomb gets a message that
+says what is wrong instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse images over this many pixels before decoding them (a 1 KB PNG can claim 100k x 100k).
+MAX_PIXELS = 64_000_000
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+
+class ImageInputError(ValueError):
+    """An image that cannot be used, with a message for a person."""
+
+
+def _open(source) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageInputError("the image is empty (0 bytes)")
+        return Image.open(io.BytesIO(source))
+    path = Path(source)
+    if not path.is_file():
+        raise ImageInputError(f"image file {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise ImageInputError(f"image file {path} is empty (0 bytes)")
+    return Image.open(path)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: alpha composited on white, 16/32-bit and float scaled to 8 bits."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        if image.mode == "F" and array.max() <= 1.0:
+            high = 1.0
+        gray = np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open ``source`` (path, bytes or PIL image) as an upright RGB image; ``ImageInputError`` if unusable."""
+    name = source if isinstance(source, (str, os.PathLike)) else "the image"
+    try:
+        image = _open(source)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageInputError(f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of "
+                                  f"{max_pixels:,}; downscale it first")
+        image = ImageOps.exif_transpose(image)  # phone photos: apply the EXIF orientation
+        image.load()
+        return to_rgb(image)
+    except ImageInputError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageInputError(f"{name} is not an image PIL can read (PNG, JPEG, WebP, ...)") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageInputError(f"{name} is too large to decode safely: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise ImageInputError(f"{name} could not be decoded ({exc}); is the file complete?") from exc
+
+
+def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to ``resolution`` then center-crop a square (training data)."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left = (new_size[0] - resolution) // 2
+    top = (new_size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
