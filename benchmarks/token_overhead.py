@@ -1,0 +1,83 @@
+"""Forward-time overhead of soft tokens on an SD3-shaped transformer (random weights).
+
+Real SD3-medium widths (1536 wide, 24 heads of 64), a few joint blocks, 1024 image tokens
+(64x64 latents, patch 2) and 333 text tokens (77 CLIP + 256 T5); m = 4 tokens on the first
+min(5, blocks) blocks. Tokens on and off are timed interleaved (on, off, on, off, ...) so drift
+in machine load hits both alike; medians over the repeats.
+
+    python benchmarks/token_overhead.py [--blocks 4] [--repeats 7] [--device cpu] [--dtype float32]
+
+Ends with ``RESULT overhead_pct=<x>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from diffusers import SD3Transformer2DModel
+
+from softrepa.backbones import attach_tokens, new_tokens
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> float:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(sample_size=64, patch_size=2, in_channels=16, out_channels=16,
+                                  num_layers=args.blocks, attention_head_dim=64, num_attention_heads=24,
+                                  joint_attention_dim=4096, caption_projection_dim=1536,
+                                  pooled_projection_dim=2048, pos_embed_max_size=96).eval()
+    model = model.to(device) if dtype == torch.float32 else model.to(device, dtype)
+    tokens = new_tokens(model, "sd3", num_layers=min(5, args.blocks))
+    inputs = dict(hidden_states=torch.randn(args.batch, 16, 64, 64, device=device, dtype=dtype),  # 1024 patches
+                  encoder_hidden_states=torch.randn(args.batch, 333, 4096, device=device, dtype=dtype),
+                  pooled_projections=torch.randn(args.batch, 2048, device=device, dtype=dtype),
+                  timestep=torch.full((args.batch,), 500.0, device=device))
+
+    def timed() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    times = {"off": [], "on": []}
+    with torch.no_grad(), attach_tokens(model, tokens) as attached:
+        for flag in (True, False):  # warm-up both paths
+            with attached.switch(flag):
+                timed()
+        for _ in range(args.repeats):
+            for name, flag in (("on", True), ("off", False)):
+                with attached.switch(flag):
+                    times[name].append(timed())
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    overhead = 100.0 * (on - off) / off
+    print(f"SD3-shaped transformer: {args.blocks} blocks x 1536 wide, 1024 image + 333 text tokens, "
+          f"batch {args.batch}, {args.device} {args.dtype}, m=4, L={tokens.config.num_layers}")
+    print(f"| tokens | median s/forward | min | max |")
+    print(f"|---|---|---|---|")
+    for name in ("off", "on"):
+        print(f"| {name} | {statistics.median(times[name]):.4f} | {min(times[name]):.4f} | {max(times[name]):.4f} |")
+    # the minimum is the least load-sensitive statistic on a shared machine; shown beside the median
+    print(f"overhead of the fastest runs: {100.0 * (min(times['on']) - min(times['off'])) / min(times['off']):.2f} %")
+    print(f"RESULT overhead_pct={overhead:.2f}")
+    return overhead
+
+
+if __name__ == "__main__":
+    main()
