@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -156,6 +157,8 @@ class ModelKind:
     steps: int = 28  # text-to-image defaults
     cfg: float = 4.0
     resolution: int = 1024
+    max_sequence_length: int = 256  # SD3 pipelines: T5 tokens (zeros when there is no T5)
+    without_t5: bool = False  # load SD3-family pipelines with text_encoder_3=None
 
 
 KINDS: dict[str, ModelKind] = {
@@ -173,6 +176,13 @@ KINDS: dict[str, ModelKind] = {
 }
 
 
+# The bundled shapes-world model (softrepa/shapes_model.py): SD3 architecture, no T5, 64 px.
+SHAPES_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-sd3"
+KINDS["shapes-sd3"] = ModelKind(arch="mmdit", hub_id=str(SHAPES_MODEL_DIR), pipeline_class="StableDiffusion3Pipeline",
+                                denoiser_attr="transformer", num_tokens=4, num_layers=3, dweight=0.0, steps=28,
+                                cfg=4.0, resolution=64, max_sequence_length=8, without_t5=True)
+
+
 def register_kind(name: str, kind: ModelKind) -> None:
     """Add a model kind (e.g. the bundled shapes model registers its own defaults)."""
     if kind.arch not in ARCHITECTURES:
@@ -184,6 +194,26 @@ def get_kind(name: str) -> ModelKind:
     if name not in KINDS:
         raise ValueError(f"unknown model kind {name!r}; choose one of {sorted(KINDS)}")
     return KINDS[name]
+
+
+def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu"):
+    """Load a diffusers pipeline of ``kind`` from a Hub id or local folder (default: the kind's model).
+
+    The frozen model is cast to ``dtype``; soft tokens attached later stay float32.
+    """
+    import diffusers
+
+    spec = get_kind(kind)
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
+    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if spec.without_t5 else {}
+    source = model or spec.hub_id
+    try:
+        pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"could not load a {spec.pipeline_class} from {source!r} ({exc}). Give a local diffusers "
+                           "folder or a Hub id you have access to (run `huggingface-cli login` for gated models).") from exc
+    return pipe.to(device)
 
 
 def denoiser_of(model: nn.Module | Any, kind: str) -> nn.Module:
