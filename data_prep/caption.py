@@ -50,6 +50,7 @@ from data_prep.jsonl_store import (
     write_text_atomically,
 )
 from data_prep.rewrite_check import RewriteRules, check_rewrite
+from softrepa.images import load_rgb
 
 logger = logging.getLogger("data_prep.caption")
 
@@ -573,17 +574,15 @@ def hash_image_file(item: ImageItem) -> None:
 
 
 def open_image(path: Path, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """RGB image (downscaled to ``max_side`` on its long side) and its ORIGINAL size."""
-    with Image.open(path) as image:
-        image.load()
-        size = image.size
-        rgb = image.convert("RGB")
+    """Upright RGB image (downscaled to ``max_side`` on its long side) and its ORIGINAL size."""
+    rgb = load_rgb(path)  # any mode -> RGB, EXIF orientation, clear errors for bad files
+    size = rgb.size
     if max_side and max(size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return rgb, size
 
 
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # ImageInputError is a ValueError
 
 
 # --------------------------------------------------------------------------------------
