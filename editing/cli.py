@@ -1,0 +1,381 @@
+"""Command line: FlowEdit one image or a batch, with or without SoftREPA soft tokens.
+
+    python -m editing --image cat.png --source "a cat on a sofa" --target "a dog on a sofa" --out edits/
+    python -m editing --image cat.png --source ... --target ... --tokens sd3.safetensors --preset sd3-tokens
+    python -m editing --batch edits.yaml --out edits/          # FlowEdit's edits.yaml format
+    python -m editing --batch pairs.jsonl --out edits/         # data-prep rows: image, source_prompt, target_prompt
+
+Outputs are PNGs carrying every parameter (and the token file's sha256) as JSON text metadata
+(``editing.editor.read_png_metadata``). Existing outputs are skipped, so an interrupted batch resumes
+where it stopped; use one ``--out`` per setting (the file name holds the image, target and tokens
+state, not every parameter). A malformed batch row is reported with its line and the rest continue;
+the exit status is 1 when any row failed.
+
+Device and dtype are decided here only: the library code follows the pipeline it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from editing.editor import FlowEditor
+from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
+from editing.inputs import DEFAULT_MAX_SIDE
+from editing.presets import PRESETS, default_preset_name, get_preset
+from softrepa.backbones import KINDS
+from softrepa.images import ImageInputError
+
+DEFAULT_MODEL = KINDS["sd3"].hub_id
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# command-line flag -> FlowEditParams field; None means "take the preset's value"
+PARAM_FLAGS = {"steps": "steps", "n_max": "n_max", "n_min": "n_min", "n_avg": "n_avg", "src_cfg": "src_cfg",
+               "tar_cfg": "tar_cfg", "seed": "seed", "src_negative": "src_negative_prompt",
+               "tar_negative": "tar_negative_prompt", "guidance": "guidance", "token_branches": "token_branches"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m editing", description="FlowEdit on SD3 with SoftREPA soft tokens",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    what = parser.add_argument_group("what to edit (one image, or --batch)")
+    what.add_argument("--image", help="input image (any format PIL reads)")
+    what.add_argument("--source", help="prompt describing the input image")
+    what.add_argument("--target", help="prompt describing the wanted result")
+    what.add_argument("--batch", help="FlowEdit edits.yaml (input_img/init_img, source_prompt, target_prompts, "
+                                      "target_codes) or a .jsonl of {image, source_prompt, target_prompt}")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local diffusers folder of an SD3 pipeline")
+    tokens = model.add_mutually_exclusive_group()
+    tokens.add_argument("--tokens", help="soft-token file (.safetensors, python -m softrepa.tokens)")
+    tokens.add_argument("--no-tokens", action="store_true", help="edit without soft tokens (the default)")
+    model.add_argument("--kind", default=None, help="model kind for the default preset (default: the tokens' kind, "
+                                                    "else sd3)")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+    model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float16 on GPUs, float32 on CPU")
+    model.add_argument("--no-t5", action="store_true", help="do not load the T5 text encoder (saves ~9 GB; "
+                                                            "slightly worse prompt following)")
+    params = parser.add_argument_group("FlowEdit parameters (default: the preset's)")
+    params.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="named settings (default: sd3, or sd3-tokens with --tokens)")
+    params.add_argument("--steps", type=int, help="T, total scheduler steps")
+    params.add_argument("--n-max", type=int, help="editing steps out of T: the edit strength")
+    params.add_argument("--n-min", type=int, help="last steps that sample the target plainly (adds detail)")
+    params.add_argument("--n-avg", type=int, help="noise samples averaged per step")
+    params.add_argument("--src-cfg", type=float, help="source guidance scale")
+    params.add_argument("--tar-cfg", type=float, help="target guidance scale")
+    params.add_argument("--seed", type=int, help="seed of all noise")
+    params.add_argument("--src-negative", help="source negative prompt")
+    params.add_argument("--tar-negative", help="target negative prompt")
+    params.add_argument("--guidance", choices=GUIDANCE_MODES, help="standard: u + w (c - u); authors: target "
+                                                                  "c + w (c - u) as SoftREPA's code")
+    params.add_argument("--token-branches", choices=TOKEN_BRANCHES, help="tokens on both branches or the target only")
+    params.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="inputs are downscaled to this long side")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default="edits", help="output folder (single edit: a .png path also works)")
+    out.add_argument("--overwrite", action="store_true", help="redo edits whose output exists")
+    args = parser.parse_args(argv)
+    single = [args.image, args.source, args.target]
+    if args.batch is None and not all(v is not None for v in single):
+        parser.error("give --image, --source and --target, or --batch FILE")
+    if args.batch is not None and any(v is not None for v in single):
+        parser.error("--batch cannot be combined with --image/--source/--target")
+    return args
+
+
+# ----------------------------------------------------------------------------- parameters and model
+
+
+def params_from_args(args: argparse.Namespace, kind: str, use_tokens: bool) -> FlowEditParams:
+    """The preset (named, or the default for this kind and tokens state) with explicit flags on top."""
+    preset = get_preset(args.preset or default_preset_name(kind, use_tokens))
+    overrides = {field: getattr(args, flag) for flag, field in PARAM_FLAGS.items() if getattr(args, flag) is not None}
+    params = preset.params.replace(**overrides)
+    params.check()
+    return params
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, no_t5: bool = False) -> Any:
+    """An SD3 pipeline from a Hub id or a local folder, on ``device`` in ``dtype``."""
+    from diffusers import StableDiffusion3Pipeline
+
+    config = StableDiffusion3Pipeline.load_config(model)
+    missing_t5 = config.get("text_encoder_3") in (None, [None, None])  # pipelines saved without T5
+    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if (no_t5 or missing_t5) else {}
+    return StableDiffusion3Pipeline.from_pretrained(model, dtype=dtype, **kwargs).to(device)
+
+
+# ----------------------------------------------------------------------------- batch files
+
+
+@dataclass
+class Job:
+    image: Path
+    source_prompt: str
+    target_prompt: str
+    name: str  # output file stem, already sanitized
+    origin: str  # "file:line" for messages
+
+
+def safe_name(text: str, max_length: int = 80) -> str:
+    """A file-name stem with no path separators, no leading dots and only portable characters."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:max_length].rstrip("._-")
+    return name or "edit"
+
+
+def output_path(out_dir: Path, name: str) -> Path:
+    """``out_dir / <safe name>.png``; refuses anything that would land outside ``out_dir``."""
+    path = out_dir / f"{safe_name(name, 160)}.png"
+    if path.resolve().parent != out_dir.resolve():
+        raise ValueError(f"output name {name!r} escapes the output folder {out_dir}")
+    return path
+
+
+def job_name(image: Path, target_prompt: str, code: str | None = None) -> str:
+    # without a code: a short slug plus a hash of the prompt, stable when the batch file is edited
+    if code:
+        label = safe_name(str(code), 60)
+    else:
+        label = f"{safe_name(target_prompt, 40)}-{hashlib.sha256(target_prompt.encode()).hexdigest()[:8]}"
+    return f"{safe_name(image.stem, 60)}__{label}"
+
+
+def _resolve_image(value: Any, batch_dir: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"image path must be a non-empty string, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and (batch_dir / path).exists():  # FlowEdit's paths are relative to its repo
+        return batch_dir / path
+    return path
+
+
+def _text(entry: dict, key: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"'{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _yaml_jobs(entry: Any, batch_dir: Path, origin: str) -> list[Job]:
+    if not isinstance(entry, dict):
+        raise ValueError(f"expected a mapping with input_img, source_prompt, target_prompts; got {type(entry).__name__}")
+    image_key = "input_img" if "input_img" in entry else "init_img"
+    image = _resolve_image(entry.get(image_key), batch_dir)
+    source = _text(entry, "source_prompt")
+    targets = entry.get("target_prompts")
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or not targets:
+        raise ValueError(f"'target_prompts' must be a non-empty list of prompts, got {targets!r}")
+    codes = entry.get("target_codes")
+    if codes is not None and (not isinstance(codes, list) or len(codes) != len(targets)):
+        raise ValueError(f"'target_codes' must be a list as long as target_prompts ({len(targets)}), got {codes!r}")
+    jobs = []
+    for j, target in enumerate(targets):
+        if not isinstance(target, str) or not target.strip():
+            raise ValueError(f"target_prompts[{j}] must be a non-empty string, got {target!r}")
+        code = str(codes[j]) if codes is not None else None
+        jobs.append(Job(image, source, target, job_name(image, target, code), origin))
+    return jobs
+
+
+def read_yaml_batch(path: Path) -> tuple[list[Job], list[str]]:
+    """Jobs and error messages ("file:line: ...") from a FlowEdit edits.yaml."""
+    import yaml
+
+    try:
+        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+        try:
+            root = loader.get_single_node()  # nodes keep their line numbers; entries are built one by one
+            if root is None:
+                return [], [f"{path}: the file is empty"]
+            if not isinstance(root, yaml.SequenceNode):
+                return [], [f"{path}:{root.start_mark.line + 1}: expected a list of edits"]
+            jobs, errors = [], []
+            for node in root.value:
+                origin = f"{path}:{node.start_mark.line + 1}"
+                try:
+                    jobs.extend(_yaml_jobs(loader.construct_document(node), path.parent, origin))
+                except (ValueError, yaml.YAMLError) as exc:
+                    errors.append(f"{origin}: {exc}")
+            return jobs, errors
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
+        return [], [f"{path}:{line}: not valid YAML ({exc.problem})"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return [], [f"{path}: cannot read ({exc})"]
+
+
+def read_jsonl_batch(path: Path) -> tuple[list[Job], list[str]]:
+    """Jobs and error messages from data-prep rows {"image", "source_prompt", "target_prompt"[, "id"]}."""
+    jobs, errors = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"{path}: cannot read ({exc})"]
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        origin = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            image = _resolve_image(row.get("image"), path.parent)
+            target = _text(row, "target_prompt")
+            code = str(row["id"]) if row.get("id") is not None else None
+            jobs.append(Job(image, _text(row, "source_prompt"), target, job_name(image, target, code), origin))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            errors.append(f"{origin}: {exc}")
+    return jobs, errors
+
+
+def read_batch(path: str | Path) -> tuple[list[Job], list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        return [], [f"batch file {path} does not exist"]
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return read_jsonl_batch(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return read_yaml_batch(path)
+    return [], [f"{path}: unknown batch format (use .yaml/.yml or .jsonl)"]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def run_jobs(editor: FlowEditor, jobs: list[Job], params: FlowEditParams, use_tokens: bool, outputs: list[Path],
+             overwrite: bool = False, log=print) -> Summary:
+    """Edit each job into its output path; errors are logged with the job's origin and skipped."""
+    from tqdm import tqdm
+
+    summary = Summary()
+    for job, out in zip(jobs, outputs):
+        if out.exists() and not overwrite:
+            summary.skipped += 1
+            log(f"skip {out} (exists)")
+            continue
+        bar = tqdm(total=params.n_max, desc=out.name, unit="step", leave=False, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        try:
+            result = editor.edit(job.image, job.source_prompt, job.target_prompt, params, use_tokens=use_tokens,
+                                 progress=progress)
+            result.save(out, extra={"input_image": str(job.image)})
+            summary.done += 1
+            note = "" if not result.input_report.notes else f" [{result.input_report.describe()}]"
+            log(f"wrote {out} ({result.stats.seconds:.1f}s){note}")
+        except (ImageInputError, ValueError, OSError, torch.OutOfMemoryError) as exc:
+            summary.failed += 1
+            log(f"{job.origin}: {exc}", file=sys.stderr)
+        finally:
+            bar.close()
+    return summary
+
+
+def plan_outputs(jobs: list[Job], out: Path, use_tokens: bool, single_file: bool) -> tuple[list[Job], list[Path], list[str]]:
+    """Output path per job (``__tokens`` marks tokens-on edits); duplicates within a batch are errors."""
+    if single_file:
+        return jobs, [out], []
+    kept, paths, errors, seen = [], [], [], {}
+    for job in jobs:
+        try:
+            path = output_path(out, job.name + ("__tokens" if use_tokens else ""))
+        except ValueError as exc:
+            errors.append(f"{job.origin}: {exc}")
+            continue
+        if path in seen:
+            errors.append(f"{job.origin}: output {path.name} is also produced by {seen[path]}; give target_codes/ids")
+            continue
+        seen[path] = job.origin
+        kept.append(job)
+        paths.append(path)
+    return kept, paths, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(*parts: Any, file=sys.stdout) -> None:
+        print(*parts, file=file, flush=True)
+
+    if args.batch is not None:
+        jobs, errors = read_batch(args.batch)
+    else:
+        jobs, errors = [Job(Path(args.image), args.source, args.target,
+                            job_name(Path(args.image), args.target), "command line")], []
+    use_tokens = args.tokens is not None and not args.no_tokens
+    out = Path(args.out)
+    single_file = args.batch is None and out.suffix.lower() == ".png"
+    if not single_file:
+        out.mkdir(parents=True, exist_ok=True)
+    jobs, outputs, plan_errors = plan_outputs(jobs, out, use_tokens, single_file)
+    errors += plan_errors
+    # missing images are reported before the (slow) model load
+    found = [job.image.is_file() for job in jobs]
+    errors += [f"{job.origin}: image file {job.image} does not exist" for job, ok in zip(jobs, found) if not ok]
+    jobs = [job for job, ok in zip(jobs, found) if ok]
+    outputs = [path for path, ok in zip(outputs, found) if ok]
+    for message in errors:
+        log(message, file=sys.stderr)
+    pending = [(job, path) for job, path in zip(jobs, outputs) if args.overwrite or not path.exists()]
+    if not pending:
+        log(f"nothing to do: {len(jobs)} outputs already exist, {len(errors)} failed")
+        return 1 if errors else 0
+
+    try:
+        kind = args.kind
+        if kind is None and use_tokens:
+            from softrepa.tokens import read_token_file
+
+            kind = read_token_file(args.tokens)[0].kind
+        params = params_from_args(args, kind or "sd3", use_tokens)
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
+        pipe = load_pipeline(args.model, device, dtype, no_t5=args.no_t5)
+        editor = FlowEditor(pipe, tokens=args.tokens if use_tokens else None, max_side=args.max_side,
+                            model_name=args.model)
+    except (ValueError, OSError, RuntimeError) as exc:
+        log(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = run_jobs(editor, jobs, params, use_tokens, outputs, overwrite=args.overwrite, log=log)
+    log(f"done: {summary.done} written, {summary.skipped} skipped (exist), "
+        f"{summary.failed + len(errors)} failed")
+    return 1 if summary.failed or errors else 0

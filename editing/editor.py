@@ -1,0 +1,334 @@
+"""``FlowEditor``: keeps an SD3 pipeline loaded and edits images with FlowEdit, caching what repeats.
+
+Caches (all bounded LRUs; sizes are constructor arguments):
+
+* source latents, by the sha256 of the prepared pixels: re-editing an image skips the VAE encoder;
+* prompt embeddings, by (prompt, max_sequence_length): independent of soft tokens, which enter
+  the transformer after the text encoders, so one entry serves edits with tokens on and off;
+* source-branch velocities, per source image: the noise of every step depends only on the seed,
+  so v_src (a function of the source image, source prompts, src_cfg, the source branch's tokens
+  state, T, n_max, n_avg and the seed) is the same for every target. A re-edit with a new target
+  prompt or tar CFG runs only the target half of the batch (2 items instead of 4). The noise
+  generator is consumed the same way on a hit (z_tar needs the noise), so the result equals the
+  uncached edit up to batch-size rounding.
+
+Memory: a velocity set holds n_max x n_avg latents (SD3 at 1024 px: 1 MiB each, ~33 MiB a set), on
+the model's device; ``cache_size`` sources x ``velocity_sets_per_source`` sets at most.
+
+One edit runs at a time per editor (a lock): the soft-token switch is a flag on the shared
+transformer, and the caches are shared state.
+
+App usage::
+
+    editor = FlowEditor(pipe, tokens="tokens.safetensors")   # or a SoftTokens, or None
+    result = editor.edit(image, "a cat on a sofa", "a dog on a sofa", get_preset("sd3-tokens").params,
+                         use_tokens=True, progress=lambda done, total: ...)
+    result.image, result.source_image, result.input_report.describe(), result.save("out.png")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Hashable, TypeVar
+
+import torch
+from PIL import Image, PngImagePlugin
+
+from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
+                              encode_prompt, flowedit_latents, source_and_target)
+from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_factor, model_max_side, prepare_image
+from editing.presets import default_preset_name, get_preset
+from softrepa.backbones import AttachedTokens, attach_tokens
+from softrepa.tokens import SoftTokens, file_sha256, load_tokens
+
+METADATA_KEY = "softrepa_edit"  # PNG text chunk holding the edit's parameters as JSON
+METADATA_VERSION = 1
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A size-bounded mapping that forgets the least recently used entry (size 0 stores nothing)."""
+
+    def __init__(self, maxsize: int):
+        if maxsize < 0:
+            raise ValueError(f"cache size must be >= 0, got {maxsize}")
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        if key not in self._data:
+            return None
+        self._data.move_to_end(key)
+        return self._data[key]
+
+    def put(self, key: K, value: V) -> V:
+        if self.maxsize == 0:
+            return value
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def values(self) -> list[V]:
+        return list(self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass
+class _Source:
+    x_src: torch.Tensor  # (1, C, h, w) float32 on the transformer's device
+    velocity_sets: LRU  # velocity key -> {(step, sample): v_src}
+
+
+@dataclass
+class EditStats:
+    seconds: float
+    transformer_calls: int
+    prompts_encoded: int  # prompts that missed the cache and ran the text encoders
+    source_latents_cached: bool  # True: the VAE encoder was skipped
+    source_velocities_reused: int  # (step, sample) pairs that ran only the target branch
+
+
+@dataclass
+class EditResult:
+    image: Image.Image
+    latents: torch.Tensor  # (1, C, h, w) float32, before decoding
+    source_image: Image.Image  # the prepared input (same size as ``image``): for before/after views
+    source_prompt: str
+    target_prompt: str
+    params: FlowEditParams
+    use_tokens: bool
+    input_report: InputReport
+    stats: EditStats
+    model: str = ""
+    tokens_info: dict[str, Any] | None = None  # file name, file sha256, tensor sha256
+
+    def metadata(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything needed to reproduce the edit (what ``save`` writes into the PNG)."""
+        data = {"version": METADATA_VERSION, "source_prompt": self.source_prompt, "target_prompt": self.target_prompt,
+                "params": self.params.to_dict(), "use_tokens": self.use_tokens,
+                "tokens": self.tokens_info if self.use_tokens else None, "model": self.model,
+                "input": self.input_report.to_dict()}
+        data.update(extra or {})
+        return data
+
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        return save_png(self.image, path, self.metadata(extra))
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """Write a PNG with ``metadata`` as JSON text, atomically: a crash never leaves a half file that
+    a resumed batch would mistake for done."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True, ensure_ascii=False))  # iTXt when not latin-1
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The edit metadata of a PNG written by ``save_png``; ``ValueError`` when it has none."""
+    with Image.open(path) as image:
+        text = getattr(image, "text", {}).get(METADATA_KEY)
+    if text is None:
+        raise ValueError(f"{path} has no '{METADATA_KEY}' metadata")
+    return json.loads(text)
+
+
+def _tokens_sha256(tokens: SoftTokens) -> str:
+    digest = hashlib.sha256(tokens.config.to_json().encode())
+    for tensor in (tokens.static, tokens.time.weight if tokens.time is not None else None):
+        if tensor is not None:
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FlowEditor:
+    """Edit images with FlowEdit on an SD3 pipeline, optionally with SoftREPA soft tokens.
+
+    pipe: a ``StableDiffusion3Pipeline`` (already on its device and dtype; never modified except for
+        the token hooks this editor attaches and removes in ``close``).
+    tokens: a token file path, ``SoftTokens``, an ``AttachedTokens`` already hooked into
+        ``pipe.transformer`` (left attached on close), or None.
+    max_side: long-side limit for inputs (clamped to what the transformer's position embedding covers).
+    min_side: smallest accepted side (default 4 patches: 64 px on SD3).
+    cache_size: source images whose latents (and velocity sets) are kept; 0 disables both.
+    velocity_sets_per_source: source-velocity tables kept per image (different source prompts/CFG/seed).
+    prompt_cache_size: prompt embeddings kept.
+    cache_source_velocities: reuse source velocities across targets (see module docstring).
+    """
+
+    def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | str | os.PathLike | None = None, *,
+                 max_side: int = DEFAULT_MAX_SIDE, min_side: int | None = None, cache_size: int = 4,
+                 velocity_sets_per_source: int = 2, prompt_cache_size: int = 32,
+                 cache_source_velocities: bool = True, max_sequence_length: int = 256, model_name: str | None = None):
+        self.pipe = pipe
+        self.factor = model_factor(pipe)
+        limit = model_max_side(pipe)
+        self.max_side = min(max_side, limit) if limit else max_side
+        self.min_side = min_side
+        self.max_sequence_length = max_sequence_length
+        self.cache_source_velocities = cache_source_velocities
+        self.velocity_sets_per_source = velocity_sets_per_source
+        self.model_name = model_name if model_name is not None else str(getattr(pipe, "name_or_path", "") or "")
+        self._sources: LRU[str, _Source] = LRU(cache_size)
+        self._prompts: LRU[tuple[str, int], PromptEmbeds] = LRU(prompt_cache_size)
+        self._lock = threading.RLock()
+        self._attached: AttachedTokens | None = None
+        self._owns_attachment = False
+        self.tokens_info: dict[str, Any] | None = None
+        self.set_tokens(tokens)
+
+    # tokens ------------------------------------------------------------------
+
+    @property
+    def has_tokens(self) -> bool:
+        return self._attached is not None
+
+    @property
+    def attached_tokens(self) -> AttachedTokens | None:
+        """The token hooks in use (None without tokens); ``tokens_info`` describes them."""
+        return self._attached
+
+    def set_tokens(self, tokens: SoftTokens | AttachedTokens | str | os.PathLike | None) -> None:
+        """Swap the soft tokens (None removes them). Call again after changing tokens in place."""
+        with self._lock:
+            if self._attached is not None and self._owns_attachment:
+                self._attached.detach()
+            self._attached, self._owns_attachment, self.tokens_info = None, False, None
+            if tokens is None:
+                return
+            info: dict[str, Any] = {"file": None, "sha256": None}
+            if isinstance(tokens, (str, os.PathLike)):
+                info = {"file": Path(tokens).name, "sha256": file_sha256(tokens)}
+                tokens = load_tokens(tokens, model=self.pipe)
+            if isinstance(tokens, AttachedTokens):
+                if tokens.denoiser is not self.pipe.transformer:
+                    raise ValueError("the AttachedTokens are hooked into a different transformer than this pipeline's")
+                self._attached = tokens
+            else:
+                # off by default: each transformer call switches them per branch
+                self._attached, self._owns_attachment = attach_tokens(self.pipe, tokens, enabled=False), True
+            info["content_sha256"] = _tokens_sha256(self._attached.tokens)
+            info["config"] = json.loads(self._attached.tokens.config.to_json())
+            self.tokens_info = info
+
+    def close(self) -> None:
+        """Remove the token hooks this editor attached and drop the caches."""
+        self.set_tokens(None)
+        self.clear_cache()
+
+    # caches ------------------------------------------------------------------
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._sources.clear()
+            self._prompts.clear()
+
+    def cache_info(self) -> dict[str, int]:
+        with self._lock:
+            return {"sources": len(self._sources), "prompts": len(self._prompts),
+                    "velocity_sets": sum(len(s.velocity_sets) for s in self._sources.values())}
+
+    def _prompt(self, text: str, counter: list[int]) -> PromptEmbeds:
+        key = (text, self.max_sequence_length)
+        cached = self._prompts.get(key)
+        if cached is None:
+            counter[0] += 1
+            cached = self._prompts.put(key, encode_prompt(self.pipe, text, self.max_sequence_length))
+        return cached
+
+    def _source(self, prepared: PreparedImage) -> tuple[_Source, bool]:
+        key = prepared.content_hash
+        cached = self._sources.get(key)
+        if cached is not None:
+            return cached, True
+        x_src = encode_image(self.pipe.vae, prepared.image).to(self.pipe.transformer.device)  # (1, C, h, w)
+        return self._sources.put(key, _Source(x_src, LRU(self.velocity_sets_per_source))), False
+
+    # editing -----------------------------------------------------------------
+
+    def prepare(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage) -> PreparedImage:
+        """Open and fit an image to the model (see ``editing.inputs.prepare_image``)."""
+        if isinstance(image, PreparedImage):
+            return image
+        return prepare_image(image, max_side=self.max_side, multiple=self.factor, min_side=self.min_side)
+
+    def default_params(self, use_tokens: bool) -> FlowEditParams:
+        kind = self._attached.tokens.config.kind if self._attached is not None else "sd3"
+        return get_preset(default_preset_name(kind, use_tokens)).params
+
+    def check_inputs(self, source_prompt: str, target_prompt: str, params: FlowEditParams, use_tokens: bool) -> None:
+        for name, prompt in (("source prompt", source_prompt), ("target prompt", target_prompt)):
+            if not isinstance(prompt, str):
+                raise ValueError(f"the {name} must be a string, got {type(prompt).__name__}")
+            if not prompt.strip():
+                raise ValueError(f"the {name} is empty: FlowEdit needs a description of the source image and of "
+                                 "the wanted result")
+        if not isinstance(params, FlowEditParams):
+            raise ValueError(f"params must be a FlowEditParams, got {type(params).__name__}")
+        params.check()
+        if use_tokens and self._attached is None:
+            raise ValueError("use_tokens=True but this editor has no soft tokens (pass tokens= when creating it)")
+
+    def edit(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage, source_prompt: str,
+             target_prompt: str, params: FlowEditParams | None = None, *, use_tokens: bool | None = None,
+             progress: ProgressCallback | None = None) -> EditResult:
+        """Edit ``image`` from ``source_prompt`` to ``target_prompt``.
+
+        params: defaults to the preset for this model and tokens state.
+        use_tokens: None = on when the editor has tokens.
+        progress: called with (steps done, total steps) during the edit; an exception raised there
+            cancels the edit (the caches stay valid).
+        Raises ``ImageInputError`` (bad image) or ``ValueError`` (bad prompts or parameters).
+        """
+        use_tokens = self.has_tokens if use_tokens is None else bool(use_tokens)
+        params = self.default_params(use_tokens) if params is None else params
+        self.check_inputs(source_prompt, target_prompt, params, use_tokens)
+        prepared = self.prepare(image)
+        with self._lock:
+            start = time.perf_counter()
+            encoded = [0]
+            source, latents_cached = self._source(prepared)
+            src, tar = source_and_target(
+                self._prompt(source_prompt, encoded), self._prompt(params.src_negative_prompt, encoded),
+                self._prompt(target_prompt, encoded), self._prompt(params.tar_negative_prompt, encoded),
+                params, use_tokens)
+            velocities = None
+            if self.cache_source_velocities and self._sources.maxsize > 0:
+                tokens_key = self.tokens_info["content_sha256"] if src.tokens else None
+                key = (source_prompt, params.source_velocity_key(), tokens_key)
+                velocities = source.velocity_sets.get(key)
+                if velocities is None:
+                    velocities = source.velocity_sets.put(key, {})
+            # a CPU generator: the same noise (hence the same edit) on every device
+            generator = torch.Generator(device="cpu").manual_seed(int(params.seed))
+            out = flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
+                                   generator, attached=self._attached, source_velocities=velocities,
+                                   progress=progress)
+            edited = decode_latents(self.pipe.vae, out.latents)
+            stats = EditStats(seconds=time.perf_counter() - start, transformer_calls=out.transformer_calls,
+                              prompts_encoded=encoded[0], source_latents_cached=latents_cached,
+                              source_velocities_reused=out.source_velocities_reused)
+        return EditResult(image=edited, latents=out.latents, source_image=prepared.image, source_prompt=source_prompt,
+                          target_prompt=target_prompt, params=params, use_tokens=use_tokens,
+                          input_report=prepared.report, stats=stats, model=self.model_name,
+                          tokens_info=self.tokens_info)

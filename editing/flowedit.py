@@ -1,0 +1,382 @@
+"""FlowEdit (Kulikov et al. 2024) on Stable Diffusion 3 pipelines, with optional SoftREPA soft tokens.
+
+Inversion-free editing: the edited latent z_edit starts at the source latent x_src and follows the
+*difference* of two guided velocities, the target's minus the source's, evaluated on noisy copies
+that share the same noise. With sigma_i the scheduler's noise levels (sigma_T = 0) and T steps::
+
+    z_edit = x_src
+    for i = 0 .. T-1 with T - i <= n_max (the first T - n_max steps are skipped):
+        if T - i > n_min:                                   # FlowEdit step
+            v_delta = 0
+            repeat n_avg times:
+                noise  ~ N(0, I)                            # from the edit's generator
+                z_src  = (1 - sigma_i) x_src + sigma_i noise
+                z_tar  = z_edit + z_src - x_src
+                v_src  = guide(u_src(z_src), c_src(z_src), src_cfg)
+                v_tar  = guide(u_tar(z_tar), c_tar(z_tar), tar_cfg)
+                v_delta += (v_tar - v_src) / n_avg
+            z_edit = z_edit + (sigma_{i+1} - sigma_i) v_delta          (float32)
+        else:                                               # the last n_min steps: plain sampling
+            at the first such step: noise ~ N(0, I),
+                x_tar = z_edit + (1 - sigma_i) x_src + sigma_i noise - x_src
+            x_tar = x_tar + (sigma_{i+1} - sigma_i) guide(u_tar(x_tar), c_tar(x_tar), tar_cfg)
+    result = x_tar if n_min > 0 else z_edit
+
+u / c are the transformer's velocities with the negative / positive prompt. Guidance:
+
+* ``"standard"`` (default; the FlowEdit paper and code): ``guide(u, c, w) = u + w (c - u)``.
+  w = 1 is the plain conditional velocity, so the unconditional branch is not computed at all.
+* ``"authors"`` (SoftREPA's released ``edit_sd3.py``, for reproducing the paper's numbers): the
+  *target* uses ``c + w (c - u)``, i.e. standard guidance with w + 1 (their "tar 9" is standard 10);
+  the source keeps the standard form, as in their code. w = 0 then skips the unconditional branch.
+
+Soft tokens (paper §3.2) are switched per transformer call by ``softrepa.backbones.AttachedTokens``;
+they apply to every item of a call. ``Branch.tokens`` says which branch sees them: both branches
+(the authors' setting, all four predictions) or the target only. Items that share the token state
+go into one batched call, so the default is one call of [u_src, c_src, u_tar, c_tar] per step and
+per n_avg sample; "target only" runs two calls of two (running source and target separately is
+exact, where a per-item mask inside the hooks would need zero-length tokens per item).
+
+Source velocities depend only on the source image, source prompts, src_cfg, the tokens state of the
+source branch, T, n_max, n_avg and the noise, i.e. the seed: never on the target. A caller may pass a
+``source_velocities`` mapping keyed by (step, sample); present entries are reused (only the target
+half of the batch runs), missing ones are stored. Noise is drawn identically either way, since
+z_tar needs it.
+
+Differences from the public SD3 code (REFERENCE.md §3): n_min > 0 works (the public code crashes
+on an undefined name; an older version turned those steps into no-ops); a CFG that needs no
+unconditional branch skips it instead of breaking; the pipeline and its scheduler are never
+mutated (the schedule comes from a fresh scheduler built from the pipeline's config).
+
+Everything here is device- and dtype-neutral: latents, noise and the Euler update stay float32 on
+the latent's device; the transformer gets its own dtype; noise comes from the caller's generator
+(a CPU generator gives the same edit on every device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, MutableMapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+GUIDANCE_MODES = ("standard", "authors")
+TOKEN_BRANCHES = ("both", "target")
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@dataclass
+class FlowEditParams:
+    """Parameters of one FlowEdit run (defaults: FlowEdit's SD3 settings, REFERENCE.md §3).
+
+    steps: T, the number of scheduler steps the [0, 1] noise range is split into.
+    n_max: how many of the last steps edit (the edit strength): 0 returns the source, T starts
+        from pure noise. Steps with T - i > n_max are skipped.
+    n_min: the last n_min of those steps sample the target plainly (no source term), which adds
+        target detail at low noise; 0 = pure FlowEdit.
+    n_avg: noise samples averaged per step for v_delta (each one transformer call).
+    src_cfg, tar_cfg: guidance scales of the source and target velocities (see ``guidance``).
+    seed: seed of the generator all noise comes from.
+    src_negative_prompt, tar_negative_prompt: the unconditional prompts.
+    guidance: "standard" u + w (c - u), or "authors" (target c + w (c - u), SoftREPA's code).
+    token_branches: with tokens on, "both" (all four predictions, the authors' setting) or
+        "target" (the source velocities are computed without tokens).
+    """
+
+    steps: int = 50
+    n_max: int = 33
+    n_min: int = 0
+    n_avg: int = 1
+    src_cfg: float = 3.5
+    tar_cfg: float = 13.5
+    seed: int = 42
+    src_negative_prompt: str = ""
+    tar_negative_prompt: str = ""
+    guidance: str = "standard"
+    token_branches: str = "both"
+
+    def check(self) -> None:
+        """Raise ``ValueError`` with a message for a person when the parameters cannot run."""
+        for name in ("steps", "n_max", "n_min", "n_avg", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps (T) must be at least 1, got {self.steps}")
+        if not 0 <= self.n_max <= self.steps:
+            raise ValueError(f"n_max must be between 0 and steps ({self.steps}), got {self.n_max}: "
+                             "it counts how many of the T steps edit")
+        if not 0 <= self.n_min <= self.n_max:
+            raise ValueError(f"n_min must be between 0 and n_max ({self.n_max}), got {self.n_min}: "
+                             "it counts the last editing steps that switch to plain target sampling")
+        if self.n_avg < 1:
+            raise ValueError(f"n_avg must be at least 1, got {self.n_avg}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        for name in ("src_cfg", "tar_cfg"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("src_negative_prompt", "tar_negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string (use \"\" for none), got {getattr(self, name)!r}")
+        if self.guidance not in GUIDANCE_MODES:
+            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
+        if self.token_branches not in TOKEN_BRANCHES:
+            raise ValueError(f"token_branches must be one of {TOKEN_BRANCHES}, got {self.token_branches!r}")
+
+    def replace(self, **changes: Any) -> "FlowEditParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FlowEditParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FlowEdit parameters {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+    def source_velocity_key(self) -> tuple:
+        """The parameters the source velocities depend on (besides image, prompt and tokens).
+
+        n_min is not among them: the noise of step i is the same whatever n_min is (draws happen in
+        step order), so the velocities of a smaller n_min are a prefix of the same table. The
+        guidance mode is not either: both modes guide the source the standard way.
+        """
+        return (self.steps, self.n_max, self.n_avg, self.seed, float(self.src_cfg), self.src_negative_prompt)
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+
+@dataclass
+class PromptEmbeds:
+    """SD3 text conditioning of one prompt: embeds (1, n, joint_attention_dim), pooled (1, pooled_dim)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+
+
+@dataclass
+class Branch:
+    """One side (source or target) of the edit: its prompts, guidance and whether tokens apply."""
+
+    cond: PromptEmbeds
+    uncond: PromptEmbeds
+    cfg: float
+    guidance: str = "standard"  # "standard": u + w (c - u); "authors": c + w (c - u)
+    tokens: bool = False
+
+    @property
+    def needs_uncond(self) -> bool:
+        # the scale at which guide() reduces to c: skip the unconditional prediction there
+        return self.cfg != (1.0 if self.guidance == "standard" else 0.0)
+
+    def texts(self) -> list[PromptEmbeds]:
+        """The prompts of this branch's batch items, in the order ``guide`` expects."""
+        return [self.uncond, self.cond] if self.needs_uncond else [self.cond]
+
+    def guide(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Guided velocity from the predictions of ``texts()`` (same order)."""
+        if not self.needs_uncond:
+            return outputs[0]
+        u, c = outputs
+        if self.guidance == "standard":
+            return u + self.cfg * (c - u)
+        return c + self.cfg * (c - u)  # SoftREPA's code: standard guidance at cfg + 1
+
+
+def source_and_target(src_cond: PromptEmbeds, src_uncond: PromptEmbeds, tar_cond: PromptEmbeds,
+                      tar_uncond: PromptEmbeds, params: FlowEditParams, use_tokens: bool) -> tuple[Branch, Branch]:
+    """The two branches of an edit as ``params`` define them (guidance convention, token branches)."""
+    source = Branch(src_cond, src_uncond, float(params.src_cfg), "standard",
+                    tokens=use_tokens and params.token_branches == "both")
+    target = Branch(tar_cond, tar_uncond, float(params.tar_cfg), params.guidance, tokens=use_tokens)
+    return source, target
+
+
+# ----------------------------------------------------------------------------- model pieces
+
+
+@torch.no_grad()
+def encode_prompt(pipe: Any, prompt: str, max_sequence_length: int = 256) -> PromptEmbeds:
+    """Encode one prompt with the pipeline's public ``encode_prompt`` (all its text encoders)."""
+    encoder = pipe.text_encoder if pipe.text_encoder is not None else pipe.transformer
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_3=None, device=encoder.device,
+                                              num_images_per_prompt=1, do_classifier_free_guidance=False,
+                                              max_sequence_length=max_sequence_length)
+    return PromptEmbeds(embeds=embeds, pooled=pooled)
+
+
+def _vae_shift_scale(vae: Any) -> tuple[float, float]:
+    shift = vae.config.shift_factor
+    return (0.0 if shift is None else float(shift)), float(vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def encode_image(vae: Any, image: Image.Image) -> torch.Tensor:
+    """RGB image (sides multiples of the model factor) -> x_src (1, C, H/f, W/f), float32."""
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))  # (H, W, 3) in 0..255
+    pixels = (pixels / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) in [-1, 1]
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    shift, scale = _vae_shift_scale(vae)
+    latents = vae.encode(pixels).latent_dist.mode()  # the mode, not a sample: the source is deterministic
+    return (latents.float() - shift) * scale
+
+
+@torch.no_grad()
+def decode_latents(vae: Any, latents: torch.Tensor) -> Image.Image:
+    """Latents (1, C, h, w) -> RGB image; inverse of ``encode_image``."""
+    shift, scale = _vae_shift_scale(vae)
+    pixels = vae.decode((latents.float() / scale + shift).to(device=vae.device, dtype=vae.dtype)).sample
+    pixels = ((pixels[0].float() + 1.0) * 127.5).round().clamp(0, 255)  # (3, H, W)
+    return Image.fromarray(pixels.permute(1, 2, 0).to("cpu", torch.uint8).numpy(), mode="RGB")
+
+
+def flowedit_schedule(scheduler: Any, steps: int, device: torch.device | str | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps (T,) on the 0..1000 scale, sigmas (T+1,) ending at 0) from a copy of ``scheduler``.
+
+    A fresh scheduler from the config: the pipeline's own scheduler is never touched.
+    """
+    fresh = type(scheduler).from_config(scheduler.config)
+    if fresh.config.get("use_dynamic_shifting", False):
+        raise ValueError("FlowEdit's SD3 settings assume a fixed-shift scheduler; this scheduler uses "
+                         "resolution-dependent shifting (use_dynamic_shifting=True), which is not supported")
+    fresh.set_timesteps(steps, device=device)
+    timesteps = fresh.timesteps.float()  # (T,)
+    sigmas = fresh.sigmas.float()  # (T + 1,)
+    if timesteps.shape[0] != steps or sigmas.shape[0] != steps + 1 or float(sigmas[-1]) != 0.0:
+        raise ValueError(f"scheduler {type(scheduler).__name__} gave {timesteps.shape[0]} timesteps and "
+                         f"{sigmas.shape[0]} sigmas (last {float(sigmas[-1])}); FlowEdit needs T and T+1 ending at 0")
+    return timesteps, sigmas
+
+
+# ----------------------------------------------------------------------------- the edit
+
+
+@dataclass
+class FlowEditOutput:
+    latents: torch.Tensor  # (1, C, h, w) float32: z_edit, or x_tar when n_min > 0
+    transformer_calls: int
+    source_velocities_reused: int  # (step, sample) pairs whose v_src came from the cache
+
+
+@dataclass
+class _Request:
+    latent: torch.Tensor  # (1, C, h, w) float32
+    text: PromptEmbeds
+    tokens: bool
+
+
+class _Denoiser:
+    """Runs velocity requests on the transformer: one batched call per run of equal token state."""
+
+    def __init__(self, transformer: Any, attached: Any | None):
+        self.transformer = transformer
+        self.attached = attached
+        self.calls = 0
+
+    def __call__(self, timestep: torch.Tensor, requests: list[_Request]) -> list[torch.Tensor]:
+        outputs: list[torch.Tensor] = []
+        for _, group in itertools.groupby(requests, key=lambda r: r.tokens):  # consecutive runs, order kept
+            outputs.extend(self._call(timestep, list(group)))
+        return outputs
+
+    def _call(self, timestep: torch.Tensor, group: list[_Request]) -> list[torch.Tensor]:
+        dtype, device = self.transformer.dtype, group[0].latent.device
+        hidden = torch.cat([r.latent for r in group]).to(dtype)  # (B, C, h, w)
+        text = torch.cat([r.text.embeds for r in group]).to(device, dtype)  # (B, n, D)
+        pooled = torch.cat([r.text.pooled for r in group]).to(device, dtype)  # (B, P)
+        switch = self.attached.switch(group[0].tokens) if self.attached is not None else contextlib.nullcontext()
+        with switch:
+            velocity = self.transformer(hidden_states=hidden, timestep=timestep.expand(len(group)).to(device),
+                                        encoder_hidden_states=text, pooled_projections=pooled,
+                                        return_dict=False)[0]  # (B, C, h, w)
+        self.calls += 1
+        return list(velocity.float().split(1))
+
+
+def _noise(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    # drawn on the generator's device, so a CPU generator reproduces the same edit on any device
+    return torch.randn(like.shape, generator=generator, device=generator.device, dtype=torch.float32).to(like.device)
+
+
+@torch.no_grad()
+def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, source: Branch, target: Branch,
+                     params: FlowEditParams, generator: torch.Generator, *, attached: Any | None = None,
+                     source_velocities: MutableMapping[tuple[int, int], torch.Tensor] | None = None,
+                     progress: ProgressCallback | None = None) -> FlowEditOutput:
+    """Run FlowEdit from the source latents ``x_src`` (1, C, h, w); see the module docstring.
+
+    transformer, scheduler: the SD3 pipeline's components (read only).
+    attached: the ``AttachedTokens`` hooked into ``transformer``, required when a branch has tokens.
+    source_velocities: optional cache of v_src per (step index, sample index), read and filled.
+    progress: called with (steps done, total) after each executed step; total = n_max.
+    """
+    params.check()
+    if (source.tokens or target.tokens) and attached is None:
+        raise ValueError("soft tokens requested for this edit but no tokens are attached to the transformer")
+    if x_src.dim() != 4 or x_src.shape[0] != 1:
+        raise ValueError(f"x_src must be one latent image (1, C, h, w), got shape {tuple(x_src.shape)}")
+    T, n_max, n_min, n_avg = params.steps, params.n_max, params.n_min, params.n_avg
+    x_src = x_src.float()
+    timesteps, sigmas = flowedit_schedule(scheduler, T, device=x_src.device)
+    denoise = _Denoiser(transformer, attached)
+    reused = 0
+
+    def requests(branch: Branch, z: torch.Tensor) -> list[_Request]:
+        return [_Request(z, text, branch.tokens) for text in branch.texts()]
+
+    z_edit = x_src.clone()  # (1, C, h, w) float32
+    x_tar: torch.Tensor | None = None  # set when the last n_min steps start
+    done = 0
+    for i in range(T):
+        if T - i > n_max:
+            continue
+        t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
+        if T - i > n_min:
+            v_delta = torch.zeros_like(x_src)
+            for k in range(n_avg):
+                noise = _noise(generator, x_src)
+                z_src = (1 - sigma) * x_src + sigma * noise
+                z_tar = z_edit + z_src - x_src
+                v_src = source_velocities.get((i, k)) if source_velocities is not None else None
+                tar_requests = requests(target, z_tar)
+                if v_src is None:
+                    src_requests = requests(source, z_src)
+                    outputs = denoise(t, src_requests + tar_requests)  # [u_src, c_src, u_tar, c_tar]
+                    v_src = source.guide(outputs[: len(src_requests)])
+                    v_tar = target.guide(outputs[len(src_requests):])
+                    if source_velocities is not None:  # a copy: never keep a view of the whole batch alive
+                        source_velocities[(i, k)] = v_src.clone()
+                else:
+                    reused += 1
+                    v_tar = target.guide(denoise(t, tar_requests))  # [u_tar, c_tar] only
+                v_delta += (v_tar - v_src) / n_avg
+            z_edit = z_edit + (sigma_next - sigma) * v_delta
+        else:
+            if x_tar is None:  # first plain-sampling step: put the edit at this noise level
+                noise = _noise(generator, x_src)
+                x_src_t = (1 - sigma) * x_src + sigma * noise
+                x_tar = z_edit + x_src_t - x_src
+            v_tar = target.guide(denoise(t, requests(target, x_tar)))
+            x_tar = x_tar + (sigma_next - sigma) * v_tar
+        done += 1
+        if progress is not None:
+            progress(done, n_max)
+    return FlowEditOutput(latents=x_tar if x_tar is not None else z_edit, transformer_calls=denoise.calls,
+                          source_velocities_reused=reused)

@@ -1,0 +1,163 @@
+"""``python -m editing``: arguments, batch files, resume, output names, PNG metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editing import cli
+from editing.editor import FlowEditor, read_png_metadata, save_png
+from editing.flowedit import FlowEditParams
+from softrepa.backbones import new_tokens
+from softrepa.testing import tiny_sd3_pipeline
+from softrepa.tokens import file_sha256, save_tokens
+
+FAST = ["--steps", "6", "--n-max", "3", "--device", "cpu", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny SD3 pipeline saved in diffusers format, a token file and a few pictures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("edit-cli")
+    pipe = tiny_sd3_pipeline()
+    pipe.save_pretrained(root / "model")
+    torch.manual_seed(0)
+    save_tokens(new_tokens(pipe, "sd3", num_layers=2), root / "tokens.safetensors")
+    images = root / "images"
+    images.mkdir()
+    for k in range(2):
+        rng = np.random.RandomState(k)
+        Image.fromarray((rng.rand(32, 32, 3) * 255).astype(np.uint8)).save(images / f"pic{k}.png")
+    (images / "notes.png").write_text("not a picture")
+    yield {"root": root, "pipe": pipe, "model": str(root / "model"), "tokens": root / "tokens.safetensors",
+           "images": images}
+    torch.set_num_threads(threads)
+
+
+def test_parse_args_and_params(workspace):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--image", "a.png", "--source", "a cat"])  # no target
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--batch", "b.yaml", "--image", "a.png"])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--batch", "b.yaml", "--tokens", "t.safetensors", "--no-tokens"])
+    args = cli.parse_args(["--batch", "b.yaml", "--tar-cfg", "11", "--n-min", "2"])
+    params = cli.params_from_args(args, "sd3", use_tokens=True)  # default preset with tokens: sd3-tokens
+    assert (params.n_max, params.tar_cfg, params.n_min, params.steps) == (30, 11.0, 2, 50)
+    args = cli.parse_args(["--batch", "b.yaml", "--preset", "sd3-tokens-paper", "--seed", "7"])
+    params = cli.params_from_args(args, "sd3", use_tokens=False)
+    assert (params.guidance, params.tar_cfg, params.seed) == ("authors", 9.0, 7)
+    with pytest.raises(ValueError, match="n_min"):
+        cli.params_from_args(cli.parse_args(["--batch", "b.yaml", "--n-min", "40"]), "sd3", False)
+    assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert cli.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_single_edit_metadata_and_resume(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", workspace["model"], "--image", str(workspace["images"] / "pic0.png"), "--source", "a cat",
+            "--target", "a dog", "--tokens", str(workspace["tokens"]), "--out", str(out), *FAST]
+    assert cli.main(argv) == 0
+    (written,) = out.glob("*.png")
+    assert written.name.startswith("pic0__a_dog-") and written.name.endswith("__tokens.png")
+    meta = read_png_metadata(written)
+    assert meta["source_prompt"] == "a cat" and meta["target_prompt"] == "a dog" and meta["use_tokens"]
+    assert meta["tokens"]["sha256"] == file_sha256(workspace["tokens"])
+    assert FlowEditParams.from_dict(meta["params"]) == FlowEditParams(steps=6, n_max=3, tar_cfg=10.0, src_cfg=3.5)
+    assert meta["model"] == workspace["model"] and meta["input_image"].endswith("pic0.png")
+    stamp = written.stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # resume: the output exists, nothing is loaded or redone
+    assert "nothing to do" in capsys.readouterr().out and written.stat().st_mtime_ns == stamp
+
+
+def test_batch_yaml_reports_bad_rows_and_continues(workspace, tmp_path, capsys):
+    batch = tmp_path / "edits.yaml"
+    (tmp_path / "example_images").mkdir()
+    Image.open(workspace["images"] / "pic1.png").save(tmp_path / "example_images" / "bear.png")
+    batch.write_text(
+        "- input_img: example_images/bear.png\n"           # line 1: relative to the batch file
+        "  source_prompt: a bear\n"
+        "  target_prompts:\n"
+        "    - a lion\n"
+        "    - a panda\n"
+        "  target_codes: [lion, ../../../escape]\n"
+        "- init_img: " + str(workspace["images"] / "pic0.png") + "\n"  # line 7
+        "  target_prompts: [a dog]\n"                                   # no source_prompt
+        "- input_img: " + str(workspace["images"] / "notes.png") + "\n"  # line 9: not an image
+        "  source_prompt: a note\n"
+        "  target_prompts: [a letter]\n")
+    out = tmp_path / "out"
+    code = cli.main(["--model", workspace["model"], "--batch", str(batch), "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{batch}:7: 'source_prompt' must be a non-empty string" in captured.err
+    assert f"{batch}:9:" in captured.err and "not an image" in captured.err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["bear__escape.png", "bear__lion.png"]  # the code's path parts are flattened
+    assert not list(tmp_path.parent.glob("escape*"))
+    meta = read_png_metadata(out / "bear__lion.png")
+    assert meta["use_tokens"] is False and meta["tokens"] is None and meta["params"]["n_max"] == 3
+
+
+def test_read_batch_errors(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("- input_img: a.png\n  source_prompt: [unclosed\n")
+    jobs, errors = cli.read_batch(broken)
+    assert jobs == [] and errors[0].startswith(f"{broken}:") and "not valid YAML" in errors[0]
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text('{"image": "a.png", "source_prompt": "a cat", "target_prompt": "a dog"}\n'
+                    "{not json\n"
+                    "\n"
+                    '{"image": "b.png", "source_prompt": "a cat"}\n'
+                    '["a list"]\n'
+                    '{"image": "c.png", "source_prompt": "x", "target_prompt": "y", "id": "../c"}\n')
+    jobs, errors = cli.read_batch(rows)
+    assert [j.origin for j in jobs] == [f"{rows}:1", f"{rows}:6"]
+    assert [e.split(": ")[0] for e in errors] == [f"{rows}:2", f"{rows}:4", f"{rows}:5"]
+    assert "target_prompt" in errors[1]
+    assert jobs[1].name == "c__c"
+    assert cli.read_batch(tmp_path / "none.yaml")[1] and cli.read_batch(rows.with_suffix(".txt"))[1]
+
+
+def test_jsonl_batch_runs_with_cache_and_skips_existing(workspace, tmp_path):
+    rows = tmp_path / "pairs.jsonl"
+    pic = str(workspace["images"] / "pic0.png")
+    rows.write_text("".join(json.dumps({"image": pic, "source_prompt": "a cat", "target_prompt": t}) + "\n"
+                            for t in ("a dog", "a fox", "a dog")))
+    jobs, errors = cli.read_batch(rows)
+    jobs, outputs, plan_errors = cli.plan_outputs(jobs, tmp_path / "out", False, single_file=False)
+    assert errors == [] and len(jobs) == 2 and f"{rows}:3" in plan_errors[0]  # duplicate output
+    editor = FlowEditor(workspace["pipe"])
+    params = FlowEditParams(steps=6, n_max=3)
+    messages = []
+    summary = cli.run_jobs(editor, jobs, params, False, outputs, log=lambda *a, **k: messages.append(" ".join(a)))
+    assert (summary.done, summary.failed) == (2, 0) and all(p.exists() for p in outputs)
+    assert editor.cache_info()["sources"] == 1  # the second target reused the source
+    summary = cli.run_jobs(editor, jobs, params, False, outputs, log=lambda *a, **k: None)
+    assert (summary.done, summary.skipped) == (0, 2)
+
+
+def test_names_stay_inside_the_output_folder(tmp_path):
+    for hostile in ("../../etc/passwd", "/abs/path", "..", "", "a/../../b", "C:\\x\\y", "\u00e9t\u00e9 \u2603"):
+        path = cli.output_path(tmp_path, hostile)
+        assert path.parent == tmp_path and path.suffix == ".png" and not path.name.startswith(".")
+    assert cli.safe_name("") == "edit"
+    assert cli.job_name(Path("x/../pic.png"), "a dog", "../up") == "pic__up"
+
+
+def test_png_metadata_round_trip(tmp_path):
+    data = {"source_prompt": "un caf\u00e9 \u2615", "params": FlowEditParams().to_dict(), "tokens": None}
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "sub" / "x.png", data)
+    assert read_png_metadata(path) == data
+    assert not list(path.parent.glob("*.tmp"))
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(ValueError, match="no 'softrepa_edit' metadata"):
+        read_png_metadata(tmp_path / "plain.png")
