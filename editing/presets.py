@@ -32,16 +32,19 @@ PRESETS: dict[str, Preset] = {
                                               guidance="authors"),
                                use_tokens=True, description="the paper's setting verbatim: n_max 30, tar 9 with "
                                                             "the authors' target guidance c + w (c - u)"),
-    # Bundled shapes model (assets/shapes-sd3): its own presets go here, e.g.
-    # "shapes": Preset(FlowEditParams(steps=..., n_max=..., ...), use_tokens=False, description=...),
-    # "shapes-tokens": Preset(..., use_tokens=True, ...),
-    # and map them in DEFAULT_PRESETS below under the kind "shapes-sd3".
+    # Bundled shapes model (assets/shapes-sd3, 64 px): settings from benchmarks/shapes_alignment.py
+    "shapes": Preset(FlowEditParams(steps=28, n_max=20, src_cfg=2.0, tar_cfg=5.0, seed=42),
+                     use_tokens=False, description="bundled shapes model, no tokens (T 28, n_max 20, src 2, tar 5)"),
+    "shapes-tokens": Preset(FlowEditParams(steps=28, n_max=20, src_cfg=2.0, tar_cfg=5.0, seed=42),
+                            use_tokens=True, description="bundled shapes model with its soft tokens"),
 }
 
 # (model kind, tokens on) -> preset used when the user names none
 DEFAULT_PRESETS: dict[tuple[str, bool], str] = {
     ("sd3", False): "sd3",
     ("sd3", True): "sd3-tokens",
+    ("shapes-sd3", False): "shapes",
+    ("shapes-sd3", True): "shapes-tokens",
 }
 
 
