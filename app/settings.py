@@ -1,0 +1,272 @@
+"""Settings of the web app: command-line flags, then ``SOFTREPA_*`` environment variables, then defaults.
+
+A Hugging Face Space has no command line, so every flag has an environment variable (set them as
+Space variables). Defaults: the bundled shapes model (``assets/shapes-sd3``) with its soft tokens,
+which runs on any CPU with nothing to download.
+
+This module does not import gradio: ``app.py`` reads the settings and points ``GRADIO_TEMP_DIR``
+into the app's folder before Gradio is imported (Gradio reads some paths at import time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL_DIR = REPO_ROOT / "assets" / "shapes-sd3"  # == softrepa.backbones.SHAPES_MODEL_DIR
+BUNDLED_KIND = "shapes-sd3"
+BUNDLED_TOKENS = REPO_ROOT / "assets" / "shapes-sd3-softrepa.safetensors"
+EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
+NO_TOKENS_WORDS = ("", "none", "off", "no")  # SOFTREPA_TOKENS values that mean "no tokens"
+DEVICE_KINDS = ("sd3", "shapes-sd3")  # FlowEdit here runs on SD3-architecture (MM-DiT) pipelines only
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+
+# flag (argparse dest) -> environment variable; the docs (docs/app.md) list the same table
+ENV_VARS: dict[str, str] = {
+    "model": "SOFTREPA_MODEL",
+    "kind": "SOFTREPA_KIND",
+    "tokens": "SOFTREPA_TOKENS",
+    "device": "SOFTREPA_DEVICE",
+    "dtype": "SOFTREPA_DTYPE",
+    "no_t5": "SOFTREPA_NO_T5",
+    "max_sequence_length": "SOFTREPA_MAX_SEQUENCE_LENGTH",
+    "threads": "SOFTREPA_THREADS",
+    "host": "SOFTREPA_HOST",
+    "port": "SOFTREPA_PORT",
+    "temp_dir": "SOFTREPA_TEMP_DIR",
+    "examples_dir": "SOFTREPA_EXAMPLES_DIR",
+    "queue_size": "SOFTREPA_QUEUE_SIZE",
+    "max_file_size": "SOFTREPA_MAX_FILE_SIZE",
+    "eager_load": "SOFTREPA_EAGER_LOAD",
+}
+# what Gradio and Hugging Face Spaces themselves set for the server address (used when ours are unset)
+GRADIO_ENV_VARS: dict[str, str] = {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work, with a message for the person starting the app."""
+
+
+@dataclass
+class AppSettings:
+    """Everything the app needs to start; build with ``resolve_settings`` / ``parse_settings``.
+
+    model: Hub id or local diffusers folder of an SD3-architecture pipeline.
+    kind: model kind (``softrepa.backbones.KINDS``): picks the default preset, resolution and
+        prompt length.
+    tokens: soft-token file (.safetensors), or None to edit without tokens.
+    device, dtype: "auto" = CUDA, then MPS, then CPU; float16 on GPUs, float32 on CPU.
+    no_t5: skip the T5 text encoder (SD3 medium: saves about 9 GB).
+    max_sequence_length: T5 tokens per prompt (None: the kind's; the shapes model uses 8).
+    threads: CPU threads for torch (None: torch's default, one per core). On a machine shared with
+        other work, 1 can be several times faster than oversubscribed cores.
+    temp_dir: the only folder the app writes to: uploads (Gradio's cache), results, examples.
+    examples_dir: precomputed examples (``app/make_examples.py`` writes them).
+    queue_size: edits that may wait in the queue; one runs at a time (one device).
+    max_file_size: upload limit, Gradio syntax ("20mb").
+    eager_load: load the model before serving (ZeroGPU Spaces need this); otherwise the page is
+        served at once and the model loads in the background with a visible status.
+    """
+
+    model: str = str(BUNDLED_MODEL_DIR)
+    kind: str = BUNDLED_KIND
+    tokens: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    no_t5: bool = False
+    max_sequence_length: int | None = None
+    threads: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    temp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "softrepa-app")
+    examples_dir: Path = EXAMPLES_DIR
+    queue_size: int = 16
+    max_file_size: str = "20mb"
+    history_size: int = 24
+    outputs_max_age_s: float = 24 * 3600.0  # results older than this are deleted (a day of sessions)
+    eager_load: bool = False
+
+    @property
+    def is_bundled_model(self) -> bool:
+        return Path(self.model).resolve() == BUNDLED_MODEL_DIR.resolve()
+
+    @property
+    def model_label(self) -> str:
+        """How the model is named in the page and in PNG metadata (repo-relative for local folders in the repo)."""
+        path = Path(self.model)
+        if path.is_absolute() or path.exists():  # a folder (a Hub id is neither)
+            try:
+                return str(path.resolve().relative_to(REPO_ROOT))
+            except ValueError:
+                return str(path)
+        return self.model
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.temp_dir / "gradio"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.temp_dir / "outputs"
+
+    def describe(self) -> str:
+        tokens = Path(self.tokens).name if self.tokens else "none"
+        return f"model {self.model_label} (kind {self.kind}), soft tokens {tokens}, device {self.device}/{self.dtype}"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags (shared with ``app/make_examples.py``); every default is None so the
+    environment and then the built-in default apply."""
+    model = parser.add_argument_group("model")
+    bundled = BUNDLED_MODEL_DIR.relative_to(REPO_ROOT)
+    model.add_argument("--model", help=f"Hub id or local diffusers folder [{ENV_VARS['model']}] "
+                                       f"(default: the bundled shapes model, {bundled})")
+    model.add_argument("--kind", help=f"model kind: {', '.join(DEVICE_KINDS)} [{ENV_VARS['kind']}] "
+                                      "(default: shapes-sd3 for the bundled model, else the tokens' kind, else sd3)")
+    tokens = model.add_mutually_exclusive_group()
+    tokens.add_argument("--tokens", help=f"soft-token file .safetensors [{ENV_VARS['tokens']}; 'none' for no tokens] "
+                                         "(default: the bundled tokens with the bundled model)")
+    tokens.add_argument("--no-tokens", action="store_true", help="start without soft tokens")
+    model.add_argument("--device", help=f"auto, cpu, cuda, cuda:1, mps [{ENV_VARS['device']}] (default auto)")
+    model.add_argument("--dtype", choices=DTYPE_CHOICES, help=f"[{ENV_VARS['dtype']}] (default auto: float16 on "
+                                                              "GPUs, float32 on CPU)")
+    model.add_argument("--no-t5", action="store_const", const=True, default=None,
+                       help=f"do not load SD3's T5 text encoder (saves ~9 GB) [{ENV_VARS['no_t5']}=1]")
+    model.add_argument("--max-sequence-length", type=int,
+                       help=f"T5 tokens per prompt [{ENV_VARS['max_sequence_length']}] (default: the kind's, 256 for "
+                            "sd3, 8 for shapes-sd3)")
+    model.add_argument("--threads", type=int, help=f"CPU threads for torch [{ENV_VARS['threads']}] (default: one per "
+                                                   "core; 1 is faster on a busy shared machine)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags of ``python app.py`` (None = unset: the environment, then the default, applies)."""
+    parser = argparse.ArgumentParser(
+        prog="python app.py", description="Web editor: FlowEdit on Stable Diffusion 3 with SoftREPA soft tokens. "
+        "Every flag can also be set with the environment variable in brackets.")
+    add_model_arguments(parser)
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", help=f"address to listen on [{ENV_VARS['host']} or GRADIO_SERVER_NAME] "
+                                       "(default 127.0.0.1; 0.0.0.0 to serve the network)")
+    server.add_argument("--port", type=int, help=f"[{ENV_VARS['port']} or GRADIO_SERVER_PORT] (default 7860)")
+    server.add_argument("--temp-dir", help=f"the app's only writable folder [{ENV_VARS['temp_dir']}] "
+                                           "(default: <system temp>/softrepa-app)")
+    server.add_argument("--examples-dir", help=f"precomputed examples [{ENV_VARS['examples_dir']}] "
+                                               "(default assets/examples)")
+    server.add_argument("--queue-size", type=int, help=f"edits that may wait [{ENV_VARS['queue_size']}] (default 16)")
+    server.add_argument("--max-file-size", help=f"upload limit, e.g. 20mb [{ENV_VARS['max_file_size']}] (default 20mb)")
+    server.add_argument("--eager-load", action="store_const", const=True, default=None,
+                        help=f"load the model before serving [{ENV_VARS['eager_load']}=1] (default: in the "
+                             "background, on ZeroGPU Spaces before serving)")
+    return parser.parse_args(argv)
+
+
+def _env_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise SettingsError(f"{name}={value!r}: use one of {TRUE_WORDS + FALSE_WORDS[:-1]}")
+
+
+def _int_setting(name: str, value: str, minimum: int) -> int:
+    """A whole-number setting; ``name`` is the flag/variable pair the message names."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name}: {value!r} is not a whole number") from None
+    if number < minimum:
+        raise SettingsError(f"{name}: {number} must be at least {minimum}")
+    return number
+
+
+def _token_file_kind(path: str) -> str | None:
+    """The kind written in a token file, or None when it cannot be read (reported when the model loads)."""
+    try:
+        from softrepa.tokens import read_token_file
+
+        return read_token_file(path)[0].kind
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSettings:
+    """Merge flags (``args``, None = unset), environment (``env``) and defaults; ``SettingsError`` if unusable."""
+
+    def pick(name: str) -> str | None:
+        flag = getattr(args, name, None)
+        if flag is not None:
+            return str(flag)
+        for variable in (ENV_VARS.get(name), GRADIO_ENV_VARS.get(name)):
+            if variable and env.get(variable) not in (None, ""):
+                return env[variable]
+        return None
+
+    settings = AppSettings()
+    model = pick("model")
+    if model is not None:
+        settings.model = model
+    explicit_kind = pick("kind")
+
+    # tokens: --no-tokens / "none" -> no tokens; unset -> the bundled tokens with the bundled model only
+    tokens_value = getattr(args, "tokens", None)
+    if tokens_value is None and ENV_VARS["tokens"] in env:
+        tokens_value = env[ENV_VARS["tokens"]]
+    no_tokens_word = tokens_value is not None and tokens_value.strip().lower() in NO_TOKENS_WORDS
+    if getattr(args, "no_tokens", False) or no_tokens_word:
+        settings.tokens = None
+    elif tokens_value is not None:
+        settings.tokens = tokens_value
+    elif settings.is_bundled_model and BUNDLED_TOKENS.is_file():
+        settings.tokens = str(BUNDLED_TOKENS)
+    else:
+        settings.tokens = None
+
+    if explicit_kind is not None:
+        settings.kind = explicit_kind
+    elif settings.is_bundled_model:
+        settings.kind = BUNDLED_KIND
+    elif settings.tokens is not None and _token_file_kind(settings.tokens) in DEVICE_KINDS:
+        settings.kind = _token_file_kind(settings.tokens)
+    else:
+        settings.kind = "sd3"
+    if settings.kind not in DEVICE_KINDS:
+        raise SettingsError(f"kind {settings.kind!r} cannot be edited here: FlowEdit runs on SD3-architecture models "
+                            f"({', '.join(DEVICE_KINDS)})")
+
+    for name in ("device", "dtype", "host", "max_file_size"):
+        value = pick(name)
+        if value is not None:
+            setattr(settings, name, value)
+    if settings.dtype not in DTYPE_CHOICES:
+        raise SettingsError(f"dtype {settings.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    for name, minimum in (("port", 0), ("queue_size", 1), ("max_sequence_length", 1), ("threads", 1)):
+        value = pick(name)
+        if value is not None:
+            setattr(settings, name, _int_setting(f"--{name.replace('_', '-')} / {ENV_VARS[name]}", value, minimum))
+    if settings.port > 65535:
+        raise SettingsError(f"port {settings.port} is over 65535")
+    for name in ("temp_dir", "examples_dir"):
+        value = pick(name)
+        if value is not None:
+            setattr(settings, name, Path(value).expanduser())
+    for name in ("no_t5", "eager_load"):
+        flag = getattr(args, name, None)
+        if flag is not None:
+            setattr(settings, name, bool(flag))
+        elif env.get(ENV_VARS[name]) is not None:
+            setattr(settings, name, _env_bool(ENV_VARS[name], env[ENV_VARS[name]]))
+    settings.temp_dir = settings.temp_dir.resolve()
+    return settings
+
+
+def parse_settings(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> AppSettings:
+    """Settings from the command line and the environment (``os.environ`` by default)."""
+    return resolve_settings(parse_args(argv), os.environ if env is None else env)

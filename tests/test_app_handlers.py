@@ -1,0 +1,370 @@
+"""The web app's handlers, without a browser, on the tiny random-weight SD3 pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import struct
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app import handlers
+from app.examples import Example, manifest_path, produced_by, write_manifest
+from app.handlers import (EditorService, add_to_history, compare, edit, history_entry, history_gallery,
+                          initial_controls, load_editor, preset_controls, reports_errors, select_example)
+from app.settings import BUNDLED_MODEL_DIR, AppSettings, SettingsError, parse_args, resolve_settings
+from app.testing import TINY_MODEL_LABEL, fast_controls, tiny_app_service, tiny_loader, tiny_settings
+from editing.editor import read_png_metadata
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is faster and kinder to a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="module")
+def service(app_dir) -> EditorService:
+    _, service = tiny_app_service(app_dir)
+    service.load()
+    return service
+
+
+@pytest.fixture(scope="module")
+def service_without_tokens(tmp_path_factory) -> EditorService:
+    _, service = tiny_app_service(tmp_path_factory.mktemp("app-no-tokens"), tokens=False)
+    return service
+
+
+@pytest.fixture(scope="module")
+def picture_path(app_dir) -> str:
+    rng = np.random.RandomState(0)
+    path = app_dir / "upload.png"
+    Image.fromarray((rng.rand(32, 48, 3) * 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def error_message(excinfo: pytest.ExceptionInfo) -> str:
+    return excinfo.value.message
+
+
+# ----------------------------------------------------------------------------- edits
+
+
+def test_edit_writes_png_with_parameters_inside_the_temp_folder(service, picture_path, app_dir):
+    calls = []
+    outcome = edit(service, picture_path, fast_controls(), session="s1", progress=lambda d, t: calls.append((d, t)))
+    assert outcome.mode == "edit" and len(outcome.images) == 1
+    path = Path(outcome.final.path)
+    assert path.is_file() and path.resolve().is_relative_to(app_dir.resolve())
+    assert Path(outcome.source_path).resolve().is_relative_to(app_dir.resolve())
+    with Image.open(path) as image:
+        assert image.size == (48, 32)
+    metadata = read_png_metadata(path)
+    assert metadata["target_prompt"] == fast_controls().target_prompt
+    assert metadata["params"]["n_max"] == 3 and metadata["params"]["seed"] == 3 and metadata["use_tokens"] is True
+    assert outcome.details["seed"] == 3 and outcome.details["seconds"] > 0
+    assert "Done in" in outcome.summary and "seed 3" in outcome.summary
+    assert calls[0] == (0, 3) and calls[-1] == (3, 3)  # a step-by-step progress bar
+
+
+def test_compare_runs_tokens_off_and_on_with_the_same_seed(service, picture_path):
+    calls = []
+    outcome = compare(service, picture_path, fast_controls(use_tokens=False), session="s2",
+                      progress=lambda d, t: calls.append((d, t)))
+    without, with_ = outcome.images
+    assert (without.use_tokens, with_.use_tokens) == (False, True)
+    first, second = read_png_metadata(without.path), read_png_metadata(with_.path)
+    assert first["params"]["seed"] == second["params"]["seed"] == 3
+    assert (first["use_tokens"], second["use_tokens"]) == (False, True)
+    pixels = [np.asarray(Image.open(p.path), dtype=np.int16) for p in outcome.images]
+    assert np.abs(pixels[0] - pixels[1]).max() > 0  # the tokens change the result
+    assert calls[-1] == (6, 6)  # both edits on one progress bar
+    assert outcome.final is with_ and outcome.controls.use_tokens is True
+
+
+def test_random_seed_is_reported_and_restorable(service, picture_path):
+    outcome = edit(service, picture_path, fast_controls(randomize_seed=True, seed=3), session="s3")
+    used = outcome.details["seed"]
+    assert outcome.controls.seed == used and outcome.controls.randomize_seed is False
+    assert read_png_metadata(outcome.final.path)["params"]["seed"] == used
+
+
+def test_resize_is_reported_as_a_notice(service, app_dir):
+    path = app_dir / "large.png"
+    Image.new("RGB", (200, 100), (200, 30, 30)).save(path)
+    outcome = edit(service, str(path), fast_controls(max_side=40), session="s4")
+    assert any("resized 200x100" in notice for notice in outcome.notices)
+    assert max(Image.open(outcome.final.path).size) <= 40
+
+
+def test_cancel_stops_the_edit_between_steps(service, picture_path):
+    def press_cancel(done: int, total: int) -> None:
+        if done == 1:
+            assert service.cancel("s5")
+
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, picture_path, fast_controls(), session="s5", progress=press_cancel)
+    assert "cancelled" in error_message(excinfo).lower()
+    assert not service.cancel("s5")  # nothing running any more
+    edit(service, picture_path, fast_controls(), session="s5")  # an old Cancel does not stop the next edit
+
+
+# ----------------------------------------------------------------------------- errors a person can fix
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A valid PNG header that claims a huge image (a decompression bomb needs no more)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("make_image, expected", [
+    (lambda d: None, "no source image"),
+    (lambda d: "", "no source image"),
+    (lambda d: str(d / "gone.png"), "did not arrive"),
+    (lambda d: (d / "notes.txt").write_text("hello") and str(d / "notes.txt"), "not an image"),
+    (lambda d: (d / "empty.png").write_bytes(b"") == 0 and str(d / "empty.png"), "empty"),
+    (lambda d: Image.new("RGB", (4, 4)).save(d / "tiny.png") or str(d / "tiny.png"), "at least 8 px"),
+    (lambda d: (d / "bomb.png").write_bytes(png_claiming_size(12000, 12000)) and str(d / "bomb.png"),
+     "over the limit"),
+], ids=["none", "blank", "missing", "text-file", "empty-file", "tiny", "huge"])
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_images_give_readable_errors(service, tmp_path, make_image, expected):
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, make_image(tmp_path), fast_controls(), session="bad-image")
+    message = error_message(excinfo)
+    assert expected in message
+    assert "Traceback" not in message and str(tmp_path) not in message  # no server paths in the page
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(source_prompt=""), "source prompt is empty"),
+    (dict(target_prompt="   "), "target prompt is empty"),
+    (dict(target_prompt="a red circle " * 30), "reads at most 75"),
+    (dict(n_min=3, n_max=2), "cannot be larger than"),
+    (dict(steps=6, n_max=9), "only 6 steps"),
+    (dict(n_max=0), "returns the input unchanged"),
+    (dict(steps=2.5), "whole number"),
+    (dict(tar_cfg=99), "between 0 and 30"),
+    (dict(tar_cfg=float("nan")), "Target CFG"),
+    (dict(seed=-1), "Seed"),
+    (dict(max_side=2), "Max side"),
+    (dict(guidance="mine"), "standard, authors"),
+], ids=["empty-source", "blank-target", "too-long", "n_min>n_max", "n_max>T", "n_max=0", "fractional-T",
+        "cfg-range", "cfg-nan", "negative-seed", "tiny-max-side", "guidance"])
+def test_bad_controls_give_readable_errors(service, picture_path, overrides, expected):
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, picture_path, fast_controls(**overrides), session="bad-controls")
+    assert expected in error_message(excinfo)
+
+
+def test_tokens_requested_without_tokens(service_without_tokens, picture_path):
+    for run in (lambda: edit(service_without_tokens, picture_path, fast_controls(use_tokens=True)),
+                lambda: compare(service_without_tokens, picture_path, fast_controls())):
+        with pytest.raises(gr.Error) as excinfo:
+            run()
+        assert "without soft tokens" in error_message(excinfo)
+    outcome = edit(service_without_tokens, picture_path, fast_controls(use_tokens=False))
+    assert read_png_metadata(outcome.final.path)["use_tokens"] is False
+
+
+def test_unexpected_failures_become_a_short_message(caplog):
+    @reports_errors
+    def broken():
+        raise RuntimeError("secret internals at /srv/x.py line 3")
+
+    with pytest.raises(gr.Error) as excinfo:
+        broken()
+    assert "internal error (RuntimeError)" in error_message(excinfo)
+    assert "secret" not in error_message(excinfo)
+    assert "secret internals" in caplog.text  # the log keeps the details
+
+
+# ----------------------------------------------------------------------------- loading the model
+
+
+def test_model_load_failure_is_reported_and_the_service_stays_usable(tmp_path, picture_path):
+    settings = tiny_settings(tmp_path, model=str(tmp_path / "no-such-model"))
+    service = EditorService(settings)  # the real loader
+    service.load()
+    status = service.status()
+    assert status.state == "failed" and "Could not load the model" in status.message
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, picture_path, fast_controls())
+    assert "could not be loaded" in error_message(excinfo) and "no-such-model" in error_message(excinfo)
+
+
+@pytest.mark.skipif(BUNDLED_MODEL_DIR.is_dir(), reason="the bundled model is installed")
+def test_missing_bundled_model_says_how_to_build_it(tmp_path):
+    with pytest.raises(RuntimeError, match="softrepa.shapes_model build"):
+        load_editor(AppSettings(temp_dir=tmp_path))
+
+
+def test_load_editor_from_a_saved_folder_and_unusable_tokens(tmp_path):
+    from softrepa.testing import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("sd3", tmp_path / "tiny")
+    bad_tokens = tmp_path / "tokens.safetensors"
+    bad_tokens.write_bytes(b"not a token file")
+    settings = tiny_settings(tmp_path, model=str(folder), tokens=str(bad_tokens), max_sequence_length=8)
+    service = EditorService(settings)
+    service.load()
+    status = service.status()
+    assert status.state == "ready"
+    assert "could not be used" in status.message and "editing without tokens" in status.message
+    editor = service.editor()
+    assert not editor.has_tokens and editor.pipe.text_encoder_3 is None and editor.max_sequence_length == 8
+    assert not service.has_tokens
+
+
+@pytest.mark.skipif(not BUNDLED_MODEL_DIR.is_dir(), reason="the bundled shapes model is not built yet")
+def test_bundled_model_edits_an_example(tmp_path):
+    settings = resolve_settings(parse_args(["--temp-dir", str(tmp_path)]), {})
+    service = EditorService(settings)
+    examples = service.examples()
+    selection = select_example(service, 0, initial_controls(service))
+    outcome = edit(service, selection.image, dataclasses.replace(selection.controls, n_max=4, steps=8))
+    assert Image.open(outcome.final.path).size == Image.open(examples[0].image).size
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_settings_precedence_flags_then_environment_then_defaults(tmp_path):
+    env = {"SOFTREPA_MODEL": "env/model", "SOFTREPA_TOKENS": "none", "SOFTREPA_DEVICE": "cuda",
+           "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7000", "SOFTREPA_NO_T5": "1",
+           "SOFTREPA_TEMP_DIR": str(tmp_path)}
+    settings = resolve_settings(parse_args(["--model", "flag/model", "--port", "7861"]), env)
+    assert settings.model == "flag/model" and settings.kind == "sd3" and settings.tokens is None
+    assert (settings.device, settings.host, settings.port, settings.no_t5) == ("cuda", "0.0.0.0", 7861, True)
+    assert settings.temp_dir == tmp_path.resolve() and settings.uploads_dir.parent == tmp_path.resolve()
+    assert resolve_settings(parse_args([]), {"SOFTREPA_PORT": "7002", "GRADIO_SERVER_PORT": "7000"}).port == 7002
+    default = resolve_settings(parse_args([]), {})
+    assert default.is_bundled_model and default.kind == "shapes-sd3" and default.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    (["--kind", "sd15"], {}, "cannot be edited here"),
+    ([], {"SOFTREPA_PORT": "http"}, "not a whole number"),
+    ([], {"SOFTREPA_EAGER_LOAD": "maybe"}, "SOFTREPA_EAGER_LOAD"),
+    (["--port", "70000"], {}, "over 65535"),
+])
+def test_settings_errors(argv, env, expected):
+    with pytest.raises(SettingsError, match=expected):
+        resolve_settings(parse_args(argv), env)
+
+
+def test_settings_namespace_without_server_flags():
+    # app/make_examples.py parses only the model flags
+    settings = resolve_settings(argparse.Namespace(model="m", kind=None, tokens=None, no_tokens=False), {})
+    assert settings.model == "m" and settings.port == 7860
+
+
+# ----------------------------------------------------------------------------- presets, history, examples
+
+
+def test_presets_reset_the_sliders(service):
+    base = fast_controls()
+    vanilla = preset_controls("sd3", base, has_tokens=True)
+    assert (vanilla.n_max, vanilla.tar_cfg, vanilla.steps, vanilla.use_tokens) == (33, 13.5, 50, False)
+    tokens = preset_controls("sd3-tokens", base, has_tokens=True)
+    assert (tokens.n_max, tokens.use_tokens) == (30, True)
+    assert preset_controls("sd3-tokens", base, has_tokens=False).use_tokens is False
+    assert preset_controls("sd3-tokens-paper", base, has_tokens=True).guidance == "authors"
+    assert tokens.source_prompt == base.source_prompt  # prompts are kept
+    with pytest.raises(handlers.UserInputError, match="Unknown preset"):
+        preset_controls("turbo", base, has_tokens=True)
+    assert initial_controls(service).max_side == 64  # kind sd3's 1024, clamped to what the tiny model takes
+    assert service.side_range() == (8, 64, 2)
+
+
+def test_history_keeps_newest_first_and_restores(service, picture_path):
+    first = edit(service, picture_path, fast_controls(seed=1), session="h")
+    second = edit(service, picture_path, fast_controls(seed=2, target_prompt="a green circle"), session="h")
+    history = add_to_history(add_to_history([], first, limit=5), second, limit=5)
+    assert history_entry(history, 0).controls.seed == 2 and history_entry(history, 1).controls.seed == 1
+    assert history_gallery(history)[0][1].startswith("a green circle")
+    assert len(add_to_history(history, first, limit=2)) == 2
+    with pytest.raises(handlers.UserInputError):
+        history_entry(history, 7)
+
+
+def test_examples_without_precomputed_results_fill_the_inputs(service):
+    examples = service.examples()  # built-in shapes scenes (no scikit-image) or photos
+    assert examples and all(Path(e.image).is_file() for e in examples)
+    assert all(Path(e.image).resolve().is_relative_to(service.settings.temp_dir.resolve()) for e in examples)
+    selection = select_example(service, 0, fast_controls())
+    assert selection.outcome is None and selection.controls.target_prompt == examples[0].target_prompt
+    with pytest.raises(handlers.UserInputError):
+        select_example(service, len(examples), fast_controls())
+
+
+def test_precomputed_examples_load_only_for_the_model_that_made_them(tmp_path, picture_path):
+    settings, service = tiny_app_service(tmp_path, examples_dir=tmp_path / "examples")
+    service.load()  # with tokens: both precomputed results apply
+    results = tmp_path / "examples" / "sd3"
+    results.mkdir(parents=True)
+    outputs = {}
+    for key in ("without_tokens", "with_tokens"):
+        Image.new("RGB", (32, 32), (0, 90, 200)).save(results / f"{key}.png")
+        outputs[key] = str(results / f"{key}.png")
+    example = Example("blue", picture_path, "a red circle", "a blue circle",
+                      params=dict(steps=8, n_max=5, seed=11), outputs=outputs)
+    write_manifest([example], manifest_path(settings.examples_dir, "sd3"), produced_by(TINY_MODEL_LABEL, None))
+    selection = select_example(service, 0, fast_controls())
+    assert selection.outcome is not None and selection.outcome.mode == "compare"
+    assert [Path(im.path).name for im in selection.outcome.images] == ["without_tokens.png", "with_tokens.png"]
+    assert (selection.controls.n_max, selection.controls.seed) == (5, 11)
+
+    write_manifest([example], manifest_path(settings.examples_dir, "sd3"), produced_by("another-model", None))
+    _, other = tiny_app_service(tmp_path, examples_dir=tmp_path / "examples")
+    assert select_example(other, 0, fast_controls()).outcome is None  # inputs only
+
+
+def test_entry_point_reports_bad_settings_without_a_traceback(capsys):
+    import importlib.util
+
+    # app.py shares its name with the app/ package: load the file itself
+    spec = importlib.util.spec_from_file_location("app_entry", Path(__file__).resolve().parent.parent / "app.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    assert entry.main(["--kind", "sd15"]) == 2
+    assert entry.main(["--threads", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot be edited here" in error and "--threads / SOFTREPA_THREADS: 0 must be at least 1" in error
+    assert "Traceback" not in error
+
+
+def test_background_loading_shows_a_status_and_edits_wait_for_it(tmp_path, picture_path):
+    import threading
+
+    release = threading.Event()
+    load_tiny = tiny_loader()
+
+    def slow_loader(settings):
+        release.wait(30)
+        return load_tiny(settings)
+
+    service = EditorService(tiny_settings(tmp_path), loader=slow_loader)
+    service.start_loading()
+    assert service.status().state == "loading" and "Loading" in service.status().message
+    release.set()
+    outcome = edit(service, picture_path, fast_controls())  # waits for the model
+    assert Path(outcome.final.path).is_file() and service.status().state == "ready"
