@@ -17,8 +17,9 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.txt
 
+# the app on the bundled shapes model and its tokens (no download); opens http://127.0.0.1:7860
 demo: install
-	$(BIN)/python -m softrepa.demo
+	$(BIN)/python app.py
 
 test: install
 	$(BIN)/python -m pytest -q -x tests

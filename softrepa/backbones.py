@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -196,6 +197,18 @@ def get_kind(name: str) -> ModelKind:
     return KINDS[name]
 
 
+def _absent_components(source: str) -> dict[str, None]:
+    """Components a local pipeline folder was saved without ([null, null] in model_index.json).
+
+    diffusers only loads such a folder (e.g. SD3 without T5) when they are passed as None.
+    """
+    index = Path(source) / "model_index.json"
+    if not index.is_file():
+        return {}
+    config = json.loads(index.read_text())
+    return {name: None for name, value in config.items() if not name.startswith("_") and value in (None, [None, None])}
+
+
 def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu"):
     """Load a diffusers pipeline of ``kind`` from a Hub id or local folder (default: the kind's model).
@@ -206,8 +219,9 @@ def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float
 
     spec = get_kind(kind)
     pipeline_class = getattr(diffusers, spec.pipeline_class)
-    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if spec.without_t5 else {}
     source = model or spec.hub_id
+    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if spec.without_t5 else {}
+    kwargs.update(_absent_components(source))
     try:
         pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
