@@ -28,7 +28,9 @@ from PIL import Image
 
 from app.examples import OUTPUT_KEYS, Example, load_examples, produced_by
 from app.settings import AppSettings
-from editing.cli import load_pipeline, resolve_device, resolve_dtype, safe_name
+from editing.cli import safe_name
+from softrepa.backbones import load_pipeline
+from softrepa.runtime import resolve_device, resolve_dtype
 from editing.editor import EditResult, FlowEditor
 from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
 from editing.inputs import MIN_PATCHES, PreparedImage, prepare_image
@@ -138,7 +140,7 @@ def load_editor(settings: AppSettings) -> LoadedModel:
     try:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        pipe = load_pipeline(settings.model, device, dtype, no_t5=settings.no_t5 or spec.without_t5)
+        pipe = load_pipeline(settings.model, settings.kind, dtype, device, without_t5=True if settings.no_t5 else None)
     except Exception as exc:  # noqa: BLE001 - from_pretrained raises many types; all mean "cannot load this"
         log.exception("loading %s failed", settings.model)
         raise RuntimeError(f"Could not load the model {settings.model_label!r} ({type(exc).__name__}: {exc}). Give "

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from editing.editor import FlowEditor  # noqa: E402
 from editing.flowedit import FlowEditParams  # noqa: E402
-from softrepa.backbones import new_tokens  # noqa: E402
+from softrepa.backbones import KINDS, new_tokens  # noqa: E402
 
 SHAPES_MODEL = REPO / "assets" / "shapes-sd3"
 
@@ -83,16 +83,18 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model or (str(SHAPES_MODEL) if SHAPES_MODEL.is_dir() else None)
     if model is not None:
-        from editing.cli import load_pipeline
+        from softrepa.backbones import load_pipeline
 
-        pipe = load_pipeline(model, device, torch.float32)
+        pipe = load_pipeline(model, "shapes-sd3", torch.float32, device)
         described = model
     else:
         pipe = bench_pipeline(args.layers, args.heads, args.head_dim, args.size).to(device)
         described = (f"random SD3: {args.layers} joint blocks, width {args.heads * args.head_dim}, "
                      f"2 toy CLIPs, 2x toy VAE")
     params = FlowEditParams(steps=args.steps, n_max=args.n_max, src_cfg=3.5, tar_cfg=13.5, seed=42)
-    tokens = new_tokens(pipe, "sd3", num_layers=min(5, len(pipe.transformer.transformer_blocks) - 1))
+    kind = "shapes-sd3" if model is not None else "sd3"
+    text_length = KINDS[kind].max_sequence_length
+    tokens = new_tokens(pipe, kind, num_layers=min(5, len(pipe.transformer.transformer_blocks) - 1))
     rng = np.random.RandomState(0)
     image = Image.fromarray((rng.rand(args.size, args.size, 3) * 255).astype(np.uint8))
     source = "a red square on a gray background"
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.transformer.register_forward_hook(stop_clock)
 
     def first_edit(use_tokens: bool, target: str) -> tuple[float, float]:
-        editor = FlowEditor(pipe, tokens if use_tokens else None)  # cold caches
+        editor = FlowEditor(pipe, tokens if use_tokens else None, max_sequence_length=text_length)  # cold caches
         try:
             return timed(lambda: editor.edit(image, source, target, params, use_tokens=use_tokens))
         finally:
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     first_edit(False, "warm-up")  # first calls allocate and pick kernels
     off, on, reedit, share = [], [], [], []
-    warm = FlowEditor(pipe)
+    warm = FlowEditor(pipe, max_sequence_length=text_length)
     warm.edit(image, source, "a blue circle", params, use_tokens=False)
     for r in range(args.repeats):
         in_transformer[0] = 0.0

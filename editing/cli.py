@@ -31,11 +31,12 @@ from editing.editor import FlowEditor
 from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
 from editing.inputs import DEFAULT_MAX_SIDE
 from editing.presets import PRESETS, default_preset_name, get_preset
+from softrepa import backbones
 from softrepa.backbones import KINDS
+from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.images import ImageInputError
 
 DEFAULT_MODEL = KINDS["sd3"].hub_id
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # command-line flag -> FlowEditParams field; None means "take the preset's value"
 PARAM_FLAGS = {"steps": "steps", "n_max": "n_max", "n_min": "n_min", "n_avg": "n_avg", "src_cfg": "src_cfg",
                "tar_cfg": "tar_cfg", "seed": "seed", "src_negative": "src_negative_prompt",
@@ -100,32 +101,6 @@ def params_from_args(args: argparse.Namespace, kind: str, use_tokens: bool) -> F
     params = preset.params.replace(**overrides)
     params.check()
     return params
-
-
-def resolve_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    return torch.float32 if device.type == "cpu" else torch.float16
-
-
-def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, no_t5: bool = False) -> Any:
-    """An SD3 pipeline from a Hub id or a local folder, on ``device`` in ``dtype``."""
-    from diffusers import StableDiffusion3Pipeline
-
-    config = StableDiffusion3Pipeline.load_config(model)
-    missing_t5 = config.get("text_encoder_3") in (None, [None, None])  # pipelines saved without T5
-    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if (no_t5 or missing_t5) else {}
-    return StableDiffusion3Pipeline.from_pretrained(model, dtype=dtype, **kwargs).to(device)
 
 
 # ----------------------------------------------------------------------------- batch files
@@ -369,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
-        pipe = load_pipeline(args.model, device, dtype, no_t5=args.no_t5)
+        pipe = backbones.load_pipeline(args.model, kind or "sd3", dtype, device, without_t5=True if args.no_t5 else None)
         editor = FlowEditor(pipe, tokens=args.tokens if use_tokens else None, max_side=args.max_side,
+                            max_sequence_length=KINDS[kind or "sd3"].max_sequence_length,
                             model_name=args.model)
     except (ValueError, OSError, RuntimeError) as exc:
         log(f"error: {exc}", file=sys.stderr)

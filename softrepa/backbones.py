@@ -210,20 +210,23 @@ def _absent_components(source: str) -> dict[str, None]:
 
 
 def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu"):
+                  device: torch.device | str = "cpu", without_t5: bool | None = None):
     """Load a diffusers pipeline of ``kind`` from a Hub id or local folder (default: the kind's model).
 
     The frozen model is cast to ``dtype``; soft tokens attached later stay float32.
+    without_t5: SD3 family: skip the T5 encoder (None: the kind's default). Folders saved without
+    a component load with it as None.
     """
     import diffusers
 
     spec = get_kind(kind)
     pipeline_class = getattr(diffusers, spec.pipeline_class)
     source = model or spec.hub_id
-    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if spec.without_t5 else {}
+    skip_t5 = spec.without_t5 if without_t5 is None else without_t5
+    kwargs = {"text_encoder_3": None, "tokenizer_3": None} if skip_t5 and spec.arch == "mmdit" else {}
     kwargs.update(_absent_components(source))
     try:
-        pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, **kwargs)
+        pipe = pipeline_class.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"could not load a {spec.pipeline_class} from {source!r} ({exc}). Give a local diffusers "
                            "folder or a Hub id you have access to (run `huggingface-cli login` for gated models).") from exc

@@ -28,10 +28,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from softrepa.backbones import KINDS, attach_tokens, get_kind, load_pipeline
+from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
 
 # ----------------------------------------------------------------------------- models
@@ -66,28 +65,9 @@ def load_model(model: str, kind: str | None = None, dtype: torch.dtype = torch.f
                device: torch.device | str = "cpu") -> tuple[Any, str]:
     """``resolve_model`` then ``softrepa.backbones.load_pipeline``: (pipe, kind)."""
     source, kind = resolve_model(model, kind)
-    absent = _absent_components(source)
-    if absent:
-        # A folder saved without some components (an SD3 without T5, like the tiny test pipelines)
-        # marks them [null, null]; diffusers only loads it when they are passed as None. Until
-        # backbones.load_pipeline does this itself (requested), load such folders here.
-        import diffusers
-
-        pipeline_class = getattr(diffusers, get_kind(kind).pipeline_class)
-        pipe = pipeline_class.from_pretrained(source, dtype=dtype, **absent).to(device)
-    else:
-        pipe = load_pipeline(source, kind, dtype, device)
+    pipe = load_pipeline(source, kind, dtype, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe, kind
-
-
-def _absent_components(source: str) -> dict[str, None]:
-    """Components a local folder marks absent ([null, null] in model_index.json), as None kwargs."""
-    index = Path(source) / "model_index.json"
-    if not index.is_file():
-        return {}
-    config = json.loads(index.read_text())
-    return {name: None for name, value in config.items() if not name.startswith("_") and value in (None, [None, None])}
 
 
 def kind_of_pipeline(pipe: Any) -> str:
@@ -96,22 +76,6 @@ def kind_of_pipeline(pipe: Any) -> str:
         if type(pipe).__name__ == spec.pipeline_class:
             return name
     raise ValueError(f"no model kind uses {type(pipe).__name__}; pass kind=... (known: {sorted(KINDS)})")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """'auto' / None: the available accelerator (CUDA, MPS, ...) else CPU."""
-    if name in (None, "auto"):
-        return torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto': bfloat16 on an accelerator, float32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type != "cpu" else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
-    return DTYPES[name]
 
 
 # ----------------------------------------------------------------------------- generation
@@ -231,7 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp16, bf16, fp32")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="auto: float16 on accelerators, float32 on CPU")
     parser.add_argument("--max-sequence-length", type=int, default=None,
                         help="SD3-family T5 length (default: the kind's, 256; shapes-sd3: 8)")
     parser.add_argument("--progress", action="store_true")
