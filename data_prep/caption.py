@@ -303,36 +303,22 @@ def default_process_state(needs_models: bool, device_spec: str = "auto"):
 
 
 def resolve_device(spec: str, process_state: Any = None):
-    import torch
+    from softrepa.runtime import process_device
 
-    several = process_state is not None and process_state.num_processes > 1
-    if spec == "auto" or (several and spec == "cuda"):
-        if several and hasattr(process_state, "device"):
-            return process_state.device  # accelerate gives each process its own GPU
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
     try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise SystemExit(f"error: --device {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but torch sees no CUDA GPU; use --device cpu (slow) or auto")
-    return device
+        return process_device(spec, process_state)
+    except ValueError as exc:
+        raise SystemExit(f"error: --device: {exc}") from None
 
 
 def resolve_dtype(spec: str, device):
+    """``auto``: bfloat16 where CUDA supports it (LLaVA / Llama are released in bf16), else float16/float32."""
     import torch
 
-    if spec == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "mps":
-            return torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
+    from softrepa.runtime import resolve_dtype as resolve
+
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return resolve(spec, device, accelerator_dtype=torch.bfloat16 if bf16 else torch.float16)
 
 
 def _load_kwargs(device, dtype, load_in_4bit: bool) -> dict:

@@ -23,16 +23,25 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+        raise ValueError(f"{name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu (slow) or auto")
     return device
 
 
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """``auto`` -> float16 on accelerators, float32 on CPU (half precision is slow or unsupported there)."""
+def process_device(name: str | None, state=None) -> torch.device:
+    """Under ``accelerate launch``: with ``auto`` (or plain ``cuda`` with several processes) each
+    process takes the device accelerate assigned it (``state``: a ``PartialState``)."""
+    several = state is not None and state.num_processes > 1
+    if (name in (None, "", "auto") or (several and name == "cuda")) and getattr(state, "device", None) is not None:
+        return torch.device(state.device)
+    return resolve_device(name)
+
+
+def resolve_dtype(name: str | None, device: torch.device, accelerator_dtype: torch.dtype = torch.float16) -> torch.dtype:
+    """``auto`` -> ``accelerator_dtype`` on accelerators, float32 on CPU (half precision is slow there)."""
     if name in (None, "", "auto"):
-        return torch.float32 if device.type == "cpu" else torch.float16
+        return torch.float32 if device.type == "cpu" else accelerator_dtype
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
     return DTYPES[name]

@@ -34,7 +34,7 @@ import torch
 
 from softrepa import backbones, runtime
 from softrepa.evaluate.fid import FeatureCache
-from softrepa.runtime import resolve_dtype
+from softrepa.runtime import process_device as resolve_device, resolve_dtype
 from softrepa.evaluate.metrics import METRIC_ORDER, MissingDependency, build_metric, get_spec, resolved_model_ids
 from softrepa.evaluate.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
                                        package_versions, read_jsonl, write_json_atomically, write_jsonl_atomically)
@@ -157,13 +157,6 @@ def process_state(device_spec: str = "auto"):
     # a generous barrier timeout: a resumed run can leave one process more images or scores to
     # make than the others, and the default (10 min for NCCL) would then abort the slower ones
     return PartialState(cpu=device_spec == "cpu" or not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
-
-
-def resolve_device(spec: str, state: Any = None) -> torch.device:
-    """'auto' -> this process's accelerator (the GPU accelerate assigned), else ``runtime.resolve_device``."""
-    if spec == "auto" and state is not None and getattr(state, "device", None) is not None:
-        return torch.device(state.device)
-    return runtime.resolve_device(spec)
 
 
 def load_pipeline(model: str, kind: str, device: torch.device, dtype: torch.dtype):
