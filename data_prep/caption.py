@@ -352,6 +352,25 @@ def _load_or_explain(loader: Callable[[], Any], what: str, model_id: str):
         ) from None
 
 
+def _pad_left(tokenizer) -> None:
+    """Left padding, with EOS as the pad token when there is none: decoder-only batched
+    generation continues after the prompt."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _load_generator(model_class, what: str, model_id: str, device, dtype, load_in_4bit: bool):
+    """``model_class.from_pretrained(model_id)`` with ``_load_kwargs``, on ``device``, in eval mode."""
+    model = _load_or_explain(
+        lambda: model_class.from_pretrained(model_id, **_load_kwargs(device, dtype, load_in_4bit)), what, model_id
+    )
+    if device.type != "cuda":
+        model.to(device)
+    model.eval()
+    return model
+
+
 # --------------------------------------------------------------------------------------
 # The two models
 # --------------------------------------------------------------------------------------
@@ -378,20 +397,8 @@ class LlavaCaptioner:
         self.model_id = model_id
         self.device = device
         self.processor = _load_or_explain(lambda: AutoProcessor.from_pretrained(model_id), "captioner", model_id)
-        tokenizer = self.processor.tokenizer
-        tokenizer.padding_side = "left"  # decoder-only batched generation continues after the prompt
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.model = _load_or_explain(
-            lambda: LlavaForConditionalGeneration.from_pretrained(
-                model_id, **_load_kwargs(device, dtype, load_in_4bit)
-            ),
-            "captioner",
-            model_id,
-        )
-        if device.type != "cuda":
-            self.model.to(device)
-        self.model.eval()
+        _pad_left(self.processor.tokenizer)
+        self.model = _load_generator(LlavaForConditionalGeneration, "captioner", model_id, device, dtype, load_in_4bit)
         self.max_new_tokens = max_new_tokens
         self.prompt = self._prompt_text()
         self.settings = {
@@ -444,17 +451,8 @@ class ChatRewriter:
                 f"error: --rewriter {model_id!r} has no chat template; use an instruction-tuned chat "
                 f"model such as {DEFAULT_REWRITER}"
             )
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = _load_or_explain(
-            lambda: AutoModelForCausalLM.from_pretrained(model_id, **_load_kwargs(device, dtype, load_in_4bit)),
-            "rewriter",
-            model_id,
-        )
-        if device.type != "cuda":
-            self.model.to(device)
-        self.model.eval()
+        _pad_left(self.tokenizer)
+        self.model = _load_generator(AutoModelForCausalLM, "rewriter", model_id, device, dtype, load_in_4bit)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p

@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -106,36 +108,35 @@ class JsonlAppender:
         self.close()
 
 
-def write_rows_atomically(path: Path | str, rows: Iterable[dict]) -> None:
-    """Replace ``path`` with ``rows`` in one step (temp file + rename): a crash leaves
-    either the old or the new file, never a mix."""
+@contextmanager
+def _replacing(path: Path | str) -> Iterator[TextIO]:
+    """A text handle on a temp file beside ``path`` that replaces ``path`` (fsync + rename)
+    when the block ends; on an error the temp file is removed and ``path`` is untouched."""
     path = Path(path)
     fd, temp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def write_rows_atomically(path: Path | str, rows: Iterable[dict]) -> None:
+    """Replace ``path`` with ``rows`` in one step (temp file + rename): a crash leaves
+    either the old or the new file, never a mix."""
+    with _replacing(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def write_text_atomically(path: Path | str, text: str) -> None:
     """Replace ``path`` with ``text`` in one step (temp file + rename)."""
-    path = Path(path)
-    fd, temp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with _replacing(path) as handle:
+        handle.write(text)
 
 
 def merge_rows(

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from app.testing import free_port, tiny_app_service
 from app.ui import create_app
@@ -43,8 +42,6 @@ def require_browser():
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     settings, service = tiny_app_service(tmp_path_factory.mktemp("app-browser"), port=free_port())
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(settings.uploads_dir))  # create_app sets it; restored afterwards
@@ -52,7 +49,6 @@ def app_url(tmp_path_factory):
         url = web.launch(block=False)
         yield url
         web.close()
-    torch.set_num_threads(threads)
 
 
 def test_pick_an_example_move_a_slider_run_and_see_the_result(app_url):

@@ -11,7 +11,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from app import handlers
@@ -21,14 +20,6 @@ from app.handlers import (EditorService, add_to_history, compare, edit, history_
 from app.settings import BUNDLED_MODEL_DIR, AppSettings, SettingsError, parse_args, resolve_settings
 from app.testing import TINY_MODEL_LABEL, fast_controls, tiny_app_service, tiny_loader, tiny_settings
 from editing.editor import read_png_metadata
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is faster and kinder to a shared machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

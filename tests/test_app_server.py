@@ -7,7 +7,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -21,8 +20,6 @@ MAX_FILE_SIZE = "300kb"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     temp_dir = tmp_path_factory.mktemp("app-server")
     settings, service = tiny_app_service(temp_dir, port=free_port(), max_file_size=MAX_FILE_SIZE)
     with pytest.MonkeyPatch.context() as patch:
@@ -31,7 +28,6 @@ def server(tmp_path_factory):
         url = web.launch(block=False)
         yield url, settings
         web.close()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -85,17 +85,10 @@ class FixedCaptioner:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    import torch
-
     from data_prep.tiny_models import build_tiny_llama, build_tiny_llava
 
-    # One thread: tiny matrices gain nothing from more, and OpenMP threads spinning on a
-    # busy shared CPU make each op up to ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny_models")
-    yield build_tiny_llava(root / "llava"), build_tiny_llama(root / "llama")
-    torch.set_num_threads(threads)
+    return build_tiny_llava(root / "llava"), build_tiny_llama(root / "llama")
 
 
 def tiny_args(images: Path, out: Path, llava: Path, llama: Path, *extra: str) -> list[str]:

@@ -23,8 +23,6 @@ FAST = ["--steps", "6", "--n-max", "3", "--device", "cpu", "--dtype", "float32"]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny SD3 pipeline saved in diffusers format, a token file and a few pictures."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("edit-cli")
     pipe = tiny_sd3_pipeline()
     pipe.save_pretrained(root / "model")
@@ -38,7 +36,6 @@ def workspace(tmp_path_factory):
     (images / "notes.png").write_text("not a picture")
     yield {"root": root, "pipe": pipe, "model": str(root / "model"), "tokens": root / "tokens.safetensors",
            "images": images}
-    torch.set_num_threads(threads)
 
 
 def test_parse_args_and_params(workspace):

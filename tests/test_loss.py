@@ -13,15 +13,6 @@ from softrepa.pairs import PairBatch, PairScorer, draw_noise, make_loss_fn, pair
 from softrepa.testing import tiny_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CI box has 2 cores shared by several jobs: oversubscribed intra-op threads are 10-50x slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------- the loss itself
 
 

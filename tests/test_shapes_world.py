@@ -49,7 +49,6 @@ def samples():
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.set_num_threads(1)
     return shapes_eval.load_classifier()
 
 

@@ -22,14 +22,6 @@ from softrepa.train import NonFiniteLossError, TrainConfig, evaluate_pairs, pars
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "black": (0, 0, 0), "green": (0, 255, 0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def write_colour_folder(folder, colours=COLOURS, size=(24, 20)):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "metadata.jsonl", "w") as f:

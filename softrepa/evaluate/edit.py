@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from softrepa.evaluate.datasets import EditPair, load_edit_pairs
 from softrepa.evaluate.runner import MetricSettings, Task, free_memory, load_pipeline, write_edit_plot
-from softrepa.tokens import file_sha256
 
 METHODS = ("vanilla", "tokens")
 
@@ -75,12 +74,9 @@ class EditTask(Task):
     name = "edit"
 
     def __init__(self, config: EditConfig):
-        self.config = config
-        self.run_dir = Path(config.out)
-        self.metrics = config.metrics
-        self.progress = config.progress
+        # the data is read before the base class hashes the token file
         self.pairs: list[EditPair] = load_edit_pairs(config.pairs, config.n)
-        self.tokens_sha256 = file_sha256(config.tokens) if config.tokens else None
+        super().__init__(config)
 
     def groups(self) -> list[dict]:
         sweeps = {"vanilla": (self.config.vanilla_n_max, self.config.vanilla_cfgs),

@@ -101,6 +101,16 @@ class SetMetric(ABC):
         return self.distance_from_features(self.features(images_a), self.features(images_b))
 
 
+class _Batched:
+    """How a model-backed metric runs: on ``device``, ``batch_size`` images per forward pass, with a
+    progress bar or not. Construction keeps only settings; the model loads on first use."""
+
+    def __init__(self, device: str | torch.device, batch_size: int, progress: bool):
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.progress = progress
+
+
 # ----------------------------------------------------------------------------- CLIP score and PickScore
 
 
@@ -113,7 +123,7 @@ def _image_processor_class():
     return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
-class ClipSimilarity(PromptMetric):
+class ClipSimilarity(_Batched, PromptMetric):
     """Cosine similarity of CLIP image and text embeddings, optionally times ``exp(logit_scale)``.
 
     model_id / processor_id: Hub ids or local folders (``CLIPModel`` weights; tokenizer and image
@@ -122,13 +132,11 @@ class ClipSimilarity(PromptMetric):
 
     def __init__(self, name: str, model_id: str, processor_id: str | None = None, use_logit_scale: bool = False,
                  device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True):
+        super().__init__(device, batch_size, progress)
         self.name = name
         self.model_id = str(model_id)
         self.processor_id = str(processor_id or model_id)
         self.use_logit_scale = use_logit_scale
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.progress = progress
 
     @cached_property
     def _parts(self):
@@ -170,7 +178,7 @@ class ClipSimilarity(PromptMetric):
 # ----------------------------------------------------------------------------- ImageReward
 
 
-class ImageRewardScore(PromptMetric):
+class ImageRewardScore(_Batched, PromptMetric):
     """ImageReward-v1.0 (``image-reward`` package), batched through its ``score_gard`` (the same
     BLIP + MLP computation as its one-image ``score``, on a batch of (prompt, image) pairs).
 
@@ -182,10 +190,8 @@ class ImageRewardScore(PromptMetric):
 
     def __init__(self, model_id: str = "ImageReward-v1.0", device: str | torch.device = "cpu", batch_size: int = 16,
                  progress: bool = True):
+        super().__init__(device, batch_size, progress)
         self.model_id = str(model_id)
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.progress = progress
 
     @cached_property
     def model(self):
@@ -216,7 +222,7 @@ class ImageRewardScore(PromptMetric):
 # ----------------------------------------------------------------------------- HPS v2.1
 
 
-class HpsScore(PromptMetric):
+class HpsScore(_Batched, PromptMetric):
     """HPS v2.1 (``hpsv2`` package): its open_clip ViT-H-14 with the HPS_v2.1 checkpoint, the cosine
     of the normalized embeddings, as ``hpsv2.score`` computes it, but batched and with the 2 GB
     checkpoint loaded once (``hpsv2.score`` reloads it on every call).
@@ -229,10 +235,8 @@ class HpsScore(PromptMetric):
 
     def __init__(self, model_id: str = "xswu/HPSv2", device: str | torch.device = "cpu", batch_size: int = 16,
                  progress: bool = True):
+        super().__init__(device, batch_size, progress)
         self.model_id = str(model_id)
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.progress = progress
 
     @cached_property
     def _parts(self):
@@ -275,7 +279,7 @@ class HpsScore(PromptMetric):
 # ----------------------------------------------------------------------------- LPIPS
 
 
-class LpipsDistance(PairMetric):
+class LpipsDistance(_Batched, PairMetric):
     """LPIPS (``lpips`` package, VGG). Inputs in [-1, 1] floats (``to_lpips_input``), not the
     uint8 0..255 the authors passed. Pairs are compared one by one (their sizes may differ); the
     batch size only paces the progress bar."""
@@ -284,10 +288,8 @@ class LpipsDistance(PairMetric):
 
     def __init__(self, net: str = "vgg", device: str | torch.device = "cpu", batch_size: int = 16,
                  progress: bool = True):
+        super().__init__(device, batch_size, progress)
         self.net = net
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.progress = progress
 
     @cached_property
     def model(self):

@@ -35,6 +35,7 @@ import torch
 from softrepa import backbones, runtime
 from softrepa.evaluate.fid import FeatureCache
 from softrepa.runtime import process_device as resolve_device, resolve_dtype
+from softrepa.tokens import file_sha256
 from softrepa.evaluate.metrics import METRIC_ORDER, MissingDependency, build_metric, get_spec, resolved_model_ids
 from softrepa.evaluate.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
                                        package_versions, read_jsonl, write_json_atomically, write_jsonl_atomically)
@@ -81,6 +82,15 @@ class Task(ABC):
     run_dir: Path
     metrics: MetricSettings
     progress: bool = True
+
+    def __init__(self, config) -> None:
+        """What every task takes from its config (``T2IConfig``, ``EditConfig``): the run folder
+        (``out``), the metric settings, the progress flag, and the token file's sha256 (``tokens``)."""
+        self.config = config
+        self.run_dir = Path(config.out)
+        self.metrics = config.metrics
+        self.progress = config.progress
+        self.tokens_sha256 = file_sha256(config.tokens) if config.tokens else None
 
     @abstractmethod
     def items(self) -> list[dict]:

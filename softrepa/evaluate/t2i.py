@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from softrepa.backbones import get_kind
 from softrepa.evaluate.datasets import CaptionItem, load_coco_captions
 from softrepa.evaluate.runner import MetricSettings, Task, free_memory, load_pipeline
-from softrepa.tokens import file_sha256, load_tokens
+from softrepa.tokens import load_tokens
 
 METHODS = ("vanilla", "tokens")
 LPIPS_SIZE = (299, 299)  # the authors' T2I LPIPS geometry
@@ -71,12 +71,9 @@ class T2ITask(Task):
     name = "t2i"
 
     def __init__(self, config: T2IConfig):
-        self.config = config
-        self.run_dir = Path(config.out)
-        self.metrics = config.metrics
-        self.progress = config.progress
+        # the data is read before the base class hashes the token file
         self.captions: list[CaptionItem] = load_coco_captions(config.captions, config.n)
-        self.tokens_sha256 = file_sha256(config.tokens) if config.tokens else None
+        super().__init__(config)
 
     def methods(self) -> tuple[str, ...]:
         return METHODS if self.config.tokens else ("vanilla",)
