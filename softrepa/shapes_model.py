@@ -54,6 +54,9 @@ class ShapesModelConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    # decoder stage: encoder frozen (latents unchanged), decoder trained further for sharper decoding
+    decoder_steps: int = 2500
+    decoder_lr: float = 5e-4
     # denoiser stage (transformer + both text encoders)
     minutes: float = 45.0  # wall-clock budget of the denoiser stage; steps stop at whichever comes first
     steps: int = 100000
@@ -139,6 +142,38 @@ def train_vae(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) 
             bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval()
     _atomic_torch_save({"vae": vae.state_dict()}, ckpt)
+
+
+def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) -> None:
+    """Train the decoder (and post_quant_conv) further on the frozen encoder's posterior modes.
+
+    The latents the denoiser learns from do not change, so this stage can run beside (or after)
+    the denoiser stage: the joint VAE stage is short, and its decoder is what limits sharpness.
+    """
+    ckpt = work / "decoder.pt"
+    parts = torch.nn.ModuleDict({"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv})
+    if ckpt.exists():
+        parts.load_state_dict(torch.load(ckpt, weights_only=True)["decoder"])
+        return
+    generator = torch.Generator().manual_seed(config.seed + 4)
+    optimizer = torch.optim.AdamW(parts.parameters(), lr=config.decoder_lr, weight_decay=0.0)
+    parts.train()
+    bar = tqdm(range(config.decoder_steps), desc="decoder", dynamic_ncols=True, mininterval=10)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / config.decoder_steps))
+        index = torch.randint(0, pixels.shape[0], (config.vae_batch,), generator=generator)
+        x = to_unit(pixels[index])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        loss = F.mse_loss(vae.decode(z).sample, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    parts.eval()
+    _atomic_torch_save({"decoder": parts.state_dict()}, ckpt)
 
 
 @torch.no_grad()
@@ -241,6 +276,7 @@ def build(out: str | os.PathLike, config: ShapesModelConfig, work: str | os.Path
     latents = encode_latents(components["vae"], pixels)
     pipe = StableDiffusion3Pipeline(text_encoder_3=None, tokenizer_3=None, **components)
     report = train_denoiser(pipe, latents, captions, config, work)
+    refine_decoder(components["vae"], pixels, config, work)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(tmp)
