@@ -2,7 +2,7 @@
 
     python app.py [--model M] [--kind K] [--tokens FILE] [--host 127.0.0.1] [--port 7860]
 
-With no flags it serves the bundled shapes model with its soft tokens; see docs/app.md.
+With no flags it serves the bundled shapes model with its soft tokens; see the README, "The web editor".
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Modules: ``metrics`` (the metric registry: ImageReward, PickScore, CLIP, HPS v2.
 ``fid`` (offline Inception + Fréchet distance), ``image_tensors`` (image -> metric input),
 ``datasets`` (COCO captions, editing pairs), ``results`` (resumable run folder), ``runner`` (the
 loop shared by both tasks, multi-process), ``t2i`` / ``edit`` (the tasks), ``tables`` (Tab. 4-6
-writers, Fig. 5 plot), ``cli``. See docs/evaluation.md.
+writers, Fig. 5 plot), ``cli``. See the README, "Evaluation".
 """
 
 from softrepa.evaluate.metrics import METRICS, build_metric
