@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from softrepa.evaluate.fid import InceptionFeatures, fid_from_features
 from softrepa.evaluate.image_tensors import ImageLike, as_rgb_image, to_lpips_input
 
-EVAL_INSTALL = "pip install -r requirements-eval.txt (in a separate environment: see the README, "Evaluation")"
+EVAL_INSTALL = "pip install -r requirements-eval.txt (in a separate environment: see the README, 'Evaluation')"
 
 
 class MissingDependency(ImportError):
