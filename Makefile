@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench
+.PHONY: install demo test shapes
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,3 +26,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -x tests
+
+# Rebuild the bundled shapes world from scratch (seeded; CPU: a few hours on 2 cores):
+# base model, token training data, soft tokens. Then run benchmarks/shapes_alignment.py.
+SHAPES_LR ?= 1e-2
+shapes: install
+	$(BIN)/python -m softrepa.shapes_model build --out assets/shapes-sd3 --work runs/shapes-sd3.build
+	$(BIN)/python -m data_prep.shapes make --out runs/shapes-train --n 4000 --seed 7 --split train
+	$(BIN)/python -m softrepa.train --model assets/shapes-sd3 --kind shapes-sd3 --data runs/shapes-train \
+		--output runs/shapes-tokens --batch-size 8 --max-steps 200 --checkpoint-every 50 --validate-every 1000 \
+		--resolution 64 --lr $(SHAPES_LR)
+	cp runs/shapes-tokens/tokens-final.safetensors assets/shapes-sd3-softrepa.safetensors
