@@ -119,31 +119,41 @@ def to_unit(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.float() / 127.5 - 1.0  # [-1, 1]
 
 
-def train_vae(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) -> None:
-    ckpt = work / "vae.pt"
+def _train_stage(name: str, module: torch.nn.Module, loss_fn, pixels: torch.Tensor, steps: int, lr: float,
+                 batch: int, seed: int, ckpt: Path) -> None:
+    """One resumable autoencoder stage: AdamW with a cosine learning rate over ``steps`` batches of
+    renders; ``loss_fn(x, generator)``; the stage's weights are checkpointed atomically at the end."""
     if ckpt.exists():
-        vae.load_state_dict(torch.load(ckpt, weights_only=True)["vae"])
+        module.load_state_dict(torch.load(ckpt, weights_only=True)[name])
         return
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    vae.train()
-    bar = tqdm(range(config.vae_steps), desc="vae", dynamic_ncols=True)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    module.train()
+    bar = tqdm(range(steps), desc=name, dynamic_ncols=True, mininterval=10)
     for step in bar:
-        lr = config.vae_lr * 0.5 * (1 + math.cos(math.pi * step / config.vae_steps))
         for group in optimizer.param_groups:
-            group["lr"] = lr
-        index = torch.randint(0, pixels.shape[0], (config.vae_batch,), generator=generator)
-        x = to_unit(pixels[index])
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=generator)).sample
-        loss = F.mse_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        index = torch.randint(0, pixels.shape[0], (batch,), generator=generator)
+        loss = loss_fn(to_unit(pixels[index]), generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    vae.eval()
-    _atomic_torch_save({"vae": vae.state_dict()}, ckpt)
+    module.eval()
+    _atomic_torch_save({name: module.state_dict()}, ckpt)
+
+
+def train_vae(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) -> None:
+    """Encoder and decoder together: L2 reconstruction of a posterior sample + a small KL."""
+
+    def loss_fn(x, generator):
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=generator)).sample
+        return F.mse_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
+
+    _train_stage("vae", vae, loss_fn, pixels, config.vae_steps, config.vae_lr, config.vae_batch, config.seed + 1,
+                 work / "vae.pt")
 
 
 def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) -> None:
@@ -152,30 +162,15 @@ def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: P
     The latents the denoiser learns from do not change, so this stage can run beside (or after)
     the denoiser stage: the joint VAE stage is short, and its decoder is what limits sharpness.
     """
-    ckpt = work / "decoder.pt"
     parts = torch.nn.ModuleDict({"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv})
-    if ckpt.exists():
-        parts.load_state_dict(torch.load(ckpt, weights_only=True)["decoder"])
-        return
-    generator = torch.Generator().manual_seed(config.seed + 4)
-    optimizer = torch.optim.AdamW(parts.parameters(), lr=config.decoder_lr, weight_decay=0.0)
-    parts.train()
-    bar = tqdm(range(config.decoder_steps), desc="decoder", dynamic_ncols=True, mininterval=10)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = config.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / config.decoder_steps))
-        index = torch.randint(0, pixels.shape[0], (config.vae_batch,), generator=generator)
-        x = to_unit(pixels[index])
+
+    def loss_fn(x, generator):
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
-        loss = F.mse_loss(vae.decode(z).sample, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    parts.eval()
-    _atomic_torch_save({"decoder": parts.state_dict()}, ckpt)
+        return F.mse_loss(vae.decode(z).sample, x)
+
+    _train_stage("decoder", parts, loss_fn, pixels, config.decoder_steps, config.decoder_lr, config.vae_batch,
+                 config.seed + 4, work / "decoder.pt")
 
 
 @torch.no_grad()
