@@ -73,6 +73,10 @@ class ShapesModelConfig:
     text_width: int = 64
     checkpoint_every: int = 100
     threads: int = 2
+    # where the stages run ("auto": cuda if present). Random draws (batch indices, noise, t) come
+    # from CPU generators, so a GPU build sees the same batches as a CPU build.
+    device: str = "auto"
+    workers: int = 1  # processes that render (and tokenize) the training set
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -110,9 +114,43 @@ def build_components(config: ShapesModelConfig):
                 tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)
 
 
-def images_to_tensor(images) -> torch.Tensor:
-    array = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # (N, H, W, 3)
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+def _render_chunk(job: tuple[int, int, int]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Samples ``start .. start + n`` of the training split: pixels (n, 64, 64, 3) uint8, captions,
+    and their CLIP token ids (n, TEXT_MAX_LENGTH) -- tokenizing once here keeps the tokenizer
+    (tens of ms per batch) out of the training loop."""
+    from data_prep.shapes import generate_samples
+    from softrepa.testing import clip_tokenizer
+
+    start, n, seed = job
+    samples = generate_samples(n, seed=seed, split="train", start=start)
+    captions = [s["caption"] for s in samples]
+    pixels = np.stack([np.asarray(s["image"], dtype=np.uint8) for s in samples])
+    return pixels, captions, tokenize(clip_tokenizer(model_max_length=TEXT_MAX_LENGTH), captions)
+
+
+def tokenize(tokenizer, captions: list[str]) -> np.ndarray:
+    """Token ids exactly as ``StableDiffusion3Pipeline`` makes them for its CLIP encoders."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="np").input_ids
+    return ids.astype(np.int64)  # (n, TEXT_MAX_LENGTH)
+
+
+def render_training_set(config: ShapesModelConfig, chunk: int = 2000):
+    """(pixels (N, 3, 64, 64) uint8, captions, token ids (N, TEXT_MAX_LENGTH)), rendered by
+    ``config.workers`` processes; identical for any worker count (samples are seeded by index)."""
+    jobs = [(start, min(chunk, config.train_samples - start), config.seed)
+            for start in range(0, config.train_samples, chunk)]
+    if config.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(config.workers) as pool:
+            parts = list(tqdm(pool.map(_render_chunk, jobs), total=len(jobs), desc="render", dynamic_ncols=True))
+    else:
+        parts = [_render_chunk(job) for job in tqdm(jobs, desc="render", dynamic_ncols=True)]
+    pixels = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
+    captions = [c for p in parts for c in p[1]]
+    ids = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+    return pixels, captions, ids
 
 
 def to_unit(batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -120,11 +158,11 @@ def to_unit(batch_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def _train_stage(name: str, module: torch.nn.Module, loss_fn, pixels: torch.Tensor, steps: int, lr: float,
-                 batch: int, seed: int, ckpt: Path) -> None:
+                 batch: int, seed: int, ckpt: Path, device: torch.device) -> None:
     """One resumable autoencoder stage: AdamW with a cosine learning rate over ``steps`` batches of
     renders; ``loss_fn(x, generator)``; the stage's weights are checkpointed atomically at the end."""
     if ckpt.exists():
-        module.load_state_dict(torch.load(ckpt, weights_only=True)[name])
+        module.load_state_dict(torch.load(ckpt, weights_only=True, map_location=device)[name])
         return
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
@@ -134,7 +172,7 @@ def _train_stage(name: str, module: torch.nn.Module, loss_fn, pixels: torch.Tens
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         index = torch.randint(0, pixels.shape[0], (batch,), generator=generator)
-        loss = loss_fn(to_unit(pixels[index]), generator)
+        loss = loss_fn(to_unit(pixels[index].to(device)), generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -149,11 +187,12 @@ def train_vae(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) 
 
     def loss_fn(x, generator):
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=generator)).sample
+        noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+        recon = vae.decode(posterior.mean + posterior.std * noise).sample  # a posterior sample
         return F.mse_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
 
     _train_stage("vae", vae, loss_fn, pixels, config.vae_steps, config.vae_lr, config.vae_batch, config.seed + 1,
-                 work / "vae.pt")
+                 work / "vae.pt", _device(config))
 
 
 def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) -> None:
@@ -170,13 +209,13 @@ def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: P
         return F.mse_loss(vae.decode(z).sample, x)
 
     _train_stage("decoder", parts, loss_fn, pixels, config.decoder_steps, config.decoder_lr, config.vae_batch,
-                 config.seed + 4, work / "decoder.pt")
+                 config.seed + 4, work / "decoder.pt", _device(config))
 
 
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Posterior modes, then set SD3-style shift/scaling so latents are ~N(0, 1)."""
-    modes = [vae.encode(to_unit(pixels[i:i + batch])).latent_dist.mode() for i in
+    """Posterior modes (on the VAE's device), then set SD3-style shift/scaling so latents are ~N(0, 1)."""
+    modes = [vae.encode(to_unit(pixels[i:i + batch].to(vae.device))).latent_dist.mode() for i in
              tqdm(range(0, pixels.shape[0], batch), desc="encode", dynamic_ncols=True)]
     latents = torch.cat(modes)  # (N, 4, 16, 16)
     shift, scale = latents.mean().item(), 1.0 / latents.std().item()
@@ -184,15 +223,32 @@ def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return (latents - shift) * scale
 
 
-def encode_text(pipe, captions: list[str]):
-    """The pipeline's own prompt encoding (with gradients: the encoders train with the transformer)."""
-    prompt_embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None,
-                                                     device=torch.device("cpu"), do_classifier_free_guidance=False,
-                                                     max_sequence_length=MAX_SEQUENCE_LENGTH)
-    return prompt_embeds, pooled
+def encode_text(pipe, ids: torch.Tensor, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
+    """``pipe.encode_prompt`` for pre-tokenized captions (with gradients: the encoders train with the
+    transformer): both CLIP encoders read the same ids (the build uses one tokenizer for both),
+    their penultimate hidden states are concatenated and zero-padded to the transformer's
+    joint width, followed by ``max_sequence_length`` zero tokens standing in for T5; pooled =
+    both projections. tests/test_shapes_model.py checks it equals ``encode_prompt``.
+
+    ids: (B, TEXT_MAX_LENGTH) -> prompt_embeds (B, TEXT_MAX_LENGTH + max_sequence_length, D), pooled (B, P)
+    """
+    hidden, pooled = [], []
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        out = encoder(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])  # (B, 64, w)
+        pooled.append(out[0])  # text_embeds (B, w)
+    clip = torch.cat(hidden, dim=-1)  # (B, 64, 2w)
+    width = pipe.transformer.config.joint_attention_dim
+    clip = F.pad(clip, (0, width - clip.shape[-1]))
+    t5 = clip.new_zeros(clip.shape[0], max_sequence_length, width)
+    return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
 
 
-def train_denoiser(pipe, latents: torch.Tensor, captions: list[str], config: ShapesModelConfig, work: Path) -> dict:
+def train_denoiser(pipe, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+                   config: ShapesModelConfig, work: Path) -> dict:
+    """Rectified-flow training of the transformer and both text encoders on (latents, caption ids);
+    ``empty_ids`` (the empty caption's ids) replace a caption with probability ``caption_dropout``."""
+    device = latents.device
     trainable = torch.nn.ModuleDict({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder,
                                      "text_encoder_2": pipe.text_encoder_2})
     ema = copy.deepcopy(trainable).requires_grad_(False)
@@ -202,11 +258,11 @@ def train_denoiser(pipe, latents: torch.Tensor, captions: list[str], config: Sha
     step, elapsed, log = 0, 0.0, []
     ckpt = work / "denoiser.pt"
     if ckpt.exists():  # resume exactly: weights, EMA, optimizer, generators, step, time used
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=device)
         trainable.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         rng = np.random.default_rng()
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         step, elapsed, log = int(state["step"]), float(state["elapsed"]), json.loads(state["log"])
@@ -219,12 +275,13 @@ def train_denoiser(pipe, latents: torch.Tensor, captions: list[str], config: Sha
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = torch.randint(0, latents.shape[0], (config.batch,), generator=generator)
-        x0 = latents[index]  # (B, 4, 16, 16)
-        batch_captions = ["" if rng.random() < config.caption_dropout else captions[i] for i in index.tolist()]
-        prompt_embeds, pooled = encode_text(pipe, batch_captions)
+        x0 = latents[index.to(device)]  # (B, 4, 16, 16)
+        dropped = torch.from_numpy(rng.random(config.batch) < config.caption_dropout)  # (B,)
+        batch_ids = torch.where(dropped[:, None], empty_ids[None], ids[index])  # (B, 64)
+        prompt_embeds, pooled = encode_text(pipe, batch_ids.to(device))
         # SD3 training: sigma = sigmoid(n), n ~ N(0, 1) (logit-normal); x_t = (1 - sigma) x0 + sigma eps
-        sigma = torch.sigmoid(torch.randn(config.batch, generator=generator))
-        eps = torch.randn(x0.shape, generator=generator)
+        sigma = torch.sigmoid(torch.randn(config.batch, generator=generator)).to(device)
+        eps = torch.randn(x0.shape, generator=generator).to(device)
         x_t = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * eps
         v = pipe.transformer(hidden_states=x_t, encoder_hidden_states=prompt_embeds, pooled_projections=pooled,
                              timestep=sigma * 1000).sample
@@ -254,35 +311,56 @@ def train_denoiser(pipe, latents: torch.Tensor, captions: list[str], config: Sha
     return {"steps": step, "minutes": elapsed / 60.0, "final_loss": log[-1]["loss"] if log else None, "log": log}
 
 
+def _device(config: ShapesModelConfig) -> torch.device:
+    from softrepa.runtime import resolve_device
+
+    return resolve_device(config.device)
+
+
 def build(out: str | os.PathLike, config: ShapesModelConfig, work: str | os.PathLike | None = None) -> Path:
     from diffusers import StableDiffusion3Pipeline
 
-    from data_prep.shapes import generate_samples
-
     torch.set_num_threads(config.threads)
+    device = _device(config)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the model is fp32; TF32 matmuls are ample for it
+        torch.backends.cudnn.allow_tf32 = True
     out = Path(out)
     work = Path(work) if work is not None else out.parent / (out.name + ".build")
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     started = time.time()
-    samples = generate_samples(config.train_samples, seed=config.seed, split="train")
-    pixels = images_to_tensor([s["image"] for s in samples])
-    captions = [s["caption"] for s in samples]
+    pixels, _, ids = render_training_set(config)
     components = build_components(config)
-    train_vae(components["vae"], pixels, config, work)
-    latents = encode_latents(components["vae"], pixels)
-    pipe = StableDiffusion3Pipeline(text_encoder_3=None, tokenizer_3=None, **components)
-    report = train_denoiser(pipe, latents, captions, config, work)
-    refine_decoder(components["vae"], pixels, config, work)
+    empty_ids = torch.from_numpy(tokenize(components["tokenizer"], [""])[0])
+    pipe = StableDiffusion3Pipeline(text_encoder_3=None, tokenizer_3=None, **components).to(device)
+    train_vae(pipe.vae, pixels, config, work)
+    latents = encode_latents(pipe.vae, pixels)  # (N, 4, 16, 16) on the device
+    report = train_denoiser(pipe, latents, ids, empty_ids, config, work)
+    refine_decoder(pipe.vae, pixels, config, work)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.to(torch.float16).save_pretrained(tmp)
+    pipe.to("cpu", torch.float16).save_pretrained(tmp)
+    load_in_float32(tmp)
     report.update(config=dataclasses.asdict(config), build_minutes=(time.time() - started) / 60.0,
-                  max_sequence_length=MAX_SEQUENCE_LENGTH)
+                  max_sequence_length=MAX_SEQUENCE_LENGTH, device=str(device),
+                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     (tmp / "build_report.json").write_text(json.dumps(report, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
+
+
+def load_in_float32(folder: Path) -> None:
+    """Weights are stored in fp16 to keep the folder small, but the model is meant to run in fp32
+    on CPU. diffusers loads fp16 weights as fp32 by default; transformers loads the dtype its
+    config names, so the text encoders' configs are set to float32: a plain
+    ``StableDiffusion3Pipeline.from_pretrained(folder)`` then has one dtype throughout."""
+    for name in ("text_encoder", "text_encoder_2"):
+        path = folder / name / "config.json"
+        config = json.loads(path.read_text())
+        config["dtype"] = "float32"
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

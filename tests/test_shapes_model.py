@@ -1,51 +1,62 @@
-"""The bundled shapes-world model and its soft tokens: offline loading, generation, token effect."""
+"""The shapes-model build (softrepa/shapes_model.py) on a few steps: its text encoding equals the
+pipeline's own, rendering is worker-count independent, and a build loads back and resumes."""
 
-from __future__ import annotations
-
-from pathlib import Path
+import json
 
 import numpy as np
-import pytest
 import torch
+from diffusers import StableDiffusion3Pipeline
+from safetensors import safe_open
 
-from softrepa.backbones import KINDS, SHAPES_MODEL_DIR, attach_tokens
-from softrepa.tokens import load_tokens
+from softrepa.shapes_model import (MAX_SEQUENCE_LENGTH, ShapesModelConfig, build, build_components, encode_text,
+                                   main, render_training_set, tokenize)
 
-TOKENS = SHAPES_MODEL_DIR.parent / "shapes-sd3-softrepa.safetensors"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    from diffusers import StableDiffusion3Pipeline
-
-    assert (SHAPES_MODEL_DIR / "model_index.json").is_file(), "the bundled model is missing: make shapes"
-    # the standard pipeline, offline: SD3 without T5 is loaded by passing it as None (diffusers' recipe)
-    pipe = StableDiffusion3Pipeline.from_pretrained(SHAPES_MODEL_DIR, text_encoder_3=None, tokenizer_3=None,
-                                                    dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+TINY = dict(train_samples=24, vae_steps=2, vae_batch=4, decoder_steps=2, steps=3, batch=4, warmup=1,
+            num_layers=1, heads=2, head_dim=8, text_width=16, checkpoint_every=1, threads=1, device="cpu")
 
 
-def generate(pipe, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return pipe("a large red circle and a small blue star below it", num_inference_steps=4, guidance_scale=4.0,
-                height=64, width=64, generator=generator, output_type="np",
-                max_sequence_length=KINDS["shapes-sd3"].max_sequence_length).images
+def test_encode_text_equals_pipeline_encode_prompt():
+    components = build_components(ShapesModelConfig(**TINY))
+    pipe = StableDiffusion3Pipeline(text_encoder_3=None, tokenizer_3=None, **components)
+    captions = ["a small red circle in the top left and a blue star below it", "", "two green squares"]
+    ids = torch.from_numpy(tokenize(components["tokenizer"], captions))
+    with torch.no_grad():
+        embeds, pooled = encode_text(pipe, ids)
+        ref_embeds, _, ref_pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None,
+                                                          device=torch.device("cpu"),
+                                                          do_classifier_free_guidance=False,
+                                                          max_sequence_length=MAX_SEQUENCE_LENGTH)
+    assert embeds.shape == ref_embeds.shape and pooled.shape == ref_pooled.shape
+    torch.testing.assert_close(embeds, ref_embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pooled, ref_pooled, rtol=0, atol=1e-6)
 
 
-def test_bundled_model_is_small_and_generates(pipe):
-    size = sum(f.stat().st_size for f in Path(SHAPES_MODEL_DIR).rglob("*") if f.is_file())
-    assert size <= 40 * 2**20, f"bundled model is {size / 2**20:.1f} MB"
-    images = generate(pipe)
-    assert images.shape == (1, 64, 64, 3)
-    assert np.isfinite(images).all() and images.std() > 0.01  # a picture, not a constant
+def test_render_training_set_is_the_same_for_any_worker_count():
+    config = ShapesModelConfig(**{**TINY, "train_samples": 10})
+    pixels, captions, ids = render_training_set(config, chunk=3)
+    pixels2, captions2, ids2 = render_training_set(ShapesModelConfig(**{**TINY, "train_samples": 10, "workers": 2}),
+                                                   chunk=4)
+    assert pixels.shape == (10, 3, 64, 64) and pixels.dtype == torch.uint8 and ids.shape == (10, 64)
+    assert torch.equal(pixels, pixels2) and captions == captions2 and torch.equal(ids, ids2)
+    assert len(set(captions)) > 1
 
 
-def test_bundled_tokens_load_and_change_the_output(pipe):
-    tokens = load_tokens(TOKENS, model=pipe)
-    assert tokens.config.kind == "shapes-sd3"
-    vanilla = generate(pipe)
-    with attach_tokens(pipe, tokens):
-        with_tokens = generate(pipe)
-    assert np.abs(with_tokens - vanilla).max() > 1e-3
-    np.testing.assert_array_equal(generate(pipe), vanilla)  # detached: the model is as before
+def test_build_loads_in_the_standard_pipeline_and_resumes(tmp_path):
+    out, work = tmp_path / "model", tmp_path / "work"
+    args = ["build", "--out", str(out), "--work", str(work)] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert main(args) == 0
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["steps"] == 3 and report["device"] == "cpu"
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
+    with safe_open(out / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # shipped in fp16
+    image = pipe("a red circle", height=64, width=64, num_inference_steps=2, max_sequence_length=MAX_SEQUENCE_LENGTH,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    # a rerun with more steps resumes from the checkpoint: 3 done, 2 more, same VAE
+    first = torch.load(work / "denoiser.pt", weights_only=True)
+    assert first["step"] == 3
+    build(out, ShapesModelConfig(**{**TINY, "steps": 5}), work)
+    assert json.loads((out / "build_report.json").read_text())["steps"] == 5
+    assert len(json.loads(torch.load(work / "denoiser.pt", weights_only=True)["log"])) == 0  # logs every 10 steps
