@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from data_prep.shapes import generate_samples, make_edit_pairs  # noqa: E402
 from softrepa.backbones import KINDS, load_pipeline  # noqa: E402
 from softrepa.generate import generate_images  # noqa: E402
+from softrepa.runtime import resolve_device  # noqa: E402
 from softrepa.shapes_eval import load_classifier, predict_scenes, score  # noqa: E402
 from softrepa.tokens import load_tokens  # noqa: E402
 
@@ -57,6 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-edit", action="store_true", help="text-to-image only (token ablations)")
     parser.add_argument("--out", default="runs/shapes_alignment", help="JSON results and the plot go here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, auto (classifier and FID: CPU)")
     parser.add_argument("--quick", action="store_true", help="64 captions, 16 edit pairs, 2 CFGs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -150,7 +152,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model, KIND)
+    pipe = load_pipeline(args.model, KIND, device=resolve_device(args.device))
     pipe.set_progress_bar_config(disable=True)
     tokens = load_tokens(args.tokens, model=pipe)
     samples = generate_samples(args.n, seed=args.seed, split="val")

@@ -98,6 +98,7 @@ class TrainConfig:
     per_sample_t: bool = False  # per-image t and eps instead of one shared draw (Eq. 13 note)
     # optimisation (authors' defaults)
     max_steps: int = 30000
+    max_minutes: float | None = None  # also stop (with final files) after this many minutes of this run's steps
     lr: float = 1e-3
     weight_decay: float = 1e-4
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -149,6 +150,8 @@ class TrainConfig:
                      "max_nonfinite", "cache_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_minutes is not None and self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (or unset), got {self.max_minutes}")
         if self.pair_chunk < 0 or self.val_items < 0 or self.keep_checkpoints < 1:
             raise ValueError("pair_chunk and val_items must be >= 0, keep_checkpoints >= 1")
         if self.resolution is not None and self.resolution < 8:
@@ -576,8 +579,16 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
     final_path = None
     progress = tqdm(total=config.max_steps, initial=state.step, disable=not (config.progress and main),
                     desc="softrepa", dynamic_ncols=True)
+    loop_start = time.perf_counter()
+
+    def out_of_time() -> bool:  # every process must agree, so the decision is reduced (any process over)
+        if config.max_minutes is None:
+            return False
+        over = torch.tensor([float(time.perf_counter() - loop_start >= 60.0 * config.max_minutes)], device=device)
+        return bool(accelerator.reduce(over, reduction="sum").item() > 0)
+
     try:
-        while state.step < config.max_steps:
+        while state.step < config.max_steps and not out_of_time():
             t0 = time.perf_counter()
             indices, epoch = next_global_batch(source, state, global_batch)
             rank = accelerator.process_index
@@ -668,6 +679,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "resume": "'latest' or a checkpoint folder", "mixed_precision": f"one of {MIXED_PRECISION}",
         "init": "normal | zeros | null_prompt (default: the kind's)",
         "stop_after_step": "stop once this step is done, without final files (tests/resume drills)",
+        "max_minutes": "time box: stop with final files after this many minutes of steps (this run), or at "
+                       "--max-steps, whichever comes first",
     }
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -268,3 +268,12 @@ def test_two_processes_with_gathered_captions_match_one_process(tmp_path, colour
     first = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()][0]
     assert first["contrastive"] == pytest.approx(
         json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[0])["contrastive"], rel=1e-5)
+
+
+def test_max_minutes_time_box_stops_with_final_files(tmp_path, colours, pipe):
+    config = base_config(tmp_path, colours, max_minutes=0.0)
+    result = train(config, pipe=pipe)
+    assert result.step == 0 and result.final_path.is_file()  # out of time before the first step
+    assert load_tokens(result.final_path).static.shape == result.tokens.static.shape
+    with pytest.raises(ValueError, match="max_minutes"):
+        dataclasses.replace(config, max_minutes=-1.0)
