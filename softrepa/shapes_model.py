@@ -1,6 +1,7 @@
 """Build the bundled shapes-world model: a real SD3-architecture pipeline trained from scratch.
 
-    python -m softrepa.shapes_model build --out assets/shapes-sd3 [--minutes 40] [--seed 0]
+    python -m softrepa.shapes_model build --out assets/shapes-sd3 [--minutes 40] [--seed 0] [--device cuda]
+    python -m softrepa.shapes_model samples --out docs/shapes_model_samples.png   # captioned sample sheet
 
 Components (all standard diffusers / transformers classes, so
 ``StableDiffusion3Pipeline.from_pretrained("assets/shapes-sd3", text_encoder_3=None, tokenizer_3=None)``
@@ -363,6 +364,25 @@ def load_in_float32(folder: Path) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def sample_sheet_of_model(model: str | None, out: str | os.PathLike, n: int = 16, seed: int = 1234,
+                          tokens: str | None = None, cfg: float | None = None, device: str = "cpu") -> Path:
+    """Generate held-out (val split) captions with the model and write them as a captioned grid
+    (the layout of ``python -m data_prep.shapes sheet``), image i from seed i."""
+    from data_prep.shapes import generate_samples, sample_sheet
+    from softrepa.backbones import load_pipeline
+    from softrepa.generate import generate_images
+    from softrepa.runtime import resolve_device
+
+    pipe = load_pipeline(model, "shapes-sd3", device=resolve_device(device))
+    pipe.set_progress_bar_config(disable=True)
+    samples = generate_samples(n, seed=seed, split="val")
+    images = generate_images(pipe, [s["caption"] for s in samples], list(range(n)), kind="shapes-sd3", cfg=cfg,
+                             tokens=tokens, progress=True)
+    out = Path(out)
+    sample_sheet([{**s, "image": image} for s, image in zip(samples, images)]).save(out)
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m softrepa.shapes_model", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -371,11 +391,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--work", default=None, help="checkpoint folder (default: OUT.build); a rerun resumes from it")
     for f in dataclasses.fields(ShapesModelConfig):
         b.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    s = sub.add_parser("samples", help="a captioned sheet of the model's images for held-out captions")
+    s.add_argument("--model", default=None, help="diffusers folder (default: the bundled model)")
+    s.add_argument("--tokens", default=None, help="soft-token file to apply (default: none)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--seed", type=int, default=1234, help="seed of the held-out captions")
+    s.add_argument("--cfg", type=float, default=None, help="default: the kind's")
+    s.add_argument("--device", default="cpu")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "samples":
+        print(f"wrote {sample_sheet_of_model(args.model, args.out, args.n, args.seed, args.tokens, args.cfg, args.device)}")
+        return 0
     if args.command != "build":
         raise ValueError(f"unknown command {args.command!r}")
     config = ShapesModelConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ShapesModelConfig)})

@@ -54,6 +54,8 @@ def test_build_loads_in_the_standard_pipeline_and_resumes(tmp_path):
     image = pipe("a red circle", height=64, width=64, num_inference_steps=2, max_sequence_length=MAX_SEQUENCE_LENGTH,
                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    assert main(["samples", "--model", str(out), "--out", str(tmp_path / "sheet.png"), "--n", "2"]) == 0
+    assert (tmp_path / "sheet.png").stat().st_size > 0
     # a rerun with more steps resumes from the checkpoint: 3 done, 2 more, same VAE
     first = torch.load(work / "denoiser.pt", weights_only=True)
     assert first["step"] == 3
