@@ -58,9 +58,10 @@ class ShapesModelConfig:
     # decoder stage: encoder frozen (latents unchanged), decoder trained further for sharper decoding
     decoder_steps: int = 2500
     decoder_lr: float = 5e-4
-    # denoiser stage (transformer + both text encoders)
-    # the shipped model: 4988 steps (80 min of step time on a shared 2-core CPU); a time budget
-    # as a safety net, steps stop at whichever comes first
+    # denoiser stage (transformer + both text encoders). These defaults are the CPU recipe (4988
+    # steps of batch 32: 80 min of step time on 2 cores). The shipped model used the GPU recipe
+    # (Makefile `shapes`: batch 256, lr 1e-3, 3624 steps, 4.5 min on an H100; its
+    # build_report.json holds the full config). Steps stop at `steps` or `minutes`, whichever first.
     minutes: float = 240.0
     steps: int = 4988
     batch: int = 32
