@@ -50,6 +50,7 @@ from data_prep.jsonl_store import (
     write_text_atomically,
 )
 from data_prep.rewrite_check import RewriteRules, check_rewrite
+from softrepa.cli_types import int_at_least
 from softrepa.images import load_rgb
 
 logger = logging.getLogger("data_prep.caption")
@@ -191,20 +192,6 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.caption",
@@ -216,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=PRESETS, default="caption",
                         help="caption: LLaVA + Llama pipeline (default); cat2dog: fixed "
                         f"'{CAT2DOG_SOURCE_PROMPT}' -> '{CAT2DOG_TARGET_PROMPT}' pairs, no models")
-    parser.add_argument("--limit", type=_positive_int, help="only the first N images (sorted by name)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per generate call (both stages)")
+    parser.add_argument("--limit", type=int_at_least(1), help="only the first N images (sorted by name)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per generate call (both stages)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="auto: bfloat16 (or float16) on GPU, float32 on CPU")
@@ -226,16 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "'captioner' matches the paper (4-bit LLaVA, full Llama)")
     parser.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="LLaVA Hub id or local folder")
     parser.add_argument("--rewriter", default=DEFAULT_REWRITER, help="chat LLM Hub id or local folder")
-    parser.add_argument("--caption-max-new-tokens", type=_positive_int, default=256)
-    parser.add_argument("--rewrite-max-new-tokens", type=_positive_int, default=512)
-    parser.add_argument("--max-image-side", type=_positive_int, default=768,
+    parser.add_argument("--caption-max-new-tokens", type=int_at_least(1), default=256)
+    parser.add_argument("--rewrite-max-new-tokens", type=int_at_least(1), default=512)
+    parser.add_argument("--max-image-side", type=int_at_least(1), default=768,
                         help="downscale larger images to this many pixels on the long side before LLaVA")
     parser.add_argument("--temperature", type=float, default=0.6, help="rewriter sampling temperature")
     parser.add_argument("--top-p", type=float, default=0.9, help="rewriter nucleus sampling")
     parser.add_argument("--seed", type=int, default=0, help="first rewriter seed; retry k uses seed + k")
-    parser.add_argument("--max-retries", type=_non_negative_int, default=3,
+    parser.add_argument("--max-retries", type=int_at_least(0), default=3,
                         help="extra rewrite attempts (new seed each) before an image is rejected")
-    parser.add_argument("--max-span-words", type=_positive_int, default=4,
+    parser.add_argument("--max-span-words", type=int_at_least(1), default=4,
                         help="longest allowed changed span, in words, on each side")
     parser.add_argument("--allow-colour-change", action="store_true",
                         help="accept 'red car' -> 'blue car' (the paper forbids colour edits)")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from softrepa.backbones import KINDS
+from softrepa.cli_types import int_at_least
 from softrepa.evaluate.metrics import METRIC_ORDER, METRICS, MissingDependency, availability
 from softrepa.evaluate.results import SettingsMismatch
 
@@ -45,13 +46,6 @@ def _assignment(text: str) -> tuple[str, str]:
     return name.strip().lower(), value.strip()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("metrics and hardware")
     group.add_argument("--metrics", type=_metric_list, default=METRIC_ORDER,
@@ -60,7 +54,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                        help="a Hub id or local folder for a metric's model (e.g. clip=/models/clip-vit-large)")
     group.add_argument("--metric-processor", type=_assignment, action="append", default=[], metavar="METRIC=ID",
                        help="the tokenizer/image processor of a CLIP-type metric, when not beside the model")
-    group.add_argument("--metric-batch-size", type=_positive_int, default=16)
+    group.add_argument("--metric-batch-size", type=int_at_least(1), default=16)
     group.add_argument("--strict-metrics", action="store_true",
                        help="fail when a metric's optional package is missing (default: skip it with a note)")
     group.add_argument("--device", default="auto", help="auto (this process's GPU, else CPU), cpu, cuda, cuda:1 ...")
@@ -80,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--kind", default="sd3", choices=sorted(KINDS))
     t2i.add_argument("--model", default=None, help="pipeline Hub id or folder (default: the kind's)")
     t2i.add_argument("--tokens", type=Path, default=None, help="soft-token file; without it only vanilla runs")
-    t2i.add_argument("--n", type=_positive_int, default=None,
+    t2i.add_argument("--n", type=int_at_least(1), default=None,
                      help="prompts: the first caption of the first n images (default: all, 5,000 for val2017)")
-    t2i.add_argument("--steps", type=_positive_int, default=None, help="default: the kind's (SD3 28, SD1.5/SDXL 30)")
+    t2i.add_argument("--steps", type=int_at_least(1), default=None, help="default: the kind's (SD3 28, SD1.5/SDXL 30)")
     t2i.add_argument("--cfg", type=float, default=None, help="default: the kind's (SD3 4.0, SD1.5/SDXL 7.0)")
-    t2i.add_argument("--resolution", type=_positive_int, default=None, help="default: the kind's (SD3/SDXL 1024)")
+    t2i.add_argument("--resolution", type=int_at_least(1), default=None, help="default: the kind's (SD3/SDXL 1024)")
     t2i.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
-    t2i.add_argument("--batch-size", type=_positive_int, default=4, help="images per pipeline call")
+    t2i.add_argument("--batch-size", type=int_at_least(1), default=4, help="images per pipeline call")
     _add_common(t2i)
 
     edit = commands.add_parser("edit", help="FlowEdit editing, vanilla vs tokens (paper Tab. 5/6, Fig. 5)")
@@ -95,22 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
     edit.add_argument("--model", default=KINDS["sd3"].hub_id, help="SD3 pipeline Hub id or folder")
     edit.add_argument("--tokens", type=Path, default=None, help="soft-token file; without it only vanilla runs")
-    edit.add_argument("--n", type=_positive_int, default=None, help="first n pairs (default: all)")
+    edit.add_argument("--n", type=int_at_least(1), default=None, help="first n pairs (default: all)")
     edit.add_argument("--vanilla-cfgs", type=float, nargs="+", default=[13.5, 16.5, 19.5])
     edit.add_argument("--vanilla-n-max", type=int, nargs="+", default=[33])
     edit.add_argument("--tokens-cfgs", type=float, nargs="+", default=[9.0, 11.0, 13.0],
                       help="target CFGs with tokens (Cat2Dog in the paper: 7 9 11 13)")
     edit.add_argument("--tokens-n-max", type=int, nargs="+", default=[30])
-    edit.add_argument("--steps", type=_positive_int, default=50)
+    edit.add_argument("--steps", type=int_at_least(1), default=50)
     edit.add_argument("--src-cfg", type=float, default=3.5)
     edit.add_argument("--n-min", type=int, default=0)
-    edit.add_argument("--n-avg", type=_positive_int, default=1)
+    edit.add_argument("--n-avg", type=int_at_least(1), default=1)
     edit.add_argument("--seed", type=int, default=42)
     edit.add_argument("--guidance", choices=GUIDANCE_CHOICES, default="authors",
                       help="authors: target c + w (c - u), the convention of the paper's CFG numbers (default); "
                            "standard: u + w (c - u)")
     edit.add_argument("--token-branches", choices=("both", "target"), default="both")
-    edit.add_argument("--max-side", type=_positive_int, default=1024)
+    edit.add_argument("--max-side", type=int_at_least(1), default=1024)
     _add_common(edit)
 
     table = commands.add_parser("table", help="one table (and the editing plot) from several run folders")
