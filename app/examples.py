@@ -23,6 +23,9 @@ from typing import Any
 
 from PIL import Image
 
+from softrepa.atomic import atomic_write_text
+from softrepa.images import write_png
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "examples.json"
@@ -56,12 +59,6 @@ class Example:
         return bool(self.outputs)
 
 
-def _atomic_save(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def shapes_examples(folder: Path, count: int = SHAPES_EXAMPLE_COUNT, seed: int = SHAPES_EXAMPLE_SEED) -> list[Example]:
     """Shapes-world edit pairs (validation split), their source images written into ``folder``."""
     from data_prep.shapes import make_edit_pairs
@@ -72,7 +69,7 @@ def shapes_examples(folder: Path, count: int = SHAPES_EXAMPLE_COUNT, seed: int =
         name = f"shapes-{pair['index']:02d}-{pair['changed']['attribute']}"
         path = folder / f"{name}.png"
         if not path.is_file():
-            _atomic_save(pair["source_image"], path)
+            write_png(pair["source_image"], path)
         examples.append(Example(name, str(path), pair["source_prompt"], pair["target_prompt"]))
     return examples
 
@@ -89,7 +86,7 @@ def photo_examples(folder: Path) -> list[Example]:
         path = folder / f"{name}.png"
         if not path.is_file():
             try:
-                _atomic_save(Image.fromarray(getattr(skimage_data, name)()).convert("RGB"), path)
+                write_png(Image.fromarray(getattr(skimage_data, name)()).convert("RGB"), path)
             except (AttributeError, OSError, ValueError) as exc:  # a photo missing from this skimage version
                 log.warning("example photo skimage.data.%s unavailable: %s", name, exc)
                 continue
@@ -129,11 +126,8 @@ def write_manifest(examples: list[Example], path: Path, producer: dict[str, str 
         row["image"] = relative(example.image)
         row["outputs"] = {key: relative(value) for key, value in example.outputs.items()}
         rows.append(row)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"version": MANIFEST_VERSION, "produced_by": producer, "examples": rows}, indent=1,
-                              ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps({"version": MANIFEST_VERSION, "produced_by": producer,
+                                               "examples": rows}, indent=1, ensure_ascii=False))
 
 
 def read_manifest(path: Path) -> tuple[list[Example], dict[str, Any]]:

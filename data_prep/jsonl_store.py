@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
-from typing import TextIO
+
+from softrepa.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -108,35 +107,17 @@ class JsonlAppender:
         self.close()
 
 
-@contextmanager
-def _replacing(path: Path | str) -> Iterator[TextIO]:
-    """A text handle on a temp file beside ``path`` that replaces ``path`` (fsync + rename)
-    when the block ends; on an error the temp file is removed and ``path`` is untouched."""
-    path = Path(path)
-    fd, temp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_rows_atomically(path: Path | str, rows: Iterable[dict]) -> None:
-    """Replace ``path`` with ``rows`` in one step (temp file + rename): a crash leaves
-    either the old or the new file, never a mix."""
-    with _replacing(path) as handle:
+    """Replace ``path`` with ``rows`` in one step (``softrepa.atomic``: temp file, fsync, rename):
+    a crash leaves either the old or the new file, never a mix."""
+    with atomic_path(path) as temp, temp.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def write_text_atomically(path: Path | str, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step (temp file + rename)."""
-    with _replacing(path) as handle:
-        handle.write(text)
+    """Replace ``path`` with ``text`` in one step (``softrepa.atomic``: temp file, fsync, rename)."""
+    atomic_write_text(path, text)
 
 
 def merge_rows(

@@ -58,16 +58,16 @@ import functools
 import hashlib
 import json
 import math
-import os
 import random
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
+
+from softrepa.atomic import TEMP_GLOB, atomic_write_bytes
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary
@@ -913,19 +913,6 @@ def generate_samples(
     return list(iter_samples(n, seed, config, split, start))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are shared read-only files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     import io
 
@@ -952,8 +939,8 @@ def write_dataset(
         existing = json.loads(identity_path.read_text())
         if {k: existing.get(k) for k in identity} != identity:
             raise ValueError(f"{out} holds a dataset with another seed/split/config; use a new --out")
-    _atomic_write_bytes(identity_path, json.dumps({**identity, "n": n}, indent=1).encode())
-    for stale in (out / "images").glob(".tmp-*"):  # left by a run killed mid-write
+    atomic_write_bytes(identity_path, json.dumps({**identity, "n": n}, indent=1).encode())
+    for stale in (out / "images").glob(TEMP_GLOB):  # left by a run killed mid-write
         stale.unlink()
     rows = []
     for index in tqdm(range(n), desc=f"shapes {split}", unit="img", disable=n < 500):
@@ -961,10 +948,10 @@ def write_dataset(
         path = out / relative
         sample = make_sample(index, seed, config, split, render_image=not path.exists())
         if sample["image"] is not None:
-            _atomic_write_bytes(path, _png_bytes(sample["image"]))
+            atomic_write_bytes(path, _png_bytes(sample["image"]))
         row = {key: sample[key] for key in ("caption", "grammar", "labels", "statements", "index", "split")}
         rows.append(row | {"image": relative})
-    _atomic_write_bytes(out / "metadata.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
+    atomic_write_bytes(out / "metadata.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
     return out / "metadata.jsonl"
 
 
@@ -1083,10 +1070,10 @@ def write_edit_pairs(out: str | Path, n: int, seed: int = 0, config: ShapesWorld
         for side in ("source", "target"):
             relative = f"{image_dir.name}/{side}_{seed}_{pair['index']:06d}.png"
             image = render(Scene.from_dict(pair[f"{side}_labels"]), config.resolution)
-            _atomic_write_bytes(out.parent / relative, _png_bytes(image))
+            atomic_write_bytes(out.parent / relative, _png_bytes(image))
             names[side] = relative
         rows.append({"image": names["source"], "target_image": names["target"], **pair})
-    _atomic_write_bytes(out, "".join(json.dumps(row) + "\n" for row in rows).encode())
+    atomic_write_bytes(out, "".join(json.dumps(row) + "\n" for row in rows).encode())
     return out
 
 

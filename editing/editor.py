@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any, Generic, Hashable, TypeVar
 
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
                               encode_prompt, flowedit_latents, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_factor, model_max_side, prepare_image
 from editing.presets import default_preset_name, get_preset
 from softrepa.backbones import AttachedTokens, attach_tokens
+from softrepa.images import write_png
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 
 METADATA_KEY = "softrepa_edit"  # PNG text chunk holding the edit's parameters as JSON
@@ -132,16 +133,10 @@ class EditResult:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    """Write a PNG with ``metadata`` as JSON text, atomically: a crash never leaves a half file that
-    a resumed batch would mistake for done."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True, ensure_ascii=False))  # iTXt when not latin-1
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
-    return path
+    """Write a PNG with ``metadata`` as JSON text under ``METADATA_KEY``, atomically: a crash never
+    leaves a half file that a resumed batch would mistake for done (``softrepa.images.write_png``,
+    layout ``"json"``)."""
+    return write_png(image, path, metadata, key=METADATA_KEY, layout="json")
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:

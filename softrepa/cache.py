@@ -40,6 +40,7 @@ from typing import Any, Iterable
 
 import torch
 
+from softrepa.atomic import atomic_path
 from softrepa.data import CaptionDataset, ImageInputError, Record, load_image_tensor
 
 log = logging.getLogger(__name__)
@@ -142,10 +143,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
 
 
 class FeatureCache:

@@ -25,9 +25,9 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from softrepa.backbones import KINDS, attach_tokens, get_kind, load_pipeline
+from softrepa.images import write_png
 from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 
@@ -151,17 +151,9 @@ def image_grid(images: Sequence[Image.Image], rows: int, cols: int) -> Image.Ima
 
 def save_png(image: Image.Image, path: str | os.PathLike, parameters: dict[str, Any]) -> Path:
     """Write ``image`` with each parameter as a PNG text chunk (and all of them as JSON under
-    ``parameters``), atomically, so an interrupted run never leaves a file that resume would skip."""
-    path = Path(path)
-    info = PngInfo()
-    for key, value in parameters.items():
-        info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    info.add_text("parameters", json.dumps(parameters, sort_keys=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
-    return path
+    ``parameters``), atomically, so an interrupted run never leaves a file that resume would skip
+    (``softrepa.images.write_png``, layout ``"per-key"``)."""
+    return write_png(image, path, parameters, key="parameters", layout="per-key")
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,23 +1,33 @@
-"""Opening user images safely: any mode to RGB, EXIF orientation, clear errors for bad files.
+"""Opening user images safely (any mode to RGB, EXIF orientation, clear errors for bad files),
+and writing PNGs atomically with their metadata in text chunks.
 
-Used at every edge that reads pictures (editor, app, trainer data, evaluation), so a CMYK JPEG,
-a 16-bit PNG, a palette GIF with transparency or a phone photo shot sideways all come out as an
-upright RGB image, and a zero-byte file, a text file or a decompression bomb gets a message that
-says what is wrong instead of a stack trace.
+``load_rgb`` is used at every edge that reads pictures (editor, app, trainer data, evaluation), so
+a CMYK JPEG, a 16-bit PNG, a palette GIF with transparency or a phone photo shot sideways all come
+out as an upright RGB image, and a zero-byte file, a text file or a decompression bomb gets a
+message that says what is wrong instead of a stack trace.
+
+``write_png`` is the one PNG writer (generated images, edits, evaluation and example inputs).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from softrepa.atomic import atomic_path
 
 # Refuse images over this many pixels before decoding them (a 1 KB PNG can claim 100k x 100k).
 MAX_PIXELS = 64_000_000
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+PngLayout = Literal["json", "per-key"]
+PNG_LAYOUTS: tuple[str, ...] = ("json", "per-key")
 
 
 class ImageInputError(ValueError):
@@ -91,3 +101,36 @@ def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
     left = (new_size[0] - resolution) // 2
     top = (new_size[1] - resolution) // 2
     return image.crop((left, top, left + resolution, top + resolution))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def write_png(image: Image.Image, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *,
+              key: str = "parameters", layout: PngLayout = "json") -> Path:
+    """Write ``image`` as a PNG atomically (``softrepa.atomic``), so a crash never leaves a half file
+    that a resumed run would take for finished; returns ``path`` as a ``Path``.
+
+    ``metadata`` (none: a plain PNG) goes into PNG text chunks, laid out as ``layout`` says:
+
+    * ``"json"``: all of it as one JSON text under ``key`` (the editor's ``softrepa_edit`` chunk);
+    * ``"per-key"``: each entry as its own chunk (strings as they are, other values as JSON), then
+      all of it as JSON under ``key`` (``softrepa.generate``: one field per chunk for image viewers,
+      ``parameters`` for programs).
+
+    JSON is written with sorted keys and without ASCII escapes; PIL stores text that is not latin-1
+    in an iTXt chunk, and ``Image.open(path).text`` reads both kinds back.
+    """
+    if layout not in PNG_LAYOUTS:
+        raise ValueError(f"unknown PNG metadata layout {layout!r}; expected one of {PNG_LAYOUTS}")
+    info = None
+    if metadata is not None:
+        info = PngInfo()
+        if layout == "per-key":
+            for name, value in metadata.items():
+                info.add_text(name, value if isinstance(value, str) else _json(value))
+        info.add_text(key, _json(dict(metadata)))
+    with atomic_path(path) as temp:
+        image.save(temp, format="PNG", pnginfo=info)
+    return Path(path)

@@ -52,6 +52,7 @@ from data_prep.shapes import (
     render,
     sample_rng,
 )
+from softrepa.atomic import atomic_path
 
 DEFAULT_CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "assets" / "shapes-classifier.safetensors"
 FORMAT = "softrepa-shapes-classifier-v1"
@@ -390,15 +391,12 @@ def train_classifier(
 
 def save_classifier(model: ShapesClassifier, path: str | Path, extra_metadata: dict | None = None) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": model.config.to_json()}
     for key, value in (extra_metadata or {}).items():
         metadata[key] = json.dumps(value)  # every value but "format" is JSON text
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return path
 
 

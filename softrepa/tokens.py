@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from softrepa.atomic import atomic_path
+
 FORMAT_VERSION = "1"
 METADATA_KEY = "softrepa_tokens"
 INITS = ("normal", "zeros")  # "null_prompt" is applied after construction: see init_from_null_prompt
@@ -173,10 +175,8 @@ def save_tokens(tokens: SoftTokens, path: str | os.PathLike, base_model: str | N
         config = dataclasses.replace(config, base_model=base_model)
     metadata = {METADATA_KEY: config.to_json(), "format_version": FORMAT_VERSION}
     metadata.update(extra_metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_state_tensors(tokens), str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        save_file(_state_tensors(tokens), str(temp), metadata=metadata)
     return path
 
 

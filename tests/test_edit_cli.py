@@ -154,7 +154,7 @@ def test_png_metadata_round_trip(tmp_path):
     data = {"source_prompt": "un caf\u00e9 \u2615", "params": FlowEditParams().to_dict(), "tokens": None}
     path = save_png(Image.new("RGB", (8, 8)), tmp_path / "sub" / "x.png", data)
     assert read_png_metadata(path) == data
-    assert not list(path.parent.glob("*.tmp"))
+    assert [p.name for p in path.parent.iterdir()] == ["x.png"]  # no temp file left
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(ValueError, match="no 'softrepa_edit' metadata"):
         read_png_metadata(tmp_path / "plain.png")

@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+from softrepa.atomic import TEMP_GLOB
 from softrepa.backbones import (KINDS, attach_tokens, check_compatible, init_from_null_prompt, new_tokens,
                                 tokens_config_for)
 from softrepa.testing import tiny_pipeline, tiny_sd3_transformer
@@ -244,7 +245,7 @@ def test_save_load_round_trip(tmp_path, pipes):
     assert loaded.config == dataclasses.replace(tokens.config, base_model="tiny-sd3")
     assert torch.equal(loaded.static, tokens.static) and torch.equal(loaded.time.weight, tokens.time.weight)
     assert loaded.static.dtype == torch.float32
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(TEMP_GLOB))
 
 
 def test_mismatched_models_give_clear_errors(tmp_path, pipes):

