@@ -526,7 +526,10 @@ def list_images(folder: Path, limit: int | None = None) -> list[ImageItem]:
         raise SystemExit(f"error: --images {folder}: no such folder")
     if not folder.is_dir():
         raise SystemExit(f"error: --images {folder}: not a folder (give the folder that holds the images)")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # hidden files and folders are skipped: editor metadata, and the project's own atomic-write
+    # temp files (".name.tmp-XXXX.png") that a killed process can leave behind
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not paths:
         raise SystemExit(
             f"error: no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}. "

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from softrepa.atomic import atomic_path
+
 MAX_SEQUENCE_LENGTH = 8  # zero "T5" tokens the model is trained with (see module docstring)
 TEXT_MAX_LENGTH = 64
 
@@ -82,9 +84,8 @@ class ShapesModelConfig:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def build_components(config: ShapesModelConfig):

@@ -535,3 +535,12 @@ def test_device_dtype_and_4bit_are_resolved_with_clear_messages(tmp_path, tiny_m
         make_images(tmp_path / "imgs", 1)
         with pytest.raises(SystemExit, match="--load-in-4bit needs a CUDA GPU"):
             cap.main(tiny_args(tmp_path / "imgs", tmp_path / "o.jsonl", llava, llama, "--load-in-4bit"))
+
+
+def test_list_images_skips_hidden_files_and_folders(tmp_path):
+    make_images(tmp_path / "imgs", 2)
+    names = [item.name for item in cap.list_images(tmp_path / "imgs")]
+    (tmp_path / "imgs" / ".a.png.tmp-x1.png").write_bytes(b"half-written")  # a killed atomic write
+    (tmp_path / "imgs" / ".thumbs").mkdir()
+    (tmp_path / "imgs" / ".thumbs" / "t.png").write_bytes(b"x")
+    assert [item.name for item in cap.list_images(tmp_path / "imgs")] == names and len(names) == 2
