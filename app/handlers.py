@@ -33,7 +33,7 @@ from softrepa.backbones import load_pipeline
 from softrepa.runtime import resolve_device, resolve_dtype
 from editing.editor import EditResult, FlowEditor
 from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
-from editing.inputs import MIN_PATCHES, PreparedImage, prepare_image
+from editing.inputs import MIN_PATCHES, PreparedImage
 from editing.presets import PRESETS, default_preset_name, get_preset
 from softrepa.backbones import KINDS
 from softrepa.images import ImageInputError
@@ -415,21 +415,15 @@ def check_prompt(editor: FlowEditor, name: str, prompt: Any) -> list[str]:
     if not isinstance(prompt, str) or not prompt.strip():
         what = "what the picture shows" if name == "source_prompt" else "what you want the picture to show"
         raise UserInputError(f"The {label.lower()} is empty: describe {what}.")
-    tokenizer = editor.pipe.tokenizer
-    clip_limit = int(tokenizer.model_max_length)
-    clip_count = len(tokenizer(prompt, truncation=False)["input_ids"])  # with the start and end tokens
-    if clip_count <= clip_limit:
-        return []
-    t5 = getattr(editor.pipe, "tokenizer_3", None)
-    if t5 is not None and getattr(editor.pipe, "text_encoder_3", None) is not None:
-        t5_count = len(t5(prompt, truncation=False)["input_ids"])
-        if t5_count <= editor.max_sequence_length:
-            return [f"The {label.lower()} is {clip_count - 2} CLIP tokens long: the CLIP encoders read the first "
-                    f"{clip_limit - 2}, T5 reads all of it."]
-        clip_count, clip_limit = t5_count, editor.max_sequence_length
-    raise UserInputError(f"The {label.lower()} is {clip_count - 2} tokens long but this model reads at most "
-                         f"{clip_limit - 2}; shorten it by about {clip_count - clip_limit} tokens "
-                         "(a token is a short word or part of a longer one).")
+    try:
+        warning = editor.check_prompt_length(prompt, label.lower())
+    except ValueError as exc:
+        raise UserInputError(_sentence(str(exc))) from None
+    return [_sentence(warning)] if warning else []
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def prepare_source(editor: FlowEditor, image: str | Path | Image.Image | None, max_side: int) -> PreparedImage:
@@ -446,8 +440,7 @@ def prepare_source(editor: FlowEditor, image: str | Path | Image.Image | None, m
         source = image
     else:
         raise UserInputError(f"The source image must be an image file, got {type(image).__name__}.")
-    smallest, _ = side_limits(editor)
-    return prepare_image(source, max_side=max_side, multiple=editor.factor, min_side=smallest)
+    return editor.prepare(source, max_side=max_side)
 
 
 # ----------------------------------------------------------------------------- running edits

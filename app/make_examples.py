@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.examples import MANIFEST_NAME, builtin_examples, produced_by, write_manifest
     from app.handlers import load_editor
-    from editing.inputs import prepare_image
     from editing.presets import default_preset_name, get_preset
     from softrepa.backbones import KINDS
 
@@ -69,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no examples for this model kind (SD3 photos need scikit-image)", file=sys.stderr)
         return 2
     token_states = [False, True] if editor.has_tokens else [False]
-    max_side = min(KINDS[settings.kind].resolution, editor.max_side)  # the app's default max side
+    max_side = KINDS[settings.kind].resolution  # the app's default max side (the editor caps it)
     for example in examples:
-        prepared = prepare_image(example.image, max_side=max_side, multiple=editor.factor)
+        prepared = editor.prepare(example.image, max_side=max_side)
         source = staging / f"{example.name}.png"
         prepared.image.save(source)
         example.image = str(source)

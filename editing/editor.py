@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -48,6 +49,8 @@ from editing.presets import default_preset_name, get_preset
 from softrepa.backbones import AttachedTokens, attach_tokens
 from softrepa.images import write_png
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
+
+logger = logging.getLogger(__name__)
 
 METADATA_KEY = "softrepa_edit"  # PNG text chunk holding the edit's parameters as JSON
 METADATA_VERSION = 1
@@ -261,11 +264,40 @@ class FlowEditor:
 
     # editing -----------------------------------------------------------------
 
-    def prepare(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage) -> PreparedImage:
-        """Open and fit an image to the model (see ``editing.inputs.prepare_image``)."""
+    def prepare(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage,
+                max_side: int | None = None) -> PreparedImage:
+        """Open and fit an image to the model (see ``editing.inputs.prepare_image``).
+
+        max_side: this call's long-side limit (default and upper bound: the editor's ``max_side``).
+        """
         if isinstance(image, PreparedImage):
             return image
-        return prepare_image(image, max_side=self.max_side, multiple=self.factor, min_side=self.min_side)
+        side = self.max_side if max_side is None else min(int(max_side), self.max_side)
+        return prepare_image(image, max_side=side, multiple=self.factor, min_side=self.min_side)
+
+    def check_prompt_length(self, prompt: str, name: str = "prompt") -> str | None:
+        """Refuse a prompt whose end the model would silently drop; a warning when only partly read.
+
+        SD3 reads a prompt with two CLIP encoders (``tokenizer.model_max_length``, 77 tokens) and T5
+        (``max_sequence_length`` tokens). Over the CLIP limit but within T5's, T5 still reads all of
+        it: returns a warning. Over both, or over CLIP without T5 (e.g. the shapes model): raises
+        ``ValueError`` saying by how much to shorten it. Else returns None.
+        """
+        tokenizer = self.pipe.tokenizer
+        clip_limit = int(tokenizer.model_max_length)
+        clip_count = len(tokenizer(prompt, truncation=False)["input_ids"])  # with the start and end tokens
+        if clip_count <= clip_limit:
+            return None
+        t5 = getattr(self.pipe, "tokenizer_3", None)
+        if t5 is not None and getattr(self.pipe, "text_encoder_3", None) is not None:
+            t5_count = len(t5(prompt, truncation=False)["input_ids"])
+            if t5_count <= self.max_sequence_length:
+                return (f"the {name} is {clip_count - 2} CLIP tokens long: the CLIP encoders read the first "
+                        f"{clip_limit - 2}, T5 reads all of it")
+            clip_count, clip_limit = t5_count, self.max_sequence_length
+        raise ValueError(f"the {name} is {clip_count - 2} tokens long but this model reads at most {clip_limit - 2}; "
+                         f"shorten it by about {clip_count - clip_limit} tokens (a token is a short word or part "
+                         "of a longer one)")
 
     def default_params(self, use_tokens: bool) -> FlowEditParams:
         kind = self._attached.tokens.config.kind if self._attached is not None else "sd3"
@@ -278,6 +310,9 @@ class FlowEditor:
             if not prompt.strip():
                 raise ValueError(f"the {name} is empty: FlowEdit needs a description of the source image and of "
                                  "the wanted result")
+            warning = self.check_prompt_length(prompt, name)
+            if warning:
+                logger.warning(warning)
         if not isinstance(params, FlowEditParams):
             raise ValueError(f"params must be a FlowEditParams, got {type(params).__name__}")
         params.check()
@@ -286,11 +321,12 @@ class FlowEditor:
 
     def edit(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage, source_prompt: str,
              target_prompt: str, params: FlowEditParams | None = None, *, use_tokens: bool | None = None,
-             progress: ProgressCallback | None = None) -> EditResult:
+             max_side: int | None = None, progress: ProgressCallback | None = None) -> EditResult:
         """Edit ``image`` from ``source_prompt`` to ``target_prompt``.
 
         params: defaults to the preset for this model and tokens state.
         use_tokens: None = on when the editor has tokens.
+        max_side: this edit's long-side limit for the input (default and upper bound: the editor's).
         progress: called with (steps done, total steps) during the edit; an exception raised there
             cancels the edit (the caches stay valid).
         Raises ``ImageInputError`` (bad image) or ``ValueError`` (bad prompts or parameters).
@@ -298,7 +334,7 @@ class FlowEditor:
         use_tokens = self.has_tokens if use_tokens is None else bool(use_tokens)
         params = self.default_params(use_tokens) if params is None else params
         self.check_inputs(source_prompt, target_prompt, params, use_tokens)
-        prepared = self.prepare(image)
+        prepared = self.prepare(image, max_side)
         with self._lock:
             start = time.perf_counter()
             encoded = [0]

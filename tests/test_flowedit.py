@@ -399,3 +399,20 @@ def test_presets():
         register_preset("broken", Preset(FlowEditParams(n_min=40)))
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("nope")
+
+
+def test_per_call_max_side_is_capped_by_the_editor(editor):
+    image = picture(size=(200, 100))
+    assert editor.prepare(image, max_side=48).image.size == (48, 24)
+    assert editor.prepare(image, max_side=10_000).image.size == editor.prepare(image).image.size == (64, 32)
+    result = editor.edit(image, "a cat", "a dog", FlowEditParams(**{**SMALL, "n_max": 1}), max_side=48)
+    assert result.image.size == result.source_image.size == (48, 24)
+
+
+def test_prompt_length_check(pipe, editor):
+    # the tiny pipeline has no T5: past the CLIP limit the end of a prompt would be dropped
+    assert editor.check_prompt_length("a red cat") is None
+    with pytest.raises(ValueError, match=r"the target prompt is 120 tokens long but this model reads at most 75"):
+        editor.check_prompt_length("red " * 120, "target prompt")
+    with pytest.raises(ValueError, match="shorten it"):
+        editor.edit(picture(), "a cat", "red " * 120, FlowEditParams(**SMALL))
