@@ -59,6 +59,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -434,6 +435,7 @@ ROW_WORDS = {
 }
 COL_WORDS = {3: (("left",), ("middle", "center"), ("right",)), 2: (("left",), ("right",))}
 PREFIXES = ("", "", "", "a picture of ", "an image of ", "a drawing of ")
+NOUN_PHRASE_START = re.compile(r"(a|an|one|two|three|four|five|six|seven|eight|nine) ")
 BACKGROUND_FORMS = (
     "{c} on a {b} background",
     "{c} against a {b} background",
@@ -688,8 +690,9 @@ def caption_with_statements(
     if rng.random() < config.mention_background:
         result.statements.append({"type": "background", "colour": scene.background})
         text = rng.choice(BACKGROUND_FORMS).format(c=text, b=scene.background)
-    text = rng.choice(PREFIXES) + text
-    result.text = text
+    prefix = rng.choice(PREFIXES)  # drawn for every caption, so dropping one leaves the RNG stream as is
+    # "a picture of" only before a noun phrase: not before "there are ..." or "at the top left ..."
+    result.text = (prefix if NOUN_PHRASE_START.match(text) else "") + text
     return result
 
 

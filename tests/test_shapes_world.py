@@ -286,3 +286,11 @@ def test_training_cli_smoke(tmp_path):
     model = shapes_eval.load_classifier(out)
     assert shapes_eval.classifier_metadata(out)["training"]["steps"] == 2
     assert len(shapes_eval.predict_scenes(model, [render(random_scene(random.Random(1), CONFIG), 64)])) == 1
+
+
+def test_prefixes_only_before_noun_phrases():
+    captions = [s["caption"] for s in generate_samples(600, seed=4)]
+    prefixed = [c for c in captions if c.startswith(("a picture of ", "an image of ", "a drawing of "))]
+    assert prefixed and all(re.match(r"(a picture of|an image of|a drawing of) "
+                                     r"(a|an|one|two|three|four|five|six|seven|eight|nine) ", c) for c in prefixed)
+    assert any(c.startswith(("there ", "at ", "in ")) for c in captions)  # those bodies keep no prefix
