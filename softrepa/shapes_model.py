@@ -161,9 +161,11 @@ def to_unit(batch_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def _train_stage(name: str, module: torch.nn.Module, loss_fn, pixels: torch.Tensor, steps: int, lr: float,
-                 batch: int, seed: int, ckpt: Path, device: torch.device) -> None:
+                 batch: int, seed: int, ckpt: Path) -> None:
     """One resumable autoencoder stage: AdamW with a cosine learning rate over ``steps`` batches of
-    renders; ``loss_fn(x, generator)``; the stage's weights are checkpointed atomically at the end."""
+    renders (moved to the module's device); ``loss_fn(x, generator)``; the stage's weights are
+    checkpointed atomically at the end."""
+    device = next(module.parameters()).device
     if ckpt.exists():
         module.load_state_dict(torch.load(ckpt, weights_only=True, map_location=device)[name])
         return
@@ -195,7 +197,7 @@ def train_vae(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) 
         return F.mse_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
 
     _train_stage("vae", vae, loss_fn, pixels, config.vae_steps, config.vae_lr, config.vae_batch, config.seed + 1,
-                 work / "vae.pt", _device(config))
+                 work / "vae.pt")
 
 
 def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: Path) -> None:
@@ -212,7 +214,7 @@ def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: P
         return F.mse_loss(vae.decode(z).sample, x)
 
     _train_stage("decoder", parts, loss_fn, pixels, config.decoder_steps, config.decoder_lr, config.vae_batch,
-                 config.seed + 4, work / "decoder.pt", _device(config))
+                 config.seed + 4, work / "decoder.pt")
 
 
 @torch.no_grad()
@@ -314,17 +316,13 @@ def train_denoiser(pipe, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
     return {"steps": step, "minutes": elapsed / 60.0, "final_loss": log[-1]["loss"] if log else None, "log": log}
 
 
-def _device(config: ShapesModelConfig) -> torch.device:
-    from softrepa.runtime import resolve_device
-
-    return resolve_device(config.device)
-
-
 def build(out: str | os.PathLike, config: ShapesModelConfig, work: str | os.PathLike | None = None) -> Path:
     from diffusers import StableDiffusion3Pipeline
 
+    from softrepa.runtime import resolve_device
+
     torch.set_num_threads(config.threads)
-    device = _device(config)
+    device = resolve_device(config.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the model is fp32; TF32 matmuls are ample for it
         torch.backends.cudnn.allow_tf32 = True
