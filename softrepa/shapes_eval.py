@@ -65,7 +65,7 @@ class ClassifierConfig:
     classifier decodes its outputs without importing the world's current defaults."""
 
     resolution: int = 64
-    grid: int = 3
+    grid: int = 2
     shapes: tuple[str, ...] = ()
     colours: tuple[str, ...] = ()
     backgrounds: tuple[str, ...] = ()
@@ -532,6 +532,11 @@ def score_predictions(predicted: Sequence[Scene], samples: Sequence[dict]) -> di
     keys = ("attribute", "count", "spatial", "background")
     buckets: dict[str, dict[str, int]] = {}
     for scene, sample in zip(predicted, samples, strict=True):
+        grid = sample.get("labels", {}).get("grid", scene.grid)
+        if grid != scene.grid:  # a classifier for another world would score garbage, silently
+            raise ValueError(f"the classifier reads a {scene.grid}x{scene.grid} grid but the samples are "
+                             f"{grid}x{grid}: train one for this world (python -m softrepa.shapes_eval train "
+                             f"--grid {grid})")
         result = check(sample["statements"], scene)
         for name in ("overall", sample.get("grammar", "unknown")):
             empty = {"n": 0, "full": 0, **{f"{k}_{x}": 0 for k in keys for x in ("hits", "total")}}

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from softrepa.atomic import atomic_path
 
+LR_SCHEDULES = ("constant", "cosine")
 MAX_SEQUENCE_LENGTH = 8  # zero "T5" tokens the model is trained with (see module docstring)
 TEXT_MAX_LENGTH = 64
 
@@ -69,6 +70,9 @@ class ShapesModelConfig:
     batch: int = 32
     lr: float = 6e-4
     warmup: int = 100
+    # "constant" after warm-up, or "cosine": decay to 0 over the budget (whichever of `steps` and
+    # `minutes` runs out first), the usual way to end a run and settle its weights.
+    lr_schedule: str = "constant"
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
     num_layers: int = 6
@@ -81,6 +85,14 @@ class ShapesModelConfig:
     # from CPU generators, so a GPU build sees the same batches as a CPU build.
     device: str = "auto"
     workers: int = 1  # processes that render (and tokenize) the training set
+    # A diffusers folder written by an earlier build: continue training its transformer and text
+    # encoders (fresh optimiser, new renders when the seed differs) and keep its VAE as it is (the
+    # VAE stages are skipped, the latent shift/scale kept). Empty: train everything from scratch.
+    init_from: str = ""
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -218,14 +230,16 @@ def refine_decoder(vae, pixels: torch.Tensor, config: ShapesModelConfig, work: P
 
 
 @torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Posterior modes (on the VAE's device), then set SD3-style shift/scaling so latents are ~N(0, 1)."""
+def encode_latents(vae, pixels: torch.Tensor, batch: int = 256, fit_scaling: bool = True) -> torch.Tensor:
+    """Posterior modes (on the VAE's device), normalised with the VAE's shift/scaling. With
+    ``fit_scaling`` those are first set SD3-style from these latents, so they are ~N(0, 1); a
+    continued build keeps the ones its denoiser was trained with."""
     modes = [vae.encode(to_unit(pixels[i:i + batch].to(vae.device))).latent_dist.mode() for i in
              tqdm(range(0, pixels.shape[0], batch), desc="encode", dynamic_ncols=True)]
     latents = torch.cat(modes)  # (N, 4, 16, 16)
-    shift, scale = latents.mean().item(), 1.0 / latents.std().item()
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    return (latents - shift) * scale
+    if fit_scaling:
+        vae.register_to_config(shift_factor=latents.mean().item(), scaling_factor=1.0 / latents.std().item())
+    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
 
 
 def encode_text(pipe, ids: torch.Tensor, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
@@ -277,6 +291,9 @@ def train_denoiser(pipe, latents: torch.Tensor, ids: torch.Tensor, empty_ids: to
     while step < config.steps and elapsed < budget:
         start = time.perf_counter()
         lr = config.lr * min(1.0, (step + 1) / config.warmup)
+        if config.lr_schedule == "cosine":
+            progress = min(1.0, max(step / config.steps, elapsed / budget))
+            lr *= 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = lr
         index = torch.randint(0, latents.shape[0], (config.batch,), generator=generator)
@@ -332,20 +349,29 @@ def build(out: str | os.PathLike, config: ShapesModelConfig, work: str | os.Path
     (work / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     started = time.time()
     pixels, _, ids = render_training_set(config)
-    components = build_components(config)
-    empty_ids = torch.from_numpy(tokenize(components["tokenizer"], [""])[0])
-    pipe = StableDiffusion3Pipeline(text_encoder_3=None, tokenizer_3=None, **components).to(device)
-    train_vae(pipe.vae, pixels, config, work)
-    latents = encode_latents(pipe.vae, pixels)  # (N, 4, 16, 16) on the device
+    if config.init_from:
+        pipe = StableDiffusion3Pipeline.from_pretrained(config.init_from, text_encoder_3=None, tokenizer_3=None,
+                                                        torch_dtype=torch.float32).to(device)
+    else:
+        components = build_components(config)
+        pipe = StableDiffusion3Pipeline(text_encoder_3=None, tokenizer_3=None, **components).to(device)
+        train_vae(pipe.vae, pixels, config, work)
+    empty_ids = torch.from_numpy(tokenize(pipe.tokenizer, [""])[0])
+    latents = encode_latents(pipe.vae, pixels, fit_scaling=not config.init_from)  # (N, 4, 16, 16) on the device
     report = train_denoiser(pipe, latents, ids, empty_ids, config, work)
-    refine_decoder(pipe.vae, pixels, config, work)
+    if not config.init_from:
+        refine_decoder(pipe.vae, pixels, config, work)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
     load_in_float32(tmp)
+    forget_source_paths(tmp)
     report.update(config=dataclasses.asdict(config), build_minutes=(time.time() - started) / 60.0,
                   max_sequence_length=MAX_SEQUENCE_LENGTH, device=str(device),
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    previous = Path(config.init_from) / "build_report.json" if config.init_from else None
+    if previous is not None and previous.exists():  # keep the history of a continued model
+        report["continued_from"] = json.loads(previous.read_text())
     (tmp / "build_report.json").write_text(json.dumps(report, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -362,6 +388,15 @@ def load_in_float32(folder: Path) -> None:
         config = json.loads(path.read_text())
         config["dtype"] = "float32"
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def forget_source_paths(folder: Path) -> None:
+    """Drop the ``_name_or_path`` entries diffusers writes into the configs of a pipeline it loaded
+    (a continued build): they name the folder on the machine that built it, nothing a user needs."""
+    for path in [folder / "model_index.json", *folder.glob("*/config.json")]:
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def sample_sheet_of_model(model: str | None, out: str | os.PathLike, n: int = 16, seed: int = 1234,
@@ -390,7 +425,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--out", default="assets/shapes-sd3")
     b.add_argument("--work", default=None, help="checkpoint folder (default: OUT.build); a rerun resumes from it")
     for f in dataclasses.fields(ShapesModelConfig):
-        b.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        b.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                       **({"choices": LR_SCHEDULES} if f.name == "lr_schedule" else {}))
     s = sub.add_parser("samples", help="a captioned sheet of the model's images for held-out captions")
     s.add_argument("--model", default=None, help="diffusers folder (default: the bundled model)")
     s.add_argument("--tokens", default=None, help="soft-token file to apply (default: none)")

@@ -4,6 +4,7 @@ pipeline's own, rendering is worker-count independent, and a build loads back an
 import json
 
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 from safetensors import safe_open
@@ -62,3 +63,33 @@ def test_build_loads_in_the_standard_pipeline_and_resumes(tmp_path):
     build(out, ShapesModelConfig(**{**TINY, "steps": 5}), work)
     assert json.loads((out / "build_report.json").read_text())["steps"] == 5
     assert len(json.loads(torch.load(work / "denoiser.pt", weights_only=True)["log"])) == 0  # logs every 10 steps
+
+
+def _tensors(path) -> dict[str, torch.Tensor]:
+    with safe_open(path, "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_init_from_continues_the_denoiser_and_keeps_the_vae(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    build(first, ShapesModelConfig(**TINY), tmp_path / "work1")
+    config = ShapesModelConfig(**{**TINY, "seed": 1, "steps": 2, "lr_schedule": "cosine", "init_from": str(first)})
+    build(second, config, tmp_path / "work2")
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    old_vae, new_vae = _tensors(first / vae), _tensors(second / vae)
+    assert all(torch.equal(old_vae[k], new_vae[k]) for k in old_vae)  # the VAE is kept as it was
+    for key in ("shift_factor", "scaling_factor"):  # and so is the latent normalisation
+        assert (json.loads((second / "vae/config.json").read_text())[key]
+                == json.loads((first / "vae/config.json").read_text())[key])
+    transformer = "transformer/diffusion_pytorch_model.safetensors"
+    old, new = _tensors(first / transformer), _tensors(second / transformer)
+    assert any(not torch.equal(old[k], new[k]) for k in old)  # the denoiser trained on
+    report = json.loads((second / "build_report.json").read_text())
+    assert report["steps"] == 2 and report["continued_from"]["steps"] == 3
+    assert not (tmp_path / "work2" / "vae.pt").exists() and not (tmp_path / "work2" / "decoder.pt").exists()
+    assert not any("_name_or_path" in path.read_text() for path in second.glob("**/*.json"))  # no build-machine paths
+
+
+def test_unknown_lr_schedule_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ShapesModelConfig(lr_schedule="linear")

@@ -294,3 +294,9 @@ def test_prefixes_only_before_noun_phrases():
     assert prefixed and all(re.match(r"(a picture of|an image of|a drawing of) "
                                      r"(a|an|one|two|three|four|five|six|seven|eight|nine) ", c) for c in prefixed)
     assert any(c.startswith(("there ", "at ", "in ")) for c in captions)  # those bodies keep no prefix
+
+
+def test_score_refuses_a_classifier_for_another_grid(classifier):
+    samples = generate_samples(2, seed=HELDOUT_SEED + 3, split="val", config=ShapesWorldConfig(grid=3))
+    with pytest.raises(ValueError, match="grid"):
+        shapes_eval.score([s["image"] for s in samples], samples, classifier)
