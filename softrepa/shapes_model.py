@@ -63,8 +63,9 @@ class ShapesModelConfig:
     decoder_lr: float = 5e-4
     # denoiser stage (transformer + both text encoders). These defaults are the CPU recipe (4988
     # steps of batch 32: 80 min of step time on 2 cores). The shipped model used the GPU recipe
-    # (Makefile `shapes`: batch 256, lr 1e-3, 3624 steps, 4.5 min on an H100; its
-    # build_report.json holds the full config). Steps stop at `steps` or `minutes`, whichever first.
+    # (Makefile `shapes`: 5232 steps of batch 256, then 1011 of batch 1024 continued with
+    # --init-from, 7 min on an H200; its build_report.json holds both configs). Steps stop at
+    # `steps` or `minutes`, whichever first.
     minutes: float = 240.0
     steps: int = 4988
     batch: int = 32
