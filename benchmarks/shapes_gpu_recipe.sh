@@ -36,7 +36,8 @@ left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 ship() {  # the model back to $OUT before anything else can fail (the tokenizers are the shipped ones)
-  [ -f "$RUNS/model/build_report.json" ] || { tail -c 3000 "$RUNS/$1.log"; exit 1; }
+  # $1: stage, $2: its build's exit status (a failed stage must not ship the previous stage's model)
+  [ "$2" -eq 0 ] && [ -f "$RUNS/model/build_report.json" ] || { tail -c 3000 "$RUNS/$1.log"; exit 1; }
   echo "$1: at $(( $(date +%s) - START )) s: $(grep -o '"steps": [0-9]*' "$RUNS/model/build_report.json" | head -1)"
   tar -C "$RUNS" --exclude=tokenizer --exclude=tokenizer_2 -cf - model | split -b 15m - "$OUT/model-$1.tar.part-"
 }
@@ -49,14 +50,14 @@ if has base; then
     --workers "$WORKERS" --train-samples "$SAMPLES" --vae-steps "$VAE_STEPS" --vae-batch 64 \
     --decoder-steps "$DECODER_STEPS" --batch 256 --lr 1e-3 --warmup 200 --ema-decay 0.999 \
     --steps 1000000 --minutes "$MINUTES" --checkpoint-every 1000000 --threads 2 > "$RUNS/base.log" 2>&1
-  ship base
+  ship base $?
 fi
 if has continue; then  # fresh renders (seed 1), the VAE and its latent scaling kept
   $PY -m softrepa.shapes_model build --init-from "$RUNS/model" --out "$RUNS/model" --work "$RUNS/model.continue" \
     --device "$DEVICE" --workers "$WORKERS" --train-samples "$CONTINUE_SAMPLES" --seed 1 --batch 1024 --lr 1e-3 --warmup 50 \
     --lr-schedule cosine --ema-decay 0.998 --steps 1000000 --minutes "$CONTINUE_MINUTES" --checkpoint-every 1000000 \
     --threads 2 > "$RUNS/continue.log" 2>&1
-  ship continue
+  ship continue $?
 fi
 wait
 has tokens || { ls -la "$OUT"; exit 0; }

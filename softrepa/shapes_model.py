@@ -92,6 +92,9 @@ class ShapesModelConfig:
     init_from: str = ""
 
     def __post_init__(self) -> None:
+        for name in ("train_samples", "batch", "vae_batch", "workers", "threads", "checkpoint_every", "warmup"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 

@@ -90,6 +90,8 @@ def test_init_from_continues_the_denoiser_and_keeps_the_vae(tmp_path):
     assert not any("_name_or_path" in path.read_text() for path in second.glob("**/*.json"))  # no build-machine paths
 
 
-def test_unknown_lr_schedule_is_refused():
+def test_bad_build_settings_are_refused():
     with pytest.raises(ValueError, match="lr_schedule"):
         ShapesModelConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="train_samples must be >= 1"):
+        ShapesModelConfig(train_samples=0)
