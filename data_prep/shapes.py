@@ -1065,22 +1065,27 @@ def make_edit_pairs(
     return pairs
 
 
-def write_edit_pairs(out: str | Path, n: int, seed: int = 0, config: ShapesWorldConfig | None = None) -> Path:
+def write_edit_pairs(out: str | Path, n: int, seed: int = 0, config: ShapesWorldConfig | None = None,
+                     split: str = "val") -> Path:
     """Write edit pairs as JSONL rows with `image` (source PNG, relative to the JSONL's folder),
-    `target_image`, `source_prompt`, `target_prompt`, `changed` and the labels/statements."""
+    `target_image`, `source_prompt`, `target_prompt`, `changed` and the labels/statements, plus
+    `caption` (= source prompt) and `negative_caption` (= target prompt: wrong for the source
+    image in exactly one attribute), so that a file written as DIR/metadata.jsonl from the train
+    split is a SoftREPA training folder with hard negatives (`softrepa.train --hard-negatives`)."""
     config = config or ShapesWorldConfig()
     out = Path(out)
     image_dir = out.parent / f"{out.stem}_images"
     image_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for pair in tqdm(make_edit_pairs(n, seed, config, render_images=False), desc="edit pairs", disable=n < 500):
+    for pair in tqdm(make_edit_pairs(n, seed, config, split, render_images=False), desc="edit pairs", disable=n < 500):
         names = {}
         for side in ("source", "target"):
             relative = f"{image_dir.name}/{side}_{seed}_{pair['index']:06d}.png"
             image = render(Scene.from_dict(pair[f"{side}_labels"]), config.resolution)
             atomic_write_bytes(out.parent / relative, _png_bytes(image))
             names[side] = relative
-        rows.append({"image": names["source"], "target_image": names["target"], **pair})
+        rows.append({"image": names["source"], "target_image": names["target"], "caption": pair["source_prompt"],
+                     "negative_caption": pair["target_prompt"], **pair})
     atomic_write_bytes(out, "".join(json.dumps(row) + "\n" for row in rows).encode())
     return out
 
@@ -1146,6 +1151,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     edits.add_argument("--out", required=True)
     edits.add_argument("--n", type=int, required=True)
     edits.add_argument("--seed", type=int, default=0)
+    edits.add_argument("--split", choices=SPLITS, default="val", help="train: a hard-negative training folder")
     _add_world_args(edits)
     sheet = commands.add_parser("sheet", help="write a PNG grid of captioned samples")
     sheet.add_argument("--out", required=True)
@@ -1163,7 +1169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = write_dataset(args.out, args.n, args.seed, args.split, config)
         print(f"wrote {args.n} samples to {path}")
     elif args.command == "edits":
-        path = write_edit_pairs(args.out, args.n, args.seed, config)
+        path = write_edit_pairs(args.out, args.n, args.seed, config, args.split)
         print(f"wrote {args.n} edit pairs to {path}")
     elif args.command == "sheet":
         sheet = sample_sheet(generate_samples(args.n, args.seed, config, args.split))

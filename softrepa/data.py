@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 IMAGE_KEYS = ("image", "file_name")
 CAPTION_KEYS = ("caption", "text")
+# Optional hard negatives: captions that are wrong for the image in one detail (a string or, in
+# JSONL, a list), scored as extra negatives with --hard-negatives (see softrepa.train).
+NEGATIVE_KEYS = ("negative_caption",)
 
 __all__ = ["DatasetError", "ImageInputError", "Record", "CaptionDataset", "open_dataset", "load_coco",
            "load_image_folder", "load_image_tensor", "epoch_order"]
@@ -52,6 +55,7 @@ class Record:
     image: Path
     captions: tuple[str, ...]
     key: str  # stable id inside the source (COCO image id, or the relative path)
+    negatives: tuple[str, ...] = ()  # hard-negative captions (image folders only)
 
 
 class CaptionDataset:
@@ -75,14 +79,22 @@ class CaptionDataset:
         ``random.Random`` with a str seed hashes it with SHA-512: identical across runs and machines
         (unlike ``hash()``, which is salted per process).
         """
+        return self._choose(self.records[index].captions, f"{seed}:{epoch}:{self.records[index].key}")
+
+    def negative(self, index: int, seed: int, epoch: int) -> str:
+        """A hard-negative caption of item ``index`` for ``epoch`` (uniform over its negatives)."""
         record = self.records[index]
-        if len(record.captions) == 1:
-            return record.captions[0]
-        return random.Random(f"{seed}:{epoch}:{record.key}").choice(record.captions)
+        if not record.negatives:
+            raise DatasetError(f"{self.source}: item {record.key} has no negative_caption (needed by --hard-negatives)")
+        return self._choose(record.negatives, f"negative:{seed}:{epoch}:{record.key}")
+
+    @staticmethod
+    def _choose(options: tuple[str, ...], key: str) -> str:
+        return options[0] if len(options) == 1 else random.Random(key).choice(options)
 
     def all_captions(self) -> list[str]:
-        """Every distinct caption, in first-seen order (what the text cache must hold)."""
-        return list(dict.fromkeys(c for r in self.records for c in r.captions))
+        """Every distinct caption and negative, in first-seen order (what the text cache must hold)."""
+        return list(dict.fromkeys(c for r in self.records for c in (*r.captions, *r.negatives)))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -171,8 +183,9 @@ def load_image_folder(path: str | os.PathLike) -> CaptionDataset:
         raise DatasetError(f"data path {path} does not exist")
     records, bad_rows, missing = [], 0, 0
     for row in _read_rows(metadata):
-        image, caption = _pick(row, IMAGE_KEYS), _pick(row, CAPTION_KEYS)
-        caps = tuple(str(c).strip() for c in (caption if isinstance(caption, list) else [caption]) if c)
+        image, caption, negative = _pick(row, IMAGE_KEYS), _pick(row, CAPTION_KEYS), _pick(row, NEGATIVE_KEYS)
+        caps, negatives = (tuple(str(c).strip() for c in (v if isinstance(v, list) else [v]) if c)
+                           for v in (caption, negative))
         if image is None or not caps or not all(caps):
             bad_rows += 1
             continue
@@ -180,7 +193,7 @@ def load_image_folder(path: str | os.PathLike) -> CaptionDataset:
         if not image_path.is_file():
             missing += 1
             continue
-        records.append(Record(image=image_path, captions=caps, key=str(image)))
+        records.append(Record(image=image_path, captions=caps, key=str(image), negatives=negatives))
     if bad_rows:
         log.warning("%s: %d rows without an image path or caption; skipped", metadata, bad_rows)
     if missing:

@@ -96,6 +96,9 @@ class TrainConfig:
     batch_size: int = 4  # images per process; pairs per step = batch_size * batch_size * world
     pair_chunk: int = 16  # most pair items per forward; 0 = all at once
     per_sample_t: bool = False  # per-image t and eps instead of one shared draw (Eq. 13 note)
+    # Score each image also against a hard negative of its own (metadata `negative_caption`: the
+    # caption with one detail wrong), appended as extra caption columns: B x 2B pairs per step.
+    hard_negatives: bool = False
     # optimisation (authors' defaults)
     max_steps: int = 30000
     max_minutes: float | None = None  # also stop (with final files) after this many minutes of this run's steps
@@ -245,9 +248,10 @@ def seed_everything(seed: int) -> None:
 class BatchSource:
     """Cached features -> ``PairBatch``es in the deterministic order of (seed, epoch)."""
 
-    def __init__(self, dataset: CaptionDataset, cache: FeatureCache, seed: int, resolution: int, needs_time_ids: bool):
+    def __init__(self, dataset: CaptionDataset, cache: FeatureCache, seed: int, resolution: int, needs_time_ids: bool,
+                 hard_negatives: bool = False):
         self.dataset, self.cache, self.seed = dataset, cache, seed
-        self.resolution, self.needs_time_ids = resolution, needs_time_ids
+        self.resolution, self.needs_time_ids, self.hard_negatives = resolution, needs_time_ids, hard_negatives
         self._order: tuple[int, list[int]] | None = None
 
     def order(self, epoch: int) -> list[int]:
@@ -257,8 +261,11 @@ class BatchSource:
 
     def load(self, indices: list[int], epoch: int) -> PairBatch:
         latents = torch.stack([self.cache.load_latents(self.dataset.records[i]) for i in indices])  # (B, C, h, w)
-        texts = [self.cache.load_text(self.dataset.caption(i, self.seed, epoch)) for i in indices]
-        text = {key: torch.stack([t[key] for t in texts]) for key in texts[0]}  # (B, n, D), (B, P)
+        captions = [self.dataset.caption(i, self.seed, epoch) for i in indices]
+        if self.hard_negatives:  # image i's own caption stays column i; its negative is column B + i
+            captions += [self.dataset.negative(i, self.seed, epoch) for i in indices]
+        texts = [self.cache.load_text(caption) for caption in captions]
+        text = {key: torch.stack([t[key] for t in texts]) for key in texts[0]}  # (B or 2B, n, D), (B or 2B, P)
         image_cond = {}
         if self.needs_time_ids:
             # SDXL micro-conditioning: original size, crop top-left, target size of a center crop
@@ -284,8 +291,8 @@ def gather_text(accelerator: Any, batch: PairBatch, device: torch.device) -> Pai
     text = {k: v.to(device) for k, v in batch.text.items()}
     if accelerator.num_processes == 1:
         return PairBatch(batch.latents, text, batch.image_cond, None)
-    gathered = accelerator.gather(text)  # {key: (B * world, ...)}, rank-major
-    positives = accelerator.process_index * batch.num_images + torch.arange(batch.num_images)
+    gathered = accelerator.gather(text)  # {key: (captions * world, ...)}, rank-major
+    positives = accelerator.process_index * batch.num_captions + torch.arange(batch.num_images)
     return PairBatch(batch.latents, gathered, batch.image_cond, positives)
 
 
@@ -499,7 +506,11 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
     split = epoch_order(len(dataset), config.seed, -1)  # a fixed shuffle for the held-out split
     val_set = dataset.subset(sorted(split[:n_val])) if n_val > 0 else None
     train_set = dataset.subset(sorted(split[n_val:]))
-    source = BatchSource(train_set, cache, config.seed, config.resolution, needs_time_ids)
+    if config.hard_negatives and not all(r.negatives for r in train_set.records):
+        raise DatasetError(f"{config.data}: --hard-negatives needs a negative_caption on every item "
+                           f"({sum(not r.negatives for r in train_set.records)} have none); "
+                           "python -m data_prep.shapes edits --split train writes such a folder")
+    source = BatchSource(train_set, cache, config.seed, config.resolution, needs_time_ids, config.hard_negatives)
     log.info("cache: %d captions and %d images encoded now, %d skipped; %d train / %d held-out items",
              report.encoded_captions, report.encoded_images, len(report.skipped), len(train_set), n_val)
 

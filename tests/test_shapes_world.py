@@ -28,6 +28,7 @@ from data_prep.shapes import (
     scene_split,
 )
 from softrepa import shapes_eval
+from softrepa.data import open_dataset
 
 # Seeds that neither the shipped classifier's training (purpose "classifier", seed 0) nor its
 # recorded evaluation (seed 9001) used.
@@ -203,6 +204,15 @@ def test_edit_pairs_cli(tmp_path):
     for row in rows:
         assert (tmp_path / row["image"]).is_file() and (tmp_path / row["target_image"]).is_file()
         assert {"source_prompt", "target_prompt", "changed"} <= row.keys()
+    # from the train split, written as metadata.jsonl: a training folder with hard negatives
+    folder = tmp_path / "hard"
+    folder.mkdir()
+    assert shapes.main(["edits", "--out", str(folder / "metadata.jsonl"), "--n", "3", "--split", "train"]) == 0
+    dataset = open_dataset(folder)
+    assert len(dataset) == 3
+    for record, row in zip(dataset.records, (json.loads(x) for x in (folder / "metadata.jsonl").read_text().splitlines())):
+        assert record.captions == (row["source_prompt"],) and record.negatives == (row["target_prompt"],)
+        assert scene_split(Scene.from_dict(row["source_labels"]), ShapesWorldConfig()) == "train"
 
 
 def test_dataset_writer_is_resumable(tmp_path):

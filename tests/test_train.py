@@ -17,7 +17,7 @@ from softrepa.loss import DiffusionObjective, LossConfig
 from softrepa.pairs import PairBatch, draw_noise
 from softrepa.testing import tiny_sd3_pipeline
 from softrepa.tokens import load_tokens
-from softrepa.train import NonFiniteLossError, TrainConfig, evaluate_pairs, parse_args, train
+from softrepa.train import BatchSource, NonFiniteLossError, TrainConfig, evaluate_pairs, parse_args, train
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "black": (0, 0, 0), "green": (0, 255, 0)}
 
@@ -277,3 +277,30 @@ def test_max_minutes_time_box_stops_with_final_files(tmp_path, colours, pipe):
     assert load_tokens(result.final_path).static.shape == result.tokens.static.shape
     with pytest.raises(ValueError, match="max_minutes"):
         dataclasses.replace(config, max_minutes=-1.0)
+
+
+def test_hard_negatives_are_extra_caption_columns(tmp_path, colours, pipe):
+    folder = tmp_path / "hard"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as f:
+        for name, rgb in COLOURS.items():
+            Image.new("RGB", (24, 20), rgb).save(folder / f"{name}.png")
+            others = [other for other in COLOURS if other != name]
+            f.write(json.dumps({"image": f"{name}.png", "caption": f"a {name} image",
+                                "negative_caption": f"a {others[0]} image"}) + "\n")
+    dataset = open_dataset(folder)
+    assert dataset.records[0].negatives == ("a blue image",)
+    assert "a blue image" in dataset.all_captions() and dataset.negative(0, seed=0, epoch=0) == "a blue image"
+    config = base_config(tmp_path, folder, hard_negatives=True, max_steps=2)
+    result = train(config, pipe=pipe)
+    assert result.step == 2 and result.final_path.is_file()
+    # the batch the trainer builds: own captions in columns 0..B-1, their negatives in B..2B-1
+    cache = FeatureCache(config.cache_dir, model_fingerprint(pipe, "tiny-sd3"), 16, torch.float32, 8)
+    batch = BatchSource(dataset, cache, 0, 16, False, hard_negatives=True).load([0, 2], epoch=0)
+    assert batch.num_images == 2 and batch.num_captions == 4
+    expected = [dataset.caption(0, 0, 0), dataset.caption(2, 0, 0), dataset.negative(0, 0, 0), dataset.negative(2, 0, 0)]
+    for column, caption in enumerate(expected):
+        torch.testing.assert_close(batch.text["prompt_embeds"][column], cache.load_text(caption)["prompt_embeds"])
+    # a folder without negatives is refused up front, with what to do
+    with pytest.raises(DatasetError, match="negative_caption"):
+        train(base_config(tmp_path / "plain", colours, hard_negatives=True), pipe=pipe)
