@@ -13,7 +13,9 @@ From Python (e.g. with an already-loaded pipeline):
 One step (per process, B = batch_size local images):
 1. B cached latents x0 and their captions' cached embeddings (a random caption per image per
    epoch); with several processes the caption embeddings are gathered, so each image is scored
-   against the global batch's B * world captions (its own at column rank * B + i).
+   against the global batch's B * world captions (its own at column rank * B + i). With
+   ``--hard-negatives`` each process appends its images' negative captions (B more columns, image
+   i's own caption stays column i), so there are 2B * world captions, its own at rank * 2B + i.
 2. one (t, eps) for the batch (the same on every process: same generator seed), x_t for each image;
    the B x (B * world) error matrix through the frozen denoiser with the tokens attached
    (``softrepa.pairs``, naive or chunked), loss = CE(scale * exp(-err / tau)) + dweight * mean(diag err).
