@@ -487,6 +487,10 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
 
     # ---- data and cache (each process encodes its share; all read everything)
     dataset = open_dataset(config.data, config.captions)
+    if config.hard_negatives and not all(r.negatives for r in dataset.records):  # before the cache is built
+        raise DatasetError(f"{config.data}: --hard-negatives needs a negative_caption on every item "
+                           f"({sum(not r.negatives for r in dataset.records)} have none); "
+                           "python -m data_prep.shapes edits --split train writes such a folder")
     cache_dtype = weight_dtype if weight_dtype != torch.float64 else torch.float32
     cache = FeatureCache(config.cache_dir or default_cache_dir(), model_fingerprint(pipe, model_id), config.resolution,
                          cache_dtype, config.max_sequence_length)
@@ -508,10 +512,6 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
     split = epoch_order(len(dataset), config.seed, -1)  # a fixed shuffle for the held-out split
     val_set = dataset.subset(sorted(split[:n_val])) if n_val > 0 else None
     train_set = dataset.subset(sorted(split[n_val:]))
-    if config.hard_negatives and not all(r.negatives for r in train_set.records):
-        raise DatasetError(f"{config.data}: --hard-negatives needs a negative_caption on every item "
-                           f"({sum(not r.negatives for r in train_set.records)} have none); "
-                           "python -m data_prep.shapes edits --split train writes such a folder")
     source = BatchSource(train_set, cache, config.seed, config.resolution, needs_time_ids, config.hard_negatives)
     log.info("cache: %d captions and %d images encoded now, %d skipped; %d train / %d held-out items",
              report.encoded_captions, report.encoded_images, len(report.skipped), len(train_set), n_val)
