@@ -529,3 +529,21 @@ def test_edit_end_to_end_with_plot(tiny_world, tiny_clip_dir, cheap_fid_and_lpip
     assert "| FlowEdit +Ours | 2 | 4 |" in markdown and "The paper's numbers (Table 6)" in markdown
     plot = np.asarray(Image.open(out / "clip_vs_lpips.png").convert("RGB"))
     assert (np.abs(plot.astype(int) - PALETTE[1]).sum(axis=-1) < 30).sum() > 20
+
+
+def test_edit_configurations_share_the_flowedit_settings(tiny_world, tmp_path):
+    from editing.flowedit import FlowEditParams
+    from softrepa.evaluate.edit import EditConfig, EditTask
+
+    shared = FlowEditParams(steps=6, src_cfg=2.5, n_min=1, n_avg=2, seed=7, guidance="standard")
+    task = EditTask(EditConfig(out=tmp_path / "run", pairs=tiny_world / "pairs.jsonl", n=2,
+                               vanilla_n_max=(4,), vanilla_cfgs=(3.0, 5.0), flowedit=shared))
+    params = [task.params(group) for group in task.groups()]
+    assert [(p.n_max, p.tar_cfg) for p in params] == [(4, 3.0), (4, 5.0)]
+    assert all(p == FlowEditParams(steps=6, n_max=4, tar_cfg=p.tar_cfg, src_cfg=2.5, n_min=1, n_avg=2, seed=7,
+                                   guidance="standard") for p in params)
+    assert EditConfig(out=tmp_path, pairs=tmp_path).flowedit.guidance == "authors"  # the paper's convention
+    bad = EditTask(EditConfig(out=tmp_path / "bad", pairs=tiny_world / "pairs.jsonl", n=2, vanilla_n_max=(9,),
+                              flowedit=shared))
+    with pytest.raises(ValueError, match="n_max"):
+        bad.params(bad.groups()[0])

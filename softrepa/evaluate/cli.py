@@ -137,14 +137,17 @@ def t2i_config(args: argparse.Namespace):
 
 
 def edit_config(args: argparse.Namespace):
+    from editing.flowedit import FlowEditParams
     from softrepa.evaluate.edit import EditConfig
 
+    # n_max and tar_cfg come from the sweep, per configuration
+    flowedit = FlowEditParams(steps=args.steps, src_cfg=args.src_cfg, n_min=args.n_min, n_avg=args.n_avg,
+                              seed=args.seed, guidance=args.guidance, token_branches=args.token_branches)
     return EditConfig(out=args.out, pairs=args.pairs, dataset=args.dataset, model=args.model, tokens=args.tokens,
                       n=args.n, vanilla_n_max=tuple(args.vanilla_n_max), vanilla_cfgs=tuple(args.vanilla_cfgs),
-                      tokens_n_max=tuple(args.tokens_n_max), tokens_cfgs=tuple(args.tokens_cfgs), steps=args.steps,
-                      src_cfg=args.src_cfg, n_min=args.n_min, n_avg=args.n_avg, seed=args.seed,
-                      guidance=args.guidance, token_branches=args.token_branches, max_side=args.max_side,
-                      metrics=metric_settings(args), progress=not args.no_progress)
+                      tokens_n_max=tuple(args.tokens_n_max), tokens_cfgs=tuple(args.tokens_cfgs),
+                      flowedit=flowedit, max_side=args.max_side, metrics=metric_settings(args),
+                      progress=not args.no_progress)
 
 
 def combine_tables(runs: Sequence[Path], out: Path) -> dict[str, Path]:

@@ -20,12 +20,14 @@ caches (source latents, source-branch velocities) are reused across target CFGs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from editing.flowedit import FlowEditParams
 from softrepa.evaluate.datasets import EditPair, load_edit_pairs
 from softrepa.evaluate.runner import MetricSettings, Task, free_memory, load_pipeline, write_edit_plot
 from softrepa.images import write_png
@@ -40,8 +42,9 @@ class EditConfig:
     out: the run folder. pairs: data_prep JSONL. dataset: label for the tables ("DIV2K",
     "Cat2Dog": also picks the paper's rows shown beside ours). model: SD3 pipeline id or folder.
     tokens: soft-token file (without it only the vanilla configurations run). n: first n pairs
-    (None: all). steps, src_cfg, n_min, n_avg, seed, guidance, token_branches, max_side: FlowEdit
-    settings shared by every configuration (see ``editing.flowedit.FlowEditParams``).
+    (None: all). flowedit: the FlowEdit settings every configuration shares (steps, src CFG, n_min,
+    n_avg, seed, guidance, token branches); each configuration replaces its n_max and tar_cfg.
+    max_side: the editor's longest image side.
     """
 
     out: Path
@@ -54,13 +57,7 @@ class EditConfig:
     vanilla_cfgs: tuple[float, ...] = (13.5, 16.5, 19.5)
     tokens_n_max: tuple[int, ...] = (30,)
     tokens_cfgs: tuple[float, ...] = (9.0, 11.0, 13.0)
-    steps: int = 50
-    src_cfg: float = 3.5
-    n_min: int = 0
-    n_avg: int = 1
-    seed: int = 42
-    guidance: str = "authors"
-    token_branches: str = "both"
+    flowedit: FlowEditParams = field(default_factory=lambda: FlowEditParams(guidance="authors"))
     max_side: int = 1024
     metrics: MetricSettings = field(default_factory=MetricSettings)
     progress: bool = True
@@ -94,23 +91,18 @@ class EditTask(Task):
         return [{"key": f"{group['name']}/{pair.index:05d}", "group": group["name"], "index": pair.index,
                  "name": pair.name, "original": pair.image, "source_prompt": pair.source_prompt,
                  "prompt": pair.target_prompt, "image": f"images/{group['name']}/{pair.index:05d}.png",
-                 "reference": str(self.run_dir / self.source_path(pair)), "seed": self.config.seed}
+                 "reference": str(self.run_dir / self.source_path(pair)), "seed": self.config.flowedit.seed}
                 for pair in self.pairs for group in self.groups()]
 
-    def params(self, group: dict):
-        from editing.flowedit import FlowEditParams
-
-        c = self.config
-        params = FlowEditParams(steps=c.steps, n_max=group["n_max"], n_min=c.n_min, n_avg=c.n_avg, src_cfg=c.src_cfg,
-                                tar_cfg=group["tar_cfg"], seed=c.seed, guidance=c.guidance,
-                                token_branches=c.token_branches)
+    def params(self, group: dict) -> FlowEditParams:
+        params = dataclasses.replace(self.config.flowedit, n_max=group["n_max"], tar_cfg=group["tar_cfg"])
         params.check()
         return params
 
     def generation_settings(self) -> dict:
-        c = self.config
-        return {"model": str(c.model), "kind": "sd3", "steps": c.steps, "src_cfg": c.src_cfg, "n_min": c.n_min,
-                "n_avg": c.n_avg, "seed": c.seed, "guidance": c.guidance, "token_branches": c.token_branches,
+        c, f = self.config, self.config.flowedit
+        return {"model": str(c.model), "kind": "sd3", "steps": f.steps, "src_cfg": f.src_cfg, "n_min": f.n_min,
+                "n_avg": f.n_avg, "seed": f.seed, "guidance": f.guidance, "token_branches": f.token_branches,
                 "max_side": c.max_side, "tokens_file": str(c.tokens) if c.tokens else None,
                 "tokens_sha256": self.tokens_sha256}
 
@@ -118,9 +110,10 @@ class EditTask(Task):
         return {"kind": "sd3", "dataset": self.config.dataset}
 
     def notes(self) -> list[str]:
-        notes = [f"{len(self.pairs)} pairs from {self.config.pairs}; FlowEdit T={self.config.steps}, "
-                 f"src CFG {self.config.src_cfg:g}, seed {self.config.seed}, guidance '{self.config.guidance}'"
-                 + (" (target c + w (c - u): the paper's convention)" if self.config.guidance == "authors" else "")]
+        f = self.config.flowedit
+        notes = [f"{len(self.pairs)} pairs from {self.config.pairs}; FlowEdit T={f.steps}, "
+                 f"src CFG {f.src_cfg:g}, seed {f.seed}, guidance '{f.guidance}'"
+                 + (" (target c + w (c - u): the paper's convention)" if f.guidance == "authors" else "")]
         if not self.config.tokens:
             notes.append("no --tokens given: only the vanilla configurations ran")
         return notes
