@@ -28,7 +28,9 @@ test: install
 	$(BIN)/python -m pytest -q -x tests
 
 # Rebuild the bundled shapes world (seeded): base model (from scratch, then continued at a larger
-# batch with a cosine decay), token training data, soft tokens. The defaults are the shipped
+# batch with a cosine decay), token training data (edit pairs: each caption with a one-attribute-changed
+# hard negative), soft tokens (tau(t) linear 0.05 -> 1.0, denoising weight 10; 3220 steps, 30 min on one
+# CPU thread). The defaults are the shipped
 # recipe on one GPU (about 10 min on an H200; benchmarks/shapes_gpu_recipe.sh ran it time-boxed,
 # these step counts are what it reached). Then run benchmarks/shapes_alignment.py. On a CPU,
 #   make shapes SHAPES_DEVICE=cpu SHAPES_BUILD= SHAPES_CONTINUE=
@@ -39,7 +41,7 @@ SHAPES_BUILD ?= --workers 14 --train-samples 250000 --vae-steps 2000 --vae-batch
 	--batch 256 --lr 1e-3 --warmup 200 --ema-decay 0.999 --steps 5232
 SHAPES_CONTINUE ?= --workers 14 --train-samples 200000 --seed 1 --batch 1024 --lr 1e-3 --warmup 50 \
 	--lr-schedule cosine --ema-decay 0.998 --steps 1011
-SHAPES_TOKENS ?= --max-steps 570 --lr 3e-3
+SHAPES_TOKENS ?= --max-steps 3220 --lr 3e-3
 shapes: install
 	$(BIN)/python -m softrepa.shapes_model build --out runs/shapes-sd3-base --work runs/shapes-sd3-base.build \
 		--device $(SHAPES_DEVICE) $(SHAPES_BUILD)
@@ -47,8 +49,9 @@ shapes: install
 		$(BIN)/python -m softrepa.shapes_model build --init-from runs/shapes-sd3-base --out assets/shapes-sd3 \
 			--work runs/shapes-sd3.continue --device $(SHAPES_DEVICE) $(SHAPES_CONTINUE); \
 	else rm -rf assets/shapes-sd3 && cp -r runs/shapes-sd3-base assets/shapes-sd3; fi
-	$(BIN)/python -m data_prep.shapes make --out runs/shapes-train --n 4000 --seed 7 --split train
+	$(BIN)/python -m data_prep.shapes edits --out runs/shapes-train/metadata.jsonl --n 4000 --seed 7 --split train
 	$(BIN)/python -m softrepa.train --model assets/shapes-sd3 --kind shapes-sd3 --data runs/shapes-train \
-		--output runs/shapes-tokens --batch-size 8 --checkpoint-every 100 --validate-every 100000 \
+		--output runs/shapes-tokens --batch-size 4 --hard-negatives --per-sample-t --tau 0.05 \
+		--tau-schedule linear --tau-end 1.0 --dweight 10 --checkpoint-every 200 --validate-every 100000 \
 		--resolution 64 --mixed-precision no $(SHAPES_TOKENS)
 	cp runs/shapes-tokens/tokens-final.safetensors assets/shapes-sd3-softrepa.safetensors

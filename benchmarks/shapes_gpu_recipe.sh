@@ -43,8 +43,9 @@ ship() {  # the model back to $OUT before anything else can fail (the tokenizers
 }
 
 # token training data (CPU) while the model trains
-has tokens && $PY -m data_prep.shapes make --out "$RUNS/tokdata" --n "${TOKEN_DATA:-4000}" --seed 7 --split train \
-  > "$RUNS/tokdata.log" 2>&1 &
+# (edit pairs: each caption with a one-attribute-changed hard negative, for --hard-negatives)
+has tokens && $PY -m data_prep.shapes edits --out "$RUNS/tokdata/metadata.jsonl" --n "${TOKEN_DATA:-4000}" --seed 7 \
+  --split train > "$RUNS/tokdata.log" 2>&1 &
 if has base; then
   $PY -m softrepa.shapes_model build --out "$RUNS/model" --work "$RUNS/model.build" --device "$DEVICE" \
     --workers "$WORKERS" --train-samples "$SAMPLES" --vae-steps "$VAE_STEPS" --vae-batch 64 \
@@ -62,13 +63,14 @@ fi
 wait
 has tokens || { ls -la "$OUT"; exit 0; }
 
-# soft tokens: name, then the trainer's loss/optimiser flags (m 4, L 3 throughout): the README's
-# ablation (run there on CPU, time-boxed), here with the time a GPU call has left
+# soft tokens: name, then the trainer's loss/optimiser flags: the README's second-round ablation
+# (run there on CPU, 30 min each; C ships), here with the time a GPU call has left
+TAU_T="--hard-negatives --per-sample-t --tau 0.05 --tau-schedule linear --tau-end 1.0 --lr 3e-3 --batch-size 4"
 declare -A TOKENS=(
-  [lr1e-2]="--lr 1e-2 --tau 0.07 --scale 4 --batch-size 8"
-  [lr3e-3]="--lr 3e-3 --tau 0.07 --scale 4 --batch-size 8"
-  [t30s16]="--lr 3e-3 --tau 0.3 --scale 16 --batch-size 8"
-  [t30s64]="--lr 1e-3 --tau 0.3 --scale 64 --batch-size 8"
+  [A-dweight0]="$TAU_T --dweight 0"
+  [B-dweight1]="$TAU_T --dweight 1"
+  [C-dweight10]="$TAU_T --dweight 10"
+  [D-m16-L6]="$TAU_T --dweight 1 --num-tokens 16 --num-layers 6"
 )
 # the time left, less about 70 s for loading, caching and the evaluation
 TOKEN_MINUTES=$(python3 -c "print(max(0.2, ($(left) - 70) / 60))")
