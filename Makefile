@@ -28,11 +28,11 @@ test: install
 	$(BIN)/python -m pytest -q -x tests
 
 # Rebuild the bundled shapes world (seeded): base model (from scratch, then continued at a larger
-# batch with a cosine decay), token training data (edit pairs: each caption with a one-attribute-changed
-# hard negative), soft tokens (tau(t) linear 0.05 -> 1.0, denoising weight 10; 3220 steps, 30 min on one
-# CPU thread). The defaults are the shipped
-# recipe on one GPU (about 10 min on an H200; benchmarks/shapes_gpu_recipe.sh ran it time-boxed,
-# these step counts are what it reached). Then run benchmarks/shapes_alignment.py. On a CPU,
+# batch with a cosine decay), token training data (edit pairs: each caption with a one-attribute-
+# changed hard negative), soft tokens (tau(t) linear 0.05 -> 1.0, denoising weight 10). The base
+# model's defaults are the shipped recipe on one GPU (about 10 min on an H200;
+# benchmarks/shapes_gpu_recipe.sh ran it time-boxed, these step counts are what it reached); the
+# shipped tokens' 3220 steps are what 30 min on one CPU thread reached. Then run benchmarks/shapes_alignment.py. On a CPU,
 #   make shapes SHAPES_DEVICE=cpu SHAPES_BUILD= SHAPES_CONTINUE=
 # runs the CPU defaults of `python -m softrepa.shapes_model build` (about 90 min on 2 cores) and
 # skips the continuation (an empty SHAPES_CONTINUE ships the base model as it is).
