@@ -25,6 +25,7 @@ Prints one table row per t (and method); ends with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from softrepa.cache import encode_latents, encode_prompts  # noqa: E402
 from softrepa.cli_types import int_at_least  # noqa: E402
 from softrepa.loss import DiffusionObjective  # noqa: E402
 from softrepa.pairs import NoiseDraw, PairBatch, PairScorer  # noqa: E402
+from softrepa.shapes_model import to_unit  # noqa: E402
 from softrepa.tokens import load_tokens  # noqa: E402
 
 KIND = "shapes-sd3"
@@ -89,9 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = load_pipeline(args.model, KIND, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     pairs = make_edit_pairs(args.pairs, seed=args.seed)
-    images = torch.stack([torch.from_numpy(np.array(p["source_image"].convert("RGB"))).permute(2, 0, 1)
-                          for p in pairs]).float() / 127.5 - 1.0  # (N, 3, H, W) in [-1, 1]
-    x0 = encode_latents(pipe.vae, images)  # (N, C, h, w)
+    renders = np.stack([np.asarray(p["source_image"].convert("RGB")) for p in pairs])  # (N, H, W, 3) uint8
+    x0 = encode_latents(pipe.vae, to_unit(torch.from_numpy(renders).permute(0, 3, 1, 2)))  # (N, C, h, w)
     length = KINDS[KIND].max_sequence_length  # the T5 length the model was trained with
     own = encode_prompts(pipe, [p["source_prompt"] for p in pairs], "cpu", max_sequence_length=length)
     hard = encode_prompts(pipe, [p["target_prompt"] for p in pairs], "cpu", max_sequence_length=length)
@@ -109,11 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     for method, attached in methods.items():
         results[method] = []
         for t in tqdm(args.timesteps, desc=method, leave=False):
-            if attached is not None:
-                with attached.switch(True):
-                    err = caption_errors(pipe, x0, [own, hard, unrelated], t, eps[t], args.batch_size)
-            else:
-                err = caption_errors(pipe, x0, [own, hard, unrelated], t, eps[t], args.batch_size)
+            with attached.switch(True) if attached is not None else contextlib.nullcontext():
+                err = caption_errors(pipe, x0, [own, hard, unrelated], t, eps[t], args.batch_size)  # (3, N)
             pos, hard_gap, random_gap = err[0], err[1] - err[0], err[2] - err[0]
             row = {"t": t, "err_pos": pos.mean().item(), "hard_gap": hard_gap.mean().item(),
                    "random_gap": random_gap.mean().item(), "hard_wins": (hard_gap > 0).float().mean().item(),

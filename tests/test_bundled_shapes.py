@@ -34,6 +34,10 @@ def pipe():
     return pipe
 
 
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+
+
 def test_bundled_model_is_small_and_loads_offline(pipe):
     size = sum(p.stat().st_size for p in MODEL_DIR.rglob("*") if p.is_file())
     assert size <= 40 * 2**20, f"assets/shapes-sd3 is {size / 2**20:.1f} MB"
@@ -41,7 +45,7 @@ def test_bundled_model_is_small_and_loads_offline(pipe):
     image = pipe(PROMPT, num_inference_steps=4, guidance_scale=4.0, height=64, width=64,
                  max_sequence_length=KINDS["shapes-sd3"].max_sequence_length,
                  generator=torch.Generator().manual_seed(0)).images[0]
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    pixels = _pixels(image)
     assert image.size == (64, 64) and np.isfinite(pixels).all() and pixels.std() > 1.0  # not a blank image
 
 
@@ -54,6 +58,5 @@ def test_bundled_tokens_fit_the_model_and_change_the_output(pipe):
     off = generate_images(pipe, [PROMPT], **kwargs)[0]
     on = generate_images(pipe, [PROMPT], tokens=tokens, **kwargs)[0]
     again = generate_images(pipe, [PROMPT], **kwargs)[0]
-    as_array = lambda image: np.asarray(image.convert("RGB"), dtype=np.float32)  # noqa: E731
-    assert np.array_equal(as_array(off), as_array(again))  # the tokens were detached after the call
-    assert np.abs(as_array(on) - as_array(off)).mean() > 0.5  # they do change the image
+    assert np.array_equal(_pixels(off), _pixels(again))  # the tokens were detached after the call
+    assert np.abs(_pixels(on) - _pixels(off)).mean() > 0.5  # they do change the image
