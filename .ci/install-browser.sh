@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Installs what tests/test_app_browser.py needs: Debian's Chromium (apt) and the Playwright Python
-# package (into the project's venv). Playwright's own browser download (`playwright install`) is not
+# Installs what the browser test (tests/app/test_browser.py) needs beside the test extra: Debian's Chromium (apt).
+# The Playwright Python package comes with `pip install -e .[test]` (make install); Playwright's own browser download (`playwright install`) is not
 # used: the test drives /usr/bin/chromium, so no browser is fetched from outside the package manager.
 #   .ci/install-browser.sh            # as root (CI); uses sudo when not root
-#   PLAYWRIGHT_VERSION=1.65.2 VENV=.venv .ci/install-browser.sh
+#   VENV=.venv .ci/install-browser.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-PLAYWRIGHT_VERSION="${PLAYWRIGHT_VERSION:-1.65.2}"
 
 if [ ! -x /usr/bin/chromium ]; then
     SUDO=""
@@ -21,5 +20,4 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "no virtual environment at $VENV: run 'make install' first" >&2
     exit 1
 fi
-"$VENV/bin/python" -m pip install -q "playwright==${PLAYWRIGHT_VERSION}"
 "$VENV/bin/python" -c "import playwright.sync_api; print('playwright', __import__('importlib.metadata').metadata.version('playwright'))"

@@ -7,7 +7,7 @@ that same model and tokens, so a click fills the inputs *and* the results instan
 manifest (or for another model) the built-in examples still fill the inputs and the user presses
 Edit: missing precomputed results degrade to "click, then run".
 
-Built-in examples: shapes-world edits (``data_prep.shapes.make_edit_pairs``: a rendered scene, its
+Built-in examples: shapes-world edits (``shapes.world.make_edit_pairs``: a rendered scene, its
 caption, and the caption with one attribute changed) for the shapes model; photos shipped with
 scikit-image (``skimage.data``), when it is installed, for SD3.
 """
@@ -61,7 +61,7 @@ class Example:
 
 def shapes_examples(folder: Path, count: int = SHAPES_EXAMPLE_COUNT, seed: int = SHAPES_EXAMPLE_SEED) -> list[Example]:
     """Shapes-world edit pairs (validation split), their source images written into ``folder``."""
-    from data_prep.shapes import make_edit_pairs
+    from shapes.world import make_edit_pairs
 
     folder.mkdir(parents=True, exist_ok=True)
     examples = []

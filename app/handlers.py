@@ -29,13 +29,13 @@ from PIL import Image
 from app.examples import OUTPUT_KEYS, Example, load_examples, produced_by
 from app.settings import AppSettings
 from editing.cli import safe_name
-from softrepa.backbones import load_pipeline
+from softrepa.models import load_pipeline
 from softrepa.runtime import resolve_device, resolve_dtype
 from editing.editor import EditResult, FlowEditor
 from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
 from editing.inputs import MIN_PATCHES, PreparedImage
 from editing.presets import PRESETS, default_preset_name, get_preset
-from softrepa.backbones import KINDS
+from softrepa.models import KINDS
 from softrepa.images import ImageInputError
 from softrepa.tokens import file_sha256
 
@@ -133,7 +133,7 @@ def load_editor(settings: AppSettings) -> LoadedModel:
     spec = KINDS[settings.kind]
     if settings.is_bundled_model and not Path(settings.model).is_dir():
         raise RuntimeError(f"The bundled shapes model is not installed at {settings.model_label}. Build it with "
-                           "`python -m softrepa.shapes_model build --out assets/shapes-sd3`, or start the app with "
+                           "`python -m shapes.model build --out assets/shapes-sd3`, or start the app with "
                            "--model <Hub id or folder> (SOFTREPA_MODEL on a Space).")
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)

@@ -19,10 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.settings import EXAMPLES_DIR, SettingsError, add_model_arguments, resolve_settings  # noqa: E402
+from app.settings import EXAMPLES_DIR, SettingsError, add_model_arguments, resolve_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.examples import MANIFEST_NAME, builtin_examples, produced_by, write_manifest
     from app.handlers import load_editor
     from editing.presets import default_preset_name, get_preset
-    from softrepa.backbones import KINDS
+    from softrepa.models import KINDS
 
     out = Path(args.out)
     folder = out / settings.kind

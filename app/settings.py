@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL_DIR = REPO_ROOT / "assets" / "shapes-sd3"  # == softrepa.backbones.SHAPES_MODEL_DIR
+BUNDLED_MODEL_DIR = REPO_ROOT / "assets" / "shapes-sd3"  # == softrepa.models.SHAPES_MODEL_DIR
 BUNDLED_KIND = "shapes-sd3"
 BUNDLED_TOKENS = REPO_ROOT / "assets" / "shapes-sd3-softrepa.safetensors"
 EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
@@ -58,7 +58,7 @@ class AppSettings:
     """Everything the app needs to start; build with ``resolve_settings`` / ``parse_settings``.
 
     model: Hub id or local diffusers folder of an SD3-architecture pipeline.
-    kind: model kind (``softrepa.backbones.KINDS``): picks the default preset, resolution and
+    kind: model kind (``softrepa.models.KINDS``): picks the default preset, resolution and
         prompt length.
     tokens: soft-token file (.safetensors), or None to edit without tokens.
     device, dtype: "auto" = CUDA, then MPS, then CPU; float16 on GPUs, float32 on CPU.

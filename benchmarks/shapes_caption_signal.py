@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,16 @@ import torch
 from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from data_prep.shapes import make_edit_pairs  # noqa: E402
-from softrepa.backbones import KINDS, attach_tokens, load_pipeline  # noqa: E402
-from softrepa.cache import encode_latents, encode_prompts  # noqa: E402
-from softrepa.cli_types import int_at_least  # noqa: E402
-from softrepa.loss import DiffusionObjective  # noqa: E402
-from softrepa.pairs import NoiseDraw, PairBatch, PairScorer  # noqa: E402
-from softrepa.shapes_model import to_unit  # noqa: E402
-from softrepa.tokens import load_tokens  # noqa: E402
+from shapes.world import make_edit_pairs
+from softrepa.hooks import attach_tokens
+from softrepa.models import KINDS, load_pipeline
+from softrepa.cache import encode_latents, encode_prompts
+from softrepa.cli_types import int_at_least
+from softrepa.loss import DiffusionObjective
+from softrepa.pairs import NoiseDraw, PairBatch, PairScorer
+from shapes.model import to_unit
+from softrepa.tokens import load_tokens
 
 KIND = "shapes-sd3"
 DEFAULT_TIMESTEPS = (50, 150, 300, 450, 600, 750, 900, 980)

@@ -19,7 +19,8 @@ import time
 import torch
 from diffusers import SD3Transformer2DModel
 
-from softrepa.backbones import attach_tokens, new_tokens
+from softrepa.hooks import attach_tokens
+from softrepa.tokens import new_tokens
 
 
 def parse_args(argv=None):

@@ -51,7 +51,8 @@ def _setup(batch: int):
     torch.set_num_threads(1)
     from diffusers import SD3Transformer2DModel
 
-    from softrepa.backbones import attach_tokens, new_tokens
+    from softrepa.hooks import attach_tokens
+    from softrepa.tokens import new_tokens
     from softrepa.loss import DiffusionObjective, LossConfig
     from softrepa.pairs import PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
 

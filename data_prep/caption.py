@@ -35,10 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    # Run as a script (python data_prep/caption.py, accelerate launch data_prep/caption.py):
-    # make the repository root importable so the sibling modules resolve.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 

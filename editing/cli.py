@@ -31,8 +31,7 @@ from editing.editor import FlowEditor
 from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
 from editing.inputs import DEFAULT_MAX_SIDE
 from editing.presets import PRESETS, default_preset_name, get_preset
-from softrepa import backbones
-from softrepa.backbones import KINDS
+from softrepa.models import KINDS, load_pipeline
 from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.images import ImageInputError
 
@@ -344,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
-        pipe = backbones.load_pipeline(args.model, kind or "sd3", dtype, device, without_t5=True if args.no_t5 else None)
+        pipe = load_pipeline(args.model, kind or "sd3", dtype, device, without_t5=True if args.no_t5 else None)
         editor = FlowEditor(pipe, tokens=args.tokens if use_tokens else None, max_side=args.max_side,
                             max_sequence_length=KINDS[kind or "sd3"].max_sequence_length,
                             model_name=args.model)

@@ -46,7 +46,7 @@ from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, de
                               encode_prompt, flowedit_latents, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_factor, model_max_side, prepare_image
 from editing.presets import default_preset_name, get_preset
-from softrepa.backbones import AttachedTokens, attach_tokens
+from softrepa.hooks import attach_tokens, AttachedTokens
 from softrepa.images import write_png
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 

@@ -1,6 +1,6 @@
 """Text-to-image generation with or without SoftREPA soft tokens (paper Algorithm 1).
 
-The tokens are hooked into the unmodified diffusers pipeline (``softrepa.backbones``) and reach
+The tokens are hooked into the unmodified diffusers pipeline (``softrepa.models``) and reach
 both CFG branches. Defaults per model kind come from ``KINDS`` (SD3: 28 steps, CFG 4.0;
 SD1.5 / SDXL: 30 steps, CFG 7.0; paper §4).
 
@@ -26,56 +26,12 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from softrepa.backbones import KINDS, attach_tokens, get_kind, load_pipeline
+from softrepa.hooks import attach_tokens
+from softrepa.models import KINDS, get_kind, kind_of_pipeline, load_pipeline, resolve_model
 from softrepa.images import write_png
 from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
-    """(path or Hub id, kind) for ``--model``: a kind name (its Hub id / bundled folder), or an id or
-    folder with ``kind``.
-
-    A local diffusers folder without ``kind``: the kind whose model lives there, else the first
-    registered kind using the folder's pipeline class (e.g. any StableDiffusion3Pipeline -> sd3).
-    """
-    if kind is not None:
-        get_kind(kind)  # clear error for unknown kinds
-    if model in KINDS:
-        return KINDS[model].hub_id, kind or model
-    if kind is not None:
-        return model, kind
-    index = Path(model) / "model_index.json"
-    if index.is_file():
-        class_name = json.loads(index.read_text()).get("_class_name")
-        matches = [name for name, spec in KINDS.items() if spec.pipeline_class == class_name]
-        same_folder = [name for name in matches if Path(KINDS[name].hub_id).resolve() == Path(model).resolve()]
-        if same_folder or matches:
-            return model, (same_folder or matches)[0]
-        raise ValueError(f"{model} holds a {class_name}, which no model kind uses; known kinds: {sorted(KINDS)}")
-    raise ValueError(f"model {model!r} is not a known kind ({sorted(KINDS)}) nor a local diffusers folder; "
-                     "pass --kind for a Hub id")
-
-
-def load_model(model: str, kind: str | None = None, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> tuple[Any, str]:
-    """``resolve_model`` then ``softrepa.backbones.load_pipeline``: (pipe, kind)."""
-    source, kind = resolve_model(model, kind)
-    pipe = load_pipeline(source, kind, dtype, device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, kind
-
-
-def kind_of_pipeline(pipe: Any) -> str:
-    """The first registered kind whose pipeline class is this pipeline's class."""
-    for name, spec in KINDS.items():
-        if type(pipe).__name__ == spec.pipeline_class:
-            return name
-    raise ValueError(f"no model kind uses {type(pipe).__name__}; pass kind=... (known: {sorted(KINDS)})")
 
 
 # ----------------------------------------------------------------------------- generation
@@ -206,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             return 0
         device = resolve_device(args.device)
-        pipe, kind = load_model(args.model, args.kind, resolve_dtype(args.dtype, device), device)
+        source, kind = resolve_model(args.model, args.kind)
+        pipe = load_pipeline(source, kind, resolve_dtype(args.dtype, device), device, progress_bar=False)
         tokens = load_tokens(args.tokens, model=pipe) if args.tokens else None
         spec = get_kind(kind)
         common = {"model": args.model, "kind": kind, "steps": args.steps or spec.steps,

@@ -12,6 +12,10 @@ Token files are safetensors: tensors ``static`` (L, m, d) and, when the time par
 ever unpickles: legacy ``.pth`` files from the authors go through ``convert`` with
 ``torch.load(weights_only=True)`` and an explicit allow-list.
 
+Tokens for a given model (``new_tokens``, ``tokens_config_for``, ``init_from_null_prompt``) read
+the model kind's defaults and the denoiser's width from ``softrepa.models``; ``softrepa.hooks``
+attaches them.
+
 CLI:
     python -m softrepa.tokens info FILE
     python -m softrepa.tokens convert --static dc_tokens.pth [--time dc_t_tokens.pth] --kind sd3 --out FILE
@@ -27,11 +31,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from softrepa.atomic import atomic_path
+from softrepa.models import ARCHITECTURES, KINDS, check_compatible, denoiser_of, get_kind
 
 FORMAT_VERSION = "1"
 METADATA_KEY = "softrepa_tokens"
@@ -42,7 +48,7 @@ INITS = ("normal", "zeros")  # "null_prompt" is applied after construction: see 
 class SoftTokensConfig:
     """What a set of soft tokens is and where it attaches.
 
-    kind: a key of ``softrepa.backbones.KINDS`` (sd3, sd15, sdxl, shapes-sd3, ...).
+    kind: a key of ``softrepa.models.KINDS`` (sd3, sd15, sdxl, shapes-sd3, ...).
     num_tokens: m, tokens per layer.
     num_layers: L. MM-DiT: the first L joint blocks. UNet: 1 = one token set shared by every
         hooked cross-attention (the authors' layout), or one set per hooked cross-attention.
@@ -153,6 +159,55 @@ def count_parameters(config: SoftTokensConfig) -> int:
         return SoftTokens(dataclasses.replace(config, init="zeros")).num_parameters()
 
 
+# ----------------------------------------------------------------------------- tokens for a model
+
+
+def tokens_config_for(model: nn.Module | Any, kind: str, **overrides) -> SoftTokensConfig:
+    """A config with the kind's defaults and the width read off the model."""
+    spec = get_kind(kind)
+    arch = ARCHITECTURES[spec.arch]
+    denoiser = denoiser_of(model, kind)
+    values = dict(kind=kind, num_tokens=spec.num_tokens, num_layers=spec.num_layers,
+                  width=arch.width(denoiser), block_groups=spec.block_groups, init=spec.init,
+                  base_model=str(getattr(getattr(denoiser, "config", None), "_name_or_path", "") or spec.hub_id))
+    values.update(overrides)
+    config = SoftTokensConfig(**values)
+    check_compatible(config, denoiser)
+    return config
+
+
+def new_tokens(model: nn.Module | Any, kind: str, **overrides) -> SoftTokens:
+    """Fresh tokens for ``model`` (a denoiser or a pipeline) with the kind's defaults."""
+    return SoftTokens(tokens_config_for(model, kind, **overrides))
+
+
+@torch.no_grad()
+def init_from_null_prompt(pipe: Any, tokens: SoftTokens) -> SoftTokens:
+    """Set every static token to the empty prompt's BOS hidden state (the paper's SD1.5 init).
+
+    The time part is zeroed, so at step 0 the tokens equal that BOS state at every timestep.
+    """
+    kind = tokens.config.kind
+    arch = get_kind(kind).arch
+    device = next(denoiser_of(pipe, kind).parameters()).device
+    if arch == "unet":
+        encoded = pipe.encode_prompt(prompt="", device=device, num_images_per_prompt=1,
+                                     do_classifier_free_guidance=False)
+        bos = encoded[0][0, 0]  # (d,)
+    elif arch == "mmdit":
+        encoded = pipe.encode_prompt(prompt="", prompt_2=None, prompt_3=None, device=device,
+                                     num_images_per_prompt=1, do_classifier_free_guidance=False)
+        bos = pipe.transformer.context_embedder(encoded[0])[0, 0]  # stream width, after context_embedder
+    else:
+        raise ValueError(f"null-prompt init is not defined for architecture {arch!r}")
+    if bos.shape[-1] != tokens.config.width:
+        raise ValueError(f"null-prompt hidden state is {bos.shape[-1]} wide, tokens are {tokens.config.width}")
+    tokens.static.copy_(bos.float().to(tokens.static.device).expand_as(tokens.static))
+    if tokens.time is not None:
+        tokens.time.weight.zero_()
+    return tokens
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -219,8 +274,6 @@ def load_tokens(path: str | os.PathLike, model: nn.Module | None = None,
     """Load a token file; when ``model`` (a denoiser or a pipeline) is given, check that it fits."""
     config, tensors, _ = read_token_file(path)
     if model is not None:
-        from softrepa.backbones import check_compatible
-
         check_compatible(config, model, source=str(path))
     tokens = SoftTokens(dataclasses.replace(config, init="zeros"))
     tokens.config = config
@@ -260,8 +313,6 @@ def _load_legacy(path: str | os.PathLike):
 def convert_legacy(static_path: str | os.PathLike, time_path: str | os.PathLike | None, kind: str,
                    base_model: str = "") -> SoftTokens:
     """Build SoftTokens from the authors' files: static (L, m, d) or (m, d); time Embedding or tensor."""
-    from softrepa.backbones import KINDS
-
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {sorted(KINDS)}")
     static = _load_legacy(static_path)

@@ -58,10 +58,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from softrepa.backbones import attach_tokens, denoiser_of, get_kind, init_from_null_prompt, new_tokens
+from softrepa.hooks import attach_tokens
+from softrepa.models import denoiser_of, get_kind, kind_of_pipeline, load_pipeline, resolve_model
+from softrepa.tokens import init_from_null_prompt, new_tokens
 from softrepa.cache import FeatureCache, build_cache, encode_prompts, free_text_encoders, model_fingerprint
 from softrepa.data import CaptionDataset, DatasetError, epoch_order, open_dataset
-from softrepa.generate import generate_images, image_grid, kind_of_pipeline, load_model, resolve_model
+from softrepa.generate import generate_images, image_grid
 from softrepa.loss import DiffusionObjective, LossConfig
 from softrepa.pairs import NoiseDraw, PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
 from softrepa.tokens import INITS, SoftTokens, load_tokens, save_tokens
@@ -83,7 +85,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class TrainConfig:
     """Everything a run needs. ``None`` token/loss fields take the model kind's defaults
-    (``softrepa.backbones.KINDS``: m, L, init, dweight)."""
+    (``softrepa.models.KINDS``: m, L, init, dweight)."""
 
     # model and data
     model: str | None = None  # a kind (sd3, sd15, ...) or a Hub id / diffusers folder; None: kind, else sd3
@@ -422,8 +424,8 @@ def _prepare_pipeline(config: TrainConfig, pipe: Any, accelerator: Any) -> tuple
     if pipe is None:
         weight_dtype = resolve_weight_dtype(config.mixed_precision, accelerator)
         model = config.model or config.kind or "sd3"
-        model_id = resolve_model(model, config.kind)[0]
-        pipe, kind = load_model(model, config.kind, weight_dtype, device)
+        model_id, kind = resolve_model(model, config.kind)
+        pipe = load_pipeline(model_id, kind, weight_dtype, device, progress_bar=False)
         return pipe, kind, model_id, weight_dtype, True
     kind = config.kind or kind_of_pipeline(pipe)
     # names the cache and the tokens' base_model; in-memory pipelines may have no path
@@ -490,7 +492,7 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
     if config.hard_negatives and not all(r.negatives for r in dataset.records):  # before the cache is built
         raise DatasetError(f"{config.data}: --hard-negatives needs a negative_caption on every item "
                            f"({sum(not r.negatives for r in dataset.records)} have none); "
-                           "python -m data_prep.shapes edits --split train writes such a folder")
+                           "python -m shapes.world edits --split train writes such a folder")
     cache_dtype = weight_dtype if weight_dtype != torch.float64 else torch.float32
     cache = FeatureCache(config.cache_dir or default_cache_dir(), model_fingerprint(pipe, model_id), config.resolution,
                          cache_dtype, config.max_sequence_length)

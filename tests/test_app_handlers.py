@@ -204,12 +204,12 @@ def test_model_load_failure_is_reported_and_the_service_stays_usable(tmp_path, p
 
 @pytest.mark.skipif(BUNDLED_MODEL_DIR.is_dir(), reason="the bundled model is installed")
 def test_missing_bundled_model_says_how_to_build_it(tmp_path):
-    with pytest.raises(RuntimeError, match="softrepa.shapes_model build"):
+    with pytest.raises(RuntimeError, match="shapes.model build"):
         load_editor(AppSettings(temp_dir=tmp_path))
 
 
 def test_load_editor_from_a_saved_folder_and_unusable_tokens(tmp_path):
-    from softrepa.testing import save_tiny_pipeline
+    from softrepa.tiny import save_tiny_pipeline
 
     folder = save_tiny_pipeline("sd3", tmp_path / "tiny")
     bad_tokens = tmp_path / "tokens.safetensors"

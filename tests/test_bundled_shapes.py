@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from softrepa.backbones import KINDS
+from softrepa.models import KINDS
 from softrepa.generate import generate_images
 from softrepa.tokens import load_tokens
 

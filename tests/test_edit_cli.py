@@ -13,8 +13,8 @@ from PIL import Image
 from editing import cli
 from editing.editor import FlowEditor, read_png_metadata, save_png
 from editing.flowedit import FlowEditParams
-from softrepa.backbones import new_tokens
-from softrepa.testing import tiny_sd3_pipeline
+from softrepa.tokens import new_tokens
+from softrepa.tiny import tiny_sd3_pipeline
 from softrepa.tokens import file_sha256, save_tokens
 
 FAST = ["--steps", "6", "--n-max", "3", "--device", "cpu", "--dtype", "float32"]

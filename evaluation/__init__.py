@@ -1,9 +1,9 @@
 """Evaluation: the paper's metrics and tables for text-to-image and editing (REFERENCE §6).
 
-    python -m softrepa.evaluate t2i ...      COCO val2017, vanilla vs tokens, paper Table 4
-    python -m softrepa.evaluate edit ...     FlowEdit on DIV2K / Cat2Dog, paper Tables 5 / 6, Fig. 5
-    python -m softrepa.evaluate table ...    one table from several runs
-    accelerate launch -m softrepa.evaluate ...   the same across GPUs
+    python -m evaluation t2i ...      COCO val2017, vanilla vs tokens, paper Table 4
+    python -m evaluation edit ...     FlowEdit on DIV2K / Cat2Dog, paper Tables 5 / 6, Fig. 5
+    python -m evaluation table ...    one table from several runs
+    accelerate launch -m evaluation ...   the same across GPUs
 
 Modules: ``metrics`` (the metric registry: ImageReward, PickScore, CLIP, HPS v2.1, FID, LPIPS),
 ``fid`` (offline Inception + Fréchet distance), ``image_tensors`` (image -> metric input),
@@ -12,6 +12,6 @@ loop shared by both tasks, multi-process), ``t2i`` / ``edit`` (the tasks), ``tab
 writers, Fig. 5 plot), ``cli``. See the README, "Evaluation".
 """
 
-from softrepa.evaluate.metrics import METRICS, build_metric
+from evaluation.metrics import METRICS, build_metric
 
 __all__ = ["METRICS", "build_metric"]

@@ -17,7 +17,7 @@ What this module implements
   accuracy, spatial accuracy, background accuracy and full-prompt accuracy (every statement of
   the caption holds in the predicted scene), overall and per caption grammar.
 
-CLI: `python -m softrepa.shapes_eval train --out assets/shapes-classifier.safetensors`,
+CLI: `python -m shapes.judge train --out assets/shapes-classifier.safetensors`,
 `... evaluate`, `... score --metadata DIR/metadata.jsonl [--image-root GENERATED_DIR]`.
 """
 
@@ -40,7 +40,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from data_prep.shapes import (
+from shapes.world import (
     FILLS,
     SIZES,
     Scene,
@@ -535,7 +535,7 @@ def score_predictions(predicted: Sequence[Scene], samples: Sequence[dict]) -> di
         grid = sample.get("labels", {}).get("grid", scene.grid)
         if grid != scene.grid:  # a classifier for another world would score garbage, silently
             raise ValueError(f"the classifier reads a {scene.grid}x{scene.grid} grid but the samples are "
-                             f"{grid}x{grid}: train one for this world (python -m softrepa.shapes_eval train "
+                             f"{grid}x{grid}: train one for this world (python -m shapes.judge train "
                              f"--grid {grid})")
         result = check(sample["statements"], scene)
         for name in ("overall", sample.get("grammar", "unknown")):
@@ -571,7 +571,7 @@ def score(images, samples: Sequence[dict], classifier: ShapesClassifier | None =
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m softrepa.shapes_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m shapes.judge", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train the ground-truth classifier and save it")
     train.add_argument("--out", default=str(DEFAULT_CLASSIFIER_PATH))
@@ -589,7 +589,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     evaluate.add_argument("--seed", type=int, default=9001)
     evaluate.add_argument("--no-augment", action="store_true")
     score_cmd = commands.add_parser("score", help="caption metrics of images against a metadata.jsonl")
-    score_cmd.add_argument("--metadata", required=True, help="metadata.jsonl written by data_prep.shapes make")
+    score_cmd.add_argument("--metadata", required=True, help="metadata.jsonl written by shapes.world make")
     score_cmd.add_argument(
         "--image-root",
         default=None,

@@ -28,8 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from editing.flowedit import FlowEditParams
-from softrepa.evaluate.datasets import EditPair, load_edit_pairs
-from softrepa.evaluate.runner import MetricSettings, Task, free_memory, load_pipeline, write_edit_plot
+from evaluation.datasets import EditPair, load_edit_pairs
+from softrepa.models import load_pipeline
+from evaluation.runner import MetricSettings, Task, free_memory, write_edit_plot
 from softrepa.images import write_png
 
 METHODS = ("vanilla", "tokens")
@@ -133,7 +134,7 @@ class EditTask(Task):
     def produce(self, items: list[dict], device: torch.device, dtype: torch.dtype) -> None:
         from editing.editor import FlowEditor  # one call site: FlowEditor(...).edit(...)
 
-        pipe = load_pipeline(str(self.config.model), "sd3", device, dtype)
+        pipe = load_pipeline(str(self.config.model), "sd3", dtype, device, progress_bar=False)
         editor = FlowEditor(pipe, tokens=self.config.tokens, max_side=self.config.max_side,
                             model_name=str(self.config.model))
         groups = {group["name"]: group for group in self.groups()}

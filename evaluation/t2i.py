@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from softrepa.backbones import get_kind
-from softrepa.evaluate.datasets import CaptionItem, load_coco_captions
-from softrepa.evaluate.runner import MetricSettings, Task, free_memory, load_pipeline
+from softrepa.models import get_kind
+from evaluation.datasets import CaptionItem, load_coco_captions
+from softrepa.models import load_pipeline
+from evaluation.runner import MetricSettings, Task, free_memory
 from softrepa.tokens import load_tokens
 
 METHODS = ("vanilla", "tokens")
@@ -36,7 +37,7 @@ class T2IConfig:
 
     out: the run folder. captions: ``captions_val2017.json``. coco_images: the val2017 image folder
     (FID and LPIPS references; without it those two are skipped). model: pipeline id or folder
-    (default: the kind's Hub id). kind: a key of ``softrepa.backbones.KINDS``. tokens: soft-token
+    (default: the kind's Hub id). kind: a key of ``softrepa.models.KINDS``. tokens: soft-token
     file (without it only the vanilla method runs). n: number of prompts (None: every image of the
     captions file, 5,000 for val2017). steps / cfg / resolution:
     None = the kind's defaults. seed: prompt i uses seed + i. batch_size: images per pipeline call.
@@ -126,7 +127,7 @@ class T2ITask(Task):
 
         c = self.config
         kind = c.kind
-        pipe = load_pipeline(str(c.model), kind, device, dtype)
+        pipe = load_pipeline(str(c.model), kind, dtype, device, progress_bar=False)
         tokens = load_tokens(c.tokens, model=pipe) if c.tokens else None
         record = {"model": str(c.model), "kind": kind, "steps": c.steps, "cfg": c.cfg,
                   "tokens_sha256": self.tokens_sha256 or "none", "software": "softrepa-edit evaluate"}

@@ -1,34 +1,30 @@
-"""Attach soft tokens to unmodified diffusers denoisers (paper Algorithm 1), and the model kinds.
+"""Model kinds and how soft tokens fit each denoiser family; the one pipeline loader.
 
-Nothing here copies a diffusers forward. Tokens enter through PyTorch module hooks:
+* ``Architecture``: where soft tokens attach in a denoiser family and how they enter and leave
+  the text stream (MM-DiT: prepended, dropped after each block; UNet: inserted after BOS).
+  ``softrepa.hooks`` applies them (Algorithm 1).
+* ``ModelKind`` / ``KINDS``: per-family defaults (Hub id, pipeline class, m, L, training and
+  sampling settings); ``get_kind`` / ``register_kind``.
+* ``load_pipeline``: every diffusers pipeline of the project is loaded here.
+* ``denoiser_of`` / ``check_compatible``: the denoiser of a pipeline, and whether a token config
+  fits it (class, width, layer count).
 
-* the denoiser's forward pre-hook captures the timestep of the call (0..1000 scale);
-* MM-DiT (``SD3Transformer2DModel``): on each of the first L ``transformer_blocks`` a pre-hook
-  prepends the m tokens to ``encoder_hidden_states`` (the text stream after ``context_embedder``,
-  width ``caption_projection_dim``) and a forward hook drops the m token outputs, so each layer
-  gets fresh tokens (Algorithm 1, lines 11-18);
-* UNet (``UNet2DConditionModel``): a pre-hook on each cross-attention ``Transformer2DModel`` of
-  the chosen block groups inserts the tokens after the BOS position of ``encoder_hidden_states``
-  (77 -> 77 + m); its output is the image stream, so nothing needs dropping.
-
-Hooks read one flag, so tokens switch on and off per call, and ``detach`` removes every hook
-(the model is then exactly as before). Tokens reach both CFG branches because the pipelines run
-both through the same denoiser call.
+This module knows nothing of the tokens' parameters: it reads a ``SoftTokensConfig`` (typed
+only), so ``softrepa.tokens`` can build on it without an import cycle.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from softrepa.tokens import SoftTokens, SoftTokensConfig
+if TYPE_CHECKING:  # configs are only read here; softrepa.tokens imports this module
+    from softrepa.tokens import SoftTokensConfig
 
 
 # ----------------------------------------------------------------------------- architectures
@@ -177,7 +173,7 @@ KINDS: dict[str, ModelKind] = {
 }
 
 
-# The bundled shapes-world model (softrepa/shapes_model.py): SD3 architecture, no T5, 64 px.
+# The bundled shapes-world model (shapes/model.py): SD3 architecture, no T5, 64 px.
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-sd3"
 KINDS["shapes-sd3"] = ModelKind(arch="mmdit", hub_id=str(SHAPES_MODEL_DIR), pipeline_class="StableDiffusion3Pipeline",
                                 denoiser_attr="transformer", num_tokens=4, num_layers=3, dweight=0.0, steps=28,
@@ -210,12 +206,13 @@ def _absent_components(source: str) -> dict[str, None]:
 
 
 def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu", without_t5: bool | None = None):
+                  device: torch.device | str = "cpu", without_t5: bool | None = None, progress_bar: bool = True):
     """Load a diffusers pipeline of ``kind`` from a Hub id or local folder (default: the kind's model).
 
     The frozen model is cast to ``dtype``; soft tokens attached later stay float32.
     without_t5: SD3 family: skip the T5 encoder (None: the kind's default). Folders saved without
-    a component load with it as None.
+    a component load with it as None. progress_bar: False silences the pipeline's own per-call
+    bars (callers that draw their own).
     """
     import diffusers
 
@@ -230,7 +227,41 @@ def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"could not load a {spec.pipeline_class} from {source!r} ({exc}). Give a local diffusers "
                            "folder or a Hub id you have access to (run `huggingface-cli login` for gated models).") from exc
+    pipe.set_progress_bar_config(disable=not progress_bar)
     return pipe.to(device)
+
+
+def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
+    """(path or Hub id, kind) for ``--model``: a kind name (its Hub id / bundled folder), or an id or
+    folder with ``kind``.
+
+    A local diffusers folder without ``kind``: the kind whose model lives there, else the first
+    registered kind using the folder's pipeline class (e.g. any StableDiffusion3Pipeline -> sd3).
+    """
+    if kind is not None:
+        get_kind(kind)  # clear error for unknown kinds
+    if model in KINDS:
+        return KINDS[model].hub_id, kind or model
+    if kind is not None:
+        return model, kind
+    index = Path(model) / "model_index.json"
+    if index.is_file():
+        class_name = json.loads(index.read_text()).get("_class_name")
+        matches = [name for name, spec in KINDS.items() if spec.pipeline_class == class_name]
+        same_folder = [name for name in matches if Path(KINDS[name].hub_id).resolve() == Path(model).resolve()]
+        if same_folder or matches:
+            return model, (same_folder or matches)[0]
+        raise ValueError(f"{model} holds a {class_name}, which no model kind uses; known kinds: {sorted(KINDS)}")
+    raise ValueError(f"model {model!r} is not a known kind ({sorted(KINDS)}) nor a local diffusers folder; "
+                     "pass --kind for a Hub id")
+
+
+def kind_of_pipeline(pipe: Any) -> str:
+    """The first registered kind whose pipeline class is this pipeline's class."""
+    for name, spec in KINDS.items():
+        if type(pipe).__name__ == spec.pipeline_class:
+            return name
+    raise ValueError(f"no model kind uses {type(pipe).__name__}; pass kind=... (known: {sorted(KINDS)})")
 
 
 def denoiser_of(model: nn.Module | Any, kind: str) -> nn.Module:
@@ -242,20 +273,6 @@ def denoiser_of(model: nn.Module | Any, kind: str) -> nn.Module:
     if not isinstance(denoiser, nn.Module):
         raise TypeError(f"{type(model).__name__} has no '{spec.denoiser_attr}' denoiser for kind {kind!r}")
     return denoiser
-
-
-def tokens_config_for(model: nn.Module | Any, kind: str, **overrides) -> SoftTokensConfig:
-    """A config with the kind's defaults and the width read off the model."""
-    spec = get_kind(kind)
-    arch = ARCHITECTURES[spec.arch]
-    denoiser = denoiser_of(model, kind)
-    values = dict(kind=kind, num_tokens=spec.num_tokens, num_layers=spec.num_layers,
-                  width=arch.width(denoiser), block_groups=spec.block_groups, init=spec.init,
-                  base_model=str(getattr(getattr(denoiser, "config", None), "_name_or_path", "") or spec.hub_id))
-    values.update(overrides)
-    config = SoftTokensConfig(**values)
-    check_compatible(config, denoiser)
-    return config
 
 
 def check_compatible(config: SoftTokensConfig, model: nn.Module | Any, source: str = "tokens") -> None:
@@ -278,153 +295,3 @@ def check_compatible(config: SoftTokensConfig, model: nn.Module | Any, source: s
                          f"blocks in {config.block_groups} (expected 1 or {available})")
 
 
-def new_tokens(model: nn.Module | Any, kind: str, **overrides) -> SoftTokens:
-    """Fresh tokens for ``model`` (a denoiser or a pipeline) with the kind's defaults."""
-    return SoftTokens(tokens_config_for(model, kind, **overrides))
-
-
-# ----------------------------------------------------------------------------- hooks
-
-
-def _argument(args: tuple, kwargs: dict, signature: inspect.Signature, name: str):
-    """Read argument ``name`` of a call whether it was passed by position or keyword."""
-    if name in kwargs:
-        return kwargs[name]
-    position = list(signature.parameters).index(name)
-    return args[position] if position < len(args) else None
-
-
-def _replace_argument(args: tuple, kwargs: dict, signature: inspect.Signature, name: str, value):
-    if name in kwargs or list(signature.parameters).index(name) >= len(args):
-        kwargs = {**kwargs, name: value}
-    else:
-        args = list(args)
-        args[list(signature.parameters).index(name)] = value
-        args = tuple(args)
-    return args, kwargs
-
-
-class AttachedTokens:
-    """Soft tokens hooked into a denoiser. Switch with ``enabled`` / ``switch(on)``; ``detach()``.
-
-    Also a context manager that detaches on exit::
-
-        with attach_tokens(pipe, tokens):
-            image = pipe(prompt).images[0]
-    """
-
-    def __init__(self, model: nn.Module | Any, tokens: SoftTokens, enabled: bool = True):
-        config = tokens.config
-        self.denoiser = denoiser_of(model, config.kind)
-        check_compatible(config, self.denoiser)
-        self.arch = ARCHITECTURES[get_kind(config.kind).arch]
-        self.tokens = tokens
-        self.enabled = enabled
-        self._timestep: torch.Tensor | None = None
-        # tokens live where the model lives; they stay float32 (cast per call to the stream's dtype)
-        device = next(self.denoiser.parameters()).device
-        tokens.to(device=device)
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        model_signature = inspect.signature(self.denoiser.forward)
-        self._handles.append(self.denoiser.register_forward_pre_hook(
-            self._capture_timestep(model_signature), with_kwargs=True))
-        for module, layer in self.arch.hook_points(self.denoiser, config):
-            signature = inspect.signature(module.forward)
-            self._handles.append(module.register_forward_pre_hook(
-                self._insert_tokens(layer, signature), with_kwargs=True))
-            if self.arch.drops_outputs:
-                self._handles.append(module.register_forward_hook(self._drop_tokens()))
-
-    # the hooks ---------------------------------------------------------------
-
-    def _capture_timestep(self, signature: inspect.Signature) -> Callable:
-        def hook(module, args, kwargs):
-            # Kept after the call returns: gradient checkpointing re-runs blocks during backward.
-            self._timestep = _argument(args, kwargs, signature, "timestep")
-            return None
-
-        return hook
-
-    def _insert_tokens(self, layer: int, signature: inspect.Signature) -> Callable:
-        def hook(module, args, kwargs):
-            if not self.enabled:
-                return None
-            text = _argument(args, kwargs, signature, "encoder_hidden_states")  # (B, n, d)
-            if text is None:
-                raise RuntimeError("soft tokens: the hooked block got no encoder_hidden_states")
-            if self._timestep is None:
-                raise RuntimeError("soft tokens: no timestep captured; call the denoiser itself, not its blocks")
-            tokens = self.tokens(layer, self._timestep, batch_size=text.shape[0]).to(text.dtype)  # (B, m, d)
-            if kwargs.get("encoder_attention_mask") is not None:
-                # the UNet hands blocks a precomputed bias; widening it is not supported (pipelines pass None)
-                raise NotImplementedError("soft tokens with an encoder_attention_mask are not supported")
-            return _replace_argument(args, kwargs, signature, "encoder_hidden_states", self.arch.insert(text, tokens))
-
-        return hook
-
-    def _drop_tokens(self) -> Callable:
-        def hook(module, args, output):
-            if not self.enabled:
-                return None
-            return self.arch.drop(output, self.tokens.config.num_tokens)
-
-        return hook
-
-    # switching ---------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def switch(self, on: bool):
-        """Temporarily set tokens on or off: ``with attached.switch(False): ...``."""
-        previous, self.enabled = self.enabled, bool(on)
-        try:
-            yield self
-        finally:
-            self.enabled = previous
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._timestep = None
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-    def __enter__(self) -> "AttachedTokens":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.detach()
-
-
-def attach_tokens(model: nn.Module | Any, tokens: SoftTokens, enabled: bool = True) -> AttachedTokens:
-    """Hook ``tokens`` into ``model`` (a denoiser or a diffusers pipeline of the tokens' kind)."""
-    return AttachedTokens(model, tokens, enabled=enabled)
-
-
-@torch.no_grad()
-def init_from_null_prompt(pipe: Any, tokens: SoftTokens) -> SoftTokens:
-    """Set every static token to the empty prompt's BOS hidden state (the paper's SD1.5 init).
-
-    The time part is zeroed, so at step 0 the tokens equal that BOS state at every timestep.
-    """
-    kind = tokens.config.kind
-    arch = get_kind(kind).arch
-    device = next(denoiser_of(pipe, kind).parameters()).device
-    if arch == "unet":
-        encoded = pipe.encode_prompt(prompt="", device=device, num_images_per_prompt=1,
-                                     do_classifier_free_guidance=False)
-        bos = encoded[0][0, 0]  # (d,)
-    elif arch == "mmdit":
-        encoded = pipe.encode_prompt(prompt="", prompt_2=None, prompt_3=None, device=device,
-                                     num_images_per_prompt=1, do_classifier_free_guidance=False)
-        bos = pipe.transformer.context_embedder(encoded[0])[0, 0]  # stream width, after context_embedder
-    else:
-        raise ValueError(f"null-prompt init is not defined for architecture {arch!r}")
-    if bos.shape[-1] != tokens.config.width:
-        raise ValueError(f"null-prompt hidden state is {bos.shape[-1]} wide, tokens are {tokens.config.width}")
-    tokens.static.copy_(bos.float().to(tokens.static.device).expand_as(tokens.static))
-    if tokens.time is not None:
-        tokens.time.weight.zero_()
-    return tokens

