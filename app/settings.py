@@ -26,7 +26,7 @@ NO_TOKENS_WORDS = ("", "none", "off", "no")  # SOFTREPA_TOKENS values that mean 
 DEVICE_KINDS = ("sd3", "shapes-sd3")  # FlowEdit here runs on SD3-architecture (MM-DiT) pipelines only
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
-# flag (argparse dest) -> environment variable; the docs (the README, "The web editor") list the same table
+# flag (argparse dest) -> environment variable; docs/app.md lists the same table
 ENV_VARS: dict[str, str] = {
     "model": "SOFTREPA_MODEL",
     "kind": "SOFTREPA_KIND",

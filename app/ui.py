@@ -4,7 +4,7 @@ Layout: inputs on the left (image, prompts, tokens, preset, the three main slide
 accordion, Edit / Compare / Cancel), results on the right (before/after slider, the edit or the
 tokens-off / tokens-on pair, a summary line, PNG downloads, the parameters as JSON), then the
 examples and the session's history. Public API endpoints: ``/edit`` and ``/compare`` (see
-the README, "The web editor"); every other event is private to the page.
+docs/app.md); every other event is private to the page.
 
 One device: edits share one concurrency slot ("device") and wait in a bounded queue; light
 events (presets, history, copy) skip the queue so they stay instant while an edit runs.

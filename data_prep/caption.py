@@ -13,7 +13,7 @@ that never gets a valid rewrite goes to the rejects file with the reason.
     python -m data_prep.caption export-yaml --jsonl data/div2k_pairs.jsonl --yaml edits.yaml
     accelerate launch data_prep/caption.py --images ... --out ...   # several GPUs
 
-Output: one JSON row per image in ``--out`` (see the README, "Editing data"), failures in
+Output: one JSON row per image in ``--out`` (docs/data_prep.md), failures in
 ``<out stem>.rejects.jsonl``, stage-1 captions cached in ``<out stem>.stage1-captions.jsonl``.
 Rows are appended and fsync'd one by one; a rerun skips images already done (path +
 content hash), so a crashed or interrupted run is resumed by running the same command.

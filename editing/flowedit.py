@@ -43,7 +43,7 @@ source branch, T, n_max, n_avg and the noise, i.e. the seed: never on the target
 half of the batch runs), missing ones are stored. Noise is drawn identically either way, since
 z_tar needs it.
 
-Differences from the public SD3 code (REFERENCE.md §3): n_min > 0 works (the public code crashes
+Differences from the public SD3 code (github.com/fallenshock/FlowEdit): n_min > 0 works (the public code crashes
 on an undefined name; an older version turned those steps into no-ops); a CFG that needs no
 unconditional branch skips it instead of breaking; the pipeline and its scheduler are never
 mutated (the schedule comes from a fresh scheduler built from the pipeline's config).
@@ -77,7 +77,7 @@ ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
 
 @dataclass
 class FlowEditParams:
-    """Parameters of one FlowEdit run (defaults: FlowEdit's SD3 settings, REFERENCE.md §3).
+    """Parameters of one FlowEdit run (defaults: FlowEdit's SD3 settings, arXiv:2412.08629 and its code).
 
     steps: T, the number of scheduler steps the [0, 1] noise range is split into.
     n_max: how many of the last steps edit (the edit strength): 0 returns the source, T starts

@@ -1,7 +1,7 @@
 """Named FlowEdit settings (a registry), and which one a model kind uses by default.
 
 The SD3 numbers come from FlowEdit (Kulikov et al.) and the SoftREPA paper (Tab. 5-6), see
-REFERENCE.md §3. The paper's soft-token setting "n_max 30, tar CFG 9" was produced with the authors'
+FlowEdit (Kulikov et al., arXiv:2412.08629; github.com/fallenshock/FlowEdit). The paper's soft-token setting "n_max 30, tar CFG 9" was produced with the authors'
 target guidance ``c + w (c - u)``; in the standard convention used everywhere else here that is
 tar CFG 10. Two presets carry it: ``sd3-tokens`` (standard, 10) and ``sd3-tokens-paper`` (the
 authors' convention, 9) for a literal reproduction. Both compute the same velocities.

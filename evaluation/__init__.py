@@ -1,4 +1,4 @@
-"""Evaluation: the paper's metrics and tables for text-to-image and editing (REFERENCE §6).
+"""Evaluation: the paper's metrics and tables for text-to-image and editing (SoftREPA paper, Tables 4-6).
 
     python -m evaluation t2i ...      COCO val2017, vanilla vs tokens, paper Table 4
     python -m evaluation edit ...     FlowEdit on DIV2K / Cat2Dog, paper Tables 5 / 6, Fig. 5
@@ -9,7 +9,7 @@ Modules: ``metrics`` (the metric registry: ImageReward, PickScore, CLIP, HPS v2.
 ``fid`` (offline Inception + Fréchet distance), ``image_tensors`` (image -> metric input),
 ``datasets`` (COCO captions, editing pairs), ``results`` (resumable run folder), ``runner`` (the
 loop shared by both tasks, multi-process), ``t2i`` / ``edit`` (the tasks), ``tables`` (Tab. 4-6
-writers, Fig. 5 plot), ``cli``. See the README, "Evaluation".
+writers, Fig. 5 plot), ``cli``. See docs/evaluation.md.
 """
 
 from evaluation.metrics import METRICS, build_metric

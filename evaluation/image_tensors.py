@@ -4,7 +4,7 @@ Every metric starts from 8-bit RGB, as the images are stored on disk, and scales
 
 * ``to_unit_tensor``: float32 (3, H, W) in [0, 1] (``uint8 / 255``, as torchvision's ``ToTensor``);
 * ``to_lpips_input``: float32 (B, 3, H, W) in [-1, 1], the range LPIPS was trained on. The authors'
-  evaluation fed LPIPS uint8 tensors in 0..255 (REFERENCE §6), which puts the inputs 128x outside
+  evaluation fed LPIPS uint8 tensors in 0..255 (the SoftREPA authors' evaluation code), which puts the inputs 128x outside
   that range; we do not copy that bug.
 
 Float arrays are refused: whether a float image is in 0..1 or 0..255 cannot be told from its type,

@@ -1,4 +1,4 @@
-"""The paper's metrics (REFERENCE §6) behind three small interfaces, in one registry.
+"""The paper's metrics (SoftREPA paper, Tables 4-6) behind three small interfaces, in one registry.
 
 * ``PromptMetric.score(images, prompts) -> list[float]``: one score per (image, prompt) pair:
   ImageReward, PickScore, CLIP score, HPS v2.1.
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from evaluation.fid import InceptionFeatures, fid_from_features
 from evaluation.image_tensors import ImageLike, as_rgb_image, to_lpips_input
 
-EVAL_INSTALL = "pip install -r requirements-eval.txt (in a separate environment: see the README, 'Evaluation')"
+EVAL_INSTALL = "pip install -r requirements-eval.txt (in a separate environment: see docs/evaluation.md)"
 
 
 class MissingDependency(ImportError):

@@ -28,7 +28,7 @@ MODEL_LABELS = {"sd3": "SD3", "sd15": "SD1.5", "sdxl": "SDXL"}
 OURS_SUFFIX = " +Ours"
 DECIMALS = {"imagereward": 3, "pickscore": 3, "clip": 3, "hps": 3, "fid": 3, "lpips": 3}
 
-# The paper's numbers (Tab. 4-6; REFERENCE §6). Editing CFGs are in the authors' guidance
+# The paper's numbers (SoftREPA paper, Tab. 4-6). Editing CFGs are in the authors' guidance
 # convention (target c + w (c - u)): see editing/flowedit.py.
 _P = ("imagereward", "pickscore", "clip", "hps", "fid", "lpips")
 PAPER_T2I = [

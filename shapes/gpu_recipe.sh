@@ -63,7 +63,7 @@ fi
 wait
 has tokens || { ls -la "$OUT"; exit 0; }
 
-# soft tokens: name, then the trainer's loss/optimiser flags: the README's second-round ablation
+# soft tokens: name, then the trainer's loss/optimiser flags: the second-round ablation of docs/shapes_results.md
 # (run there on CPU, 30 min each; C ships), here with the time a GPU call has left
 TAU_T="--hard-negatives --per-sample-t --tau 0.05 --tau-schedule linear --tau-end 1.0 --lr 3e-3 --batch-size 4"
 declare -A TOKENS=(

@@ -1,4 +1,4 @@
-"""Ground-truth evaluator for the shapes world (issue 8, part 3).
+"""Ground-truth evaluator for the shapes world (docs/shapes.md).
 
 What this module implements
 ---------------------------

@@ -1,5 +1,5 @@
 """The "shapes world": a procedural, captioned image world for training and judging a small
-SD3-architecture model (issue 8, part 1).
+SD3-architecture model (docs/shapes.md).
 
 What this module implements
 ---------------------------

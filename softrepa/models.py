@@ -139,7 +139,7 @@ ARCHITECTURES: dict[str, Architecture] = {"mmdit": MMDiTArchitecture(), "unet": 
 
 @dataclass(frozen=True)
 class ModelKind:
-    """Defaults for one model family (paper §4, Appendix B; REFERENCE.md §1-2, §6)."""
+    """Defaults for one model family (SoftREPA paper §4, Appendix B, and the authors' released scripts)."""
 
     arch: str
     hub_id: str

@@ -333,7 +333,7 @@ def test_entry_point_reports_bad_settings_without_a_traceback(capsys):
     import importlib.util
 
     # app.py shares its name with the app/ package: load the file itself
-    spec = importlib.util.spec_from_file_location("app_entry", Path(__file__).resolve().parent.parent / "app.py")
+    spec = importlib.util.spec_from_file_location("app_entry", Path(__file__).resolve().parents[2] / "app.py")
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
     assert entry.main(["--kind", "sd15"]) == 2

@@ -244,8 +244,7 @@ def test_parse_args_maps_flags_to_config():
         TrainConfig(data="x", lr_scheduler="linear")
 
 
-@pytest.mark.skipif(os.environ.get("SOFTREPA_SLOW_TESTS") != "1",
-                    reason="spawns 3 processes (~50 s); run with SOFTREPA_SLOW_TESTS=1")
+@pytest.mark.slow  # spawns 3 processes (~50 s)
 def test_two_processes_with_gathered_captions_match_one_process(tmp_path, colours):
     """2 processes x 2 images (captions gathered, gradients averaged) == 1 process x 4 images."""
     import subprocess
@@ -258,7 +257,7 @@ def test_two_processes_with_gathered_captions_match_one_process(tmp_path, colour
               str(tmp_path / "cache"), "--resolution", "16", "--max-sequence-length", "8", "--pair-chunk", "3",
               "--max-steps", "3", "--num-layers", "2", "--tau", "1", "--scale", "100", "--val-items", "0",
               "--validation-prompts", "a", "--val-steps", "2", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     subprocess.run(torchrun + common + ["--batch-size", "2", "--output", str(tmp_path / "two")], env=env, check=True)
     subprocess.run([sys.executable] + common + ["--batch-size", "4", "--output", str(tmp_path / "one")], env=env,

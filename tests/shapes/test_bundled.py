@@ -14,7 +14,7 @@ from softrepa.models import KINDS
 from softrepa.generate import generate_images
 from softrepa.tokens import load_tokens
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MODEL_DIR = ASSETS / "shapes-sd3"
 TOKENS_FILE = ASSETS / "shapes-sd3-softrepa.safetensors"
 PROMPT = "a large red circle in the top left and a small blue star below it on a white background"
@@ -27,7 +27,7 @@ def pipe():
     from diffusers import StableDiffusion3Pipeline
 
     # the stock class, offline; a folder saved without T5 loads with it passed as None (diffusers'
-    # documented way to run SD3 without T5), as the README shows
+    # documented way to run SD3 without T5), as docs/editing.md shows
     pipe = StableDiffusion3Pipeline.from_pretrained(MODEL_DIR, text_encoder_3=None, tokenizer_3=None,
                                                     local_files_only=True)
     pipe.set_progress_bar_config(disable=True)

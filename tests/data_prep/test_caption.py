@@ -24,7 +24,7 @@ from data_prep import caption as cap
 from data_prep.jsonl_store import JsonlAppender, merge_rows, read_rows, repair_tail
 from data_prep.rewrite_check import RewriteRules, check_rewrite, split_words
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPER_TEXT = Path("/work/shared/paper/softrepa-paper.txt")
 
 
@@ -384,7 +384,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     names = make_images(tmp_path / "cats", 8, unreadable=("broken.png",))
     out = tmp_path / "pairs.jsonl"
     common = ["--preset", "cat2dog", "--images", str(tmp_path / "cats"), "--out", str(out), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), cap.CRASH_AFTER_ROWS_ENV: "4"}
+    env = {**os.environ, cap.CRASH_AFTER_ROWS_ENV: "4"}
 
     crashed = subprocess.run([sys.executable, str(REPO_ROOT / "data_prep" / "caption.py"), *common],
                              env=env, capture_output=True, text=True, timeout=60)
@@ -473,7 +473,7 @@ def test_real_processes_split_images_through_accelerate_partial_state(tmp_path):
     out = tmp_path / "pairs.jsonl"
     command = [sys.executable, str(REPO_ROOT / "data_prep" / "caption.py"), "--preset", "cat2dog",
                "--images", str(tmp_path / "cats"), "--out", str(out), "--no-progress"]
-    base_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
+    base_env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
                 "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     ranks = [
         subprocess.Popen(command, env={**base_env, "RANK": str(rank), "LOCAL_RANK": str(rank)},

@@ -18,7 +18,7 @@ from app.ui import create_app
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TIMEOUT_MS = 60_000  # a loaded shared machine: page load and a tiny edit take seconds, not minutes
 
 
@@ -51,6 +51,7 @@ def app_url(tmp_path_factory):
         web.close()
 
 
+@pytest.mark.browser
 def test_pick_an_example_move_a_slider_run_and_see_the_result(app_url):
     sync_api = require_browser()
     ARTIFACTS.mkdir(exist_ok=True)
