@@ -178,7 +178,7 @@ def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace)
 
 
-class FeatureCache:
+class InceptionFeatureCache:
     """Inception features of image files, kept in one ``.npz`` per image set so reruns only
     extract features of images they have not seen (keyed by path, size and modification time)."""
 

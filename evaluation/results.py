@@ -9,7 +9,7 @@ Layout of a run folder::
     scores/rank<K>.jsonl     per-image metric values, appended by process K:
                              {"key", "metric", "model", "value"}; rows of any earlier run, with any
                              number of processes, are read back and skipped
-    fid/<group>.npz          cached Inception features (``evaluation.fid.FeatureCache``)
+    fid/<group>.npz          cached Inception features (``evaluation.fid.InceptionFeatureCache``)
     summary.json             per group: n, metric means, FID; plus the settings
     table.md / table.csv / table.json, and for editing clip_vs_lpips.png
 

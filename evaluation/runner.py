@@ -28,13 +28,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from softrepa import runtime
-from evaluation.fid import FeatureCache
-from softrepa.runtime import process_device as resolve_device, resolve_dtype
+from evaluation.fid import InceptionFeatureCache
+from softrepa.runtime import SingleProcess, process_device as resolve_device, resolve_dtype
 from softrepa.tokens import file_sha256
 from evaluation.metrics import METRIC_ORDER, MissingDependency, build_metric, get_spec, resolved_model_ids
 from evaluation.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
@@ -138,22 +137,6 @@ class Task(ABC):
 
 
 # ----------------------------------------------------------------------------- process state
-
-
-class SingleProcess:
-    """Stands in for ``accelerate.PartialState`` when accelerate is not installed."""
-
-    num_processes = 1
-    process_index = 0
-    is_main_process = True
-
-    def wait_for_everyone(self) -> None:
-        return None
-
-    def split_between_processes(self, inputs):
-        import contextlib
-
-        return contextlib.nullcontext(inputs)
 
 
 def process_state(device_spec: str = "auto"):
@@ -273,9 +256,9 @@ def compute_fid(task: Task, items: list[dict], device: torch.device, notes: list
                 notes.append(f"FID of {group['name']}: needs at least 2 images and 2 reference images, not computed")
                 continue
             fid_dir = task.run_dir / "fid"
-            generated = FeatureCache(fid_dir / f"{group['name']}.npz").features(
+            generated = InceptionFeatureCache(fid_dir / f"{group['name']}.npz").features(
                 [str(task.run_dir / item["image"]) for item in members], metric.extractor, desc=f"FID {group['name']}")
-            real = FeatureCache(fid_dir / f"reference-{group['reference_set']}.npz").features(
+            real = InceptionFeatureCache(fid_dir / f"reference-{group['reference_set']}.npz").features(
                 reference, metric.extractor, desc="FID reference")
             results[group["name"]] = metric.distance_from_features(generated, real)
             if len(members) < 2048:  # rank-deficient covariance: FID is biased upward at small n

@@ -1,10 +1,13 @@
-"""Device and dtype resolution for command-line entry points.
+"""Runtime utilities for command-line entry points: device and dtype resolution, and the
+single-process stand-in for accelerate's process state.
 
 Library code never picks a device or dtype; every CLI resolves ``--device`` / ``--dtype`` here,
 once, and passes the result down.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -45,3 +48,20 @@ def resolve_dtype(name: str | None, device: torch.device, accelerator_dtype: tor
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+class SingleProcess:
+    """The part of ``accelerate.PartialState`` the project's multi-process runs use (the caption
+    pipeline, the evaluation loop), for a run in one process: launched without ``accelerate
+    launch``, or with accelerate not installed."""
+
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        """Nothing to wait for."""
+
+    def split_between_processes(self, inputs):
+        """All of ``inputs`` is this process's share (``with ... as share``)."""
+        return contextlib.nullcontext(inputs)

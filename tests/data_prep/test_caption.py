@@ -21,7 +21,11 @@ import yaml
 from PIL import Image
 
 from data_prep import caption as cap
+from data_prep import prompts
+from data_prep.images import list_images
 from data_prep.jsonl_store import JsonlAppender, merge_rows, read_rows, repair_tail
+from data_prep.models import resolve_device, resolve_dtype
+from data_prep.outputs import CRASH_AFTER_ROWS_ENV, CRASH_EXIT_CODE
 from data_prep.rewrite_check import RewriteRules, check_rewrite, split_words
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,27 +111,27 @@ def _normalise(text: str) -> str:
 
 
 def test_prompts_are_the_papers_verbatim():
-    assert cap.CAPTION_PROMPT == "Describe the object and background in the image"
-    assert cap.REWRITE_INSTRUCTION.startswith("You are an AI assistant for generating paired text prompts")
-    assert cap.REWRITE_INSTRUCTION.endswith("do not alter its color, shape, or other attributes.")
-    assert cap.REWRITE_EXAMPLE_OUTPUT == cap.REWRITE_EXAMPLE_INPUT.replace("dog", "fox")
+    assert prompts.CAPTION_PROMPT == "Describe the object and background in the image"
+    assert prompts.REWRITE_INSTRUCTION.startswith("You are an AI assistant for generating paired text prompts")
+    assert prompts.REWRITE_INSTRUCTION.endswith("do not alter its color, shape, or other attributes.")
+    assert prompts.REWRITE_EXAMPLE_OUTPUT == prompts.REWRITE_EXAMPLE_INPUT.replace("dog", "fox")
     if not PAPER_TEXT.exists():
         pytest.skip("paper text not available on this machine")
     paper = _normalise(PAPER_TEXT.read_text(encoding="utf-8"))
-    assert f"\u201d{cap.CAPTION_PROMPT}\u201d" in paper
+    assert f"\u201d{prompts.CAPTION_PROMPT}\u201d" in paper
     block = _normalise(
-        f"{cap.REWRITE_INSTRUCTION} Example: Input: {cap.REWRITE_EXAMPLE_INPUT} "
-        f"Output: {cap.REWRITE_EXAMPLE_OUTPUT}"
+        f"{prompts.REWRITE_INSTRUCTION} Example: Input: {prompts.REWRITE_EXAMPLE_INPUT} "
+        f"Output: {prompts.REWRITE_EXAMPLE_OUTPUT}"
     )
     assert block in paper
 
 
 def test_rewrite_chat_carries_instruction_example_and_caption():
-    chat = cap.build_rewrite_chat("A cat on a mat.")
+    chat = prompts.build_rewrite_chat("A cat on a mat.")
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "user"]
-    assert chat[0]["content"] == cap.REWRITE_INSTRUCTION
-    assert chat[1]["content"].endswith(cap.REWRITE_EXAMPLE_INPUT)
-    assert chat[2]["content"] == cap.REWRITE_EXAMPLE_OUTPUT
+    assert chat[0]["content"] == prompts.REWRITE_INSTRUCTION
+    assert chat[1]["content"].endswith(prompts.REWRITE_EXAMPLE_INPUT)
+    assert chat[2]["content"] == prompts.REWRITE_EXAMPLE_OUTPUT
     assert chat[3]["content"] == "Input: A cat on a mat."
 
 
@@ -135,7 +139,7 @@ def test_rewrite_chat_carries_instruction_example_and_caption():
 
 
 def test_validator_accepts_the_papers_own_example():
-    verdict = check_rewrite(cap.REWRITE_EXAMPLE_INPUT, cap.REWRITE_EXAMPLE_OUTPUT)
+    verdict = check_rewrite(prompts.REWRITE_EXAMPLE_INPUT, prompts.REWRITE_EXAMPLE_OUTPUT)
     assert verdict.ok, verdict.reason
     assert (verdict.span.source, verdict.span.target, verdict.span.occurrences) == ("dog", "fox", 5)
 
@@ -254,7 +258,7 @@ def test_tiny_models_end_to_end_accounts_for_every_image_once(tmp_path, tiny_mod
         assert check_rewrite(row["source_prompt"], row["target_prompt"]).ok
     cache = read_rows(out.with_name("pairs.stage1-captions.jsonl"))
     assert sorted(row["image_name"] for row in cache) == sorted(n for n in names if n != "broken.png")
-    assert all(row["captioner"] == str(llava) and row["prompt"] == cap.CAPTION_PROMPT for row in cache)
+    assert all(row["captioner"] == str(llava) and row["prompt"] == prompts.CAPTION_PROMPT for row in cache)
 
     # A rerun finds everything done and writes nothing twice.
     before = out.read_bytes(), rejects.read_bytes()
@@ -284,7 +288,7 @@ def test_accept_path_with_injected_rewriter_into_jsonl_and_yaml(tmp_path, tiny_m
         assert row["models"] == {"captioner": str(llava), "rewriter": "test/first-word-swap"}
         assert row["generation"]["rewriter"]["seed"] == 0
         assert row["generation"]["rewriter"]["attempt"] == 0
-        assert row["generation"]["captioner"]["prompt"] == cap.CAPTION_PROMPT
+        assert row["generation"]["captioner"]["prompt"] == prompts.CAPTION_PROMPT
         assert row["generation"]["captioner"]["max_new_tokens"] == 10
         assert len(row["image_sha256"]) == 64
 
@@ -384,18 +388,18 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     names = make_images(tmp_path / "cats", 8, unreadable=("broken.png",))
     out = tmp_path / "pairs.jsonl"
     common = ["--preset", "cat2dog", "--images", str(tmp_path / "cats"), "--out", str(out), "--no-progress"]
-    env = {**os.environ, cap.CRASH_AFTER_ROWS_ENV: "4"}
+    env = {**os.environ, CRASH_AFTER_ROWS_ENV: "4"}
 
     crashed = subprocess.run([sys.executable, str(REPO_ROOT / "data_prep" / "caption.py"), *common],
                              env=env, capture_output=True, text=True, timeout=60)
-    assert crashed.returncode == cap.CRASH_EXIT_CODE, crashed.stderr
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
     done_before = image_names_in(out, out.with_name("pairs.rejects.jsonl"))
     assert len(done_before) == 4
     # The crash also cut a row in half (as a kill during write would).
     with open(out, "a", encoding="utf-8") as handle:
         handle.write('{"image": "x", "image_name": "img_07.png", "image_sha')
 
-    del env[cap.CRASH_AFTER_ROWS_ENV]
+    del env[CRASH_AFTER_ROWS_ENV]
     resumed = subprocess.run([sys.executable, "-m", "data_prep.caption", *common],
                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
@@ -523,14 +527,14 @@ def test_clear_errors_for_bad_input(tmp_path):
 def test_device_dtype_and_4bit_are_resolved_with_clear_messages(tmp_path, tiny_models):
     import torch
 
-    assert cap.resolve_device("cpu") == torch.device("cpu")
-    assert cap.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert cap.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(SystemExit, match="not a device"):
-        cap.resolve_device("toaster")
+        resolve_device("toaster")
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA GPU"):
-            cap.resolve_device("cuda")
+            resolve_device("cuda")
         llava, llama = tiny_models
         make_images(tmp_path / "imgs", 1)
         with pytest.raises(SystemExit, match="--load-in-4bit needs a CUDA GPU"):
@@ -539,8 +543,8 @@ def test_device_dtype_and_4bit_are_resolved_with_clear_messages(tmp_path, tiny_m
 
 def test_list_images_skips_hidden_files_and_folders(tmp_path):
     make_images(tmp_path / "imgs", 2)
-    names = [item.name for item in cap.list_images(tmp_path / "imgs")]
+    names = [item.name for item in list_images(tmp_path / "imgs")]
     (tmp_path / "imgs" / ".a.png.tmp-x1.png").write_bytes(b"half-written")  # a killed atomic write
     (tmp_path / "imgs" / ".thumbs").mkdir()
     (tmp_path / "imgs" / ".thumbs" / "t.png").write_bytes(b"x")
-    assert [item.name for item in cap.list_images(tmp_path / "imgs")] == names and len(names) == 2
+    assert [item.name for item in list_images(tmp_path / "imgs")] == names and len(names) == 2

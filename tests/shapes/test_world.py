@@ -1,6 +1,7 @@
-"""Tests for the shapes world (shapes/world.py) and its ground-truth evaluator
-(shapes/judge.py): determinism, caption/label agreement, a checker that can fail, edit
-pairs, the resumable writer, and the shipped classifier's held-out accuracy."""
+"""Tests for the shapes world (shapes/world.py, scenes.py, rendering.py, captions.py, statements.py)
+and its ground-truth evaluator (shapes/judge.py, classifier.py, classifier_training.py):
+determinism, caption/label agreement, a checker that can fail, edit pairs, the resumable writer,
+and the shipped classifier's held-out accuracy."""
 
 import io
 import json
@@ -13,20 +14,29 @@ import pytest
 import torch
 
 from shapes import world as shapes
-from shapes.world import (
+from shapes.classifier import (
+    DEFAULT_CLASSIFIER_PATH,
+    classifier_metadata,
+    load_classifier,
+    predict_logits,
+    predict_scenes,
+    save_classifier,
+)
+from shapes.classifier_training import evaluate_classifier
+from shapes.rendering import render
+from shapes.scenes import (
     ATTRIBUTES,
+    FILLS,
     GRAMMARS,
+    SIZES,
     Scene,
     ShapeObject,
     ShapesWorldConfig,
-    caption_with_statements,
-    check,
-    generate_samples,
-    make_edit_pairs,
     random_scene,
-    render,
     scene_split,
 )
+from shapes.statements import check
+from shapes.world import generate_samples, make_edit_pairs
 from shapes import judge as shapes_eval
 from softrepa.data import open_dataset
 
@@ -50,7 +60,7 @@ def samples():
 
 @pytest.fixture(scope="module")
 def classifier():
-    return shapes_eval.load_classifier()
+    return load_classifier()
 
 
 def test_generation_is_deterministic_by_seed():
@@ -118,7 +128,7 @@ def test_checker_rejects_a_changed_attribute(samples):
         mentions = [(st, a) for st in objects for a in ATTRIBUTES if st[a] is not None]
         st, attribute = rng.choice(mentions)
         old = st[attribute]
-        vocabulary = {"shape": CONFIG.shapes, "colour": CONFIG.colours, "size": shapes.SIZES, "fill": shapes.FILLS}
+        vocabulary = {"shape": CONFIG.shapes, "colour": CONFIG.colours, "size": SIZES, "fill": FILLS}
         new = _unused(vocabulary[attribute], {x[attribute] for x in objects})
         if new is None:
             continue  # e.g. both sizes mentioned; covered by the count/exact test below
@@ -246,7 +256,7 @@ def test_sample_sheet(tmp_path):
 
 
 def test_shipped_classifier_accuracy_on_heldout_renders(classifier):
-    accuracy = shapes_eval.evaluate_classifier(classifier, n=200, seed=HELDOUT_SEED, split="val", apply_augment=True)
+    accuracy = evaluate_classifier(classifier, n=200, seed=HELDOUT_SEED, split="val", apply_augment=True)
     for attribute in ("shape", "colour", "size", "fill", "background"):
         assert accuracy[attribute] >= 0.98, accuracy
 
@@ -266,26 +276,26 @@ def test_score_on_ground_truth_renders(classifier):
 
 
 def test_classifier_save_load_round_trip(classifier, tmp_path):
-    path = shapes_eval.save_classifier(classifier, tmp_path / "c.safetensors", {"note": "test"})
-    loaded = shapes_eval.load_classifier(path)
+    path = save_classifier(classifier, tmp_path / "c.safetensors", {"note": "test"})
+    loaded = load_classifier(path)
     images = [s["image"] for s in generate_samples(4, seed=HELDOUT_SEED + 2)]
-    a, b = shapes_eval.predict_logits(classifier, images), shapes_eval.predict_logits(loaded, images)
+    a, b = predict_logits(classifier, images), predict_logits(loaded, images)
     for key in a:
         assert torch.equal(a[key], b[key])
     assert loaded.config == classifier.config
-    assert shapes_eval.classifier_metadata(path)["note"] == "test"
-    assert shapes_eval.DEFAULT_CLASSIFIER_PATH.stat().st_size < 2 * 1024 * 1024
+    assert classifier_metadata(path)["note"] == "test"
+    assert DEFAULT_CLASSIFIER_PATH.stat().st_size < 2 * 1024 * 1024
 
 
 def test_predict_scenes_accepts_arrays_and_tensors(classifier):
     import numpy as np
 
     samples = generate_samples(3, seed=HELDOUT_SEED + 3)
-    pil = shapes_eval.predict_scenes(classifier, [s["image"] for s in samples])
+    pil = predict_scenes(classifier, [s["image"] for s in samples])
     array = np.stack([np.asarray(s["image"]) for s in samples])
-    assert shapes_eval.predict_scenes(classifier, array) == pil
+    assert predict_scenes(classifier, array) == pil
     tensor = torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255
-    assert shapes_eval.predict_scenes(classifier, tensor) == pil
+    assert predict_scenes(classifier, tensor) == pil
 
 
 def test_training_cli_smoke(tmp_path):
@@ -293,9 +303,9 @@ def test_training_cli_smoke(tmp_path):
     out = tmp_path / "tiny.safetensors"
     args = ["train", "--steps", "2", "--batch-size", "4", "--eval-n", "4", "--out", str(out)]
     assert shapes_eval.main(args) == 0
-    model = shapes_eval.load_classifier(out)
-    assert shapes_eval.classifier_metadata(out)["training"]["steps"] == 2
-    assert len(shapes_eval.predict_scenes(model, [render(random_scene(random.Random(1), CONFIG), 64)])) == 1
+    model = load_classifier(out)
+    assert classifier_metadata(out)["training"]["steps"] == 2
+    assert len(predict_scenes(model, [render(random_scene(random.Random(1), CONFIG), 64)])) == 1
 
 
 def test_prefixes_only_before_noun_phrases():
