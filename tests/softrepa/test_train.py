@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from softrepa.batches import BatchSource
 from softrepa.hooks import attach_tokens
 from softrepa.tokens import new_tokens
 from softrepa.cache import FeatureCache, build_cache, encode_latents, encode_prompts, model_fingerprint
@@ -18,7 +19,7 @@ from softrepa.loss import DiffusionObjective, LossConfig
 from softrepa.pairs import PairBatch, draw_noise
 from softrepa.tiny import tiny_sd3_pipeline
 from softrepa.tokens import load_tokens
-from softrepa.train import BatchSource, NonFiniteLossError, TrainConfig, evaluate_pairs, parse_args, train
+from softrepa.train import NonFiniteLossError, TrainConfig, evaluate_pairs, parse_args, train
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "black": (0, 0, 0), "green": (0, 255, 0)}
 
