@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from app.examples import MANIFEST_NAME, builtin_examples, produced_by, write_manifest
-    from app.handlers import load_editor
+    from app.service import load_editor
     from editing.presets import default_preset_name, get_preset
+    from softrepa.images import write_png
     from softrepa.models import KINDS
 
     out = Path(args.out)
@@ -70,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for example in examples:
         prepared = editor.prepare(example.image, max_side=max_side)
         source = staging / f"{example.name}.png"
-        prepared.image.save(source)
-        example.image = str(source)
+        example.image = str(write_png(prepared.image, source))
         for use_tokens in token_states:
             started = time.perf_counter()
             with torch.inference_mode():

@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from editing.token_file import TokenFile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_DIR = REPO_ROOT / "assets" / "shapes-sd3"  # == softrepa.models.SHAPES_MODEL_DIR
@@ -47,6 +51,7 @@ ENV_VARS: dict[str, str] = {
 # what Gradio and Hugging Face Spaces themselves set for the server address (used when ours are unset)
 GRADIO_ENV_VARS: dict[str, str] = {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+_TOKEN_READ_LOCK = threading.Lock()  # the background model loader and the page may ask for the tokens at once
 
 
 class SettingsError(ValueError):
@@ -60,7 +65,8 @@ class AppSettings:
     model: Hub id or local diffusers folder of an SD3-architecture pipeline.
     kind: model kind (``softrepa.models.KINDS``): picks the default preset, resolution and
         prompt length.
-    tokens: soft-token file (.safetensors), or None to edit without tokens.
+    tokens: soft-token file (.safetensors), or None to edit without tokens; ``token_file()`` reads it
+        (once).
     device, dtype: "auto" = CUDA, then MPS, then CPU; float16 on GPUs, float32 on CPU.
     no_t5: skip the T5 text encoder (SD3 medium: saves about 9 GB).
     max_sequence_length: T5 tokens per prompt (None: the kind's; the shapes model uses 8).
@@ -91,6 +97,23 @@ class AppSettings:
     history_size: int = 24
     outputs_max_age_s: float = 24 * 3600.0  # results older than this are deleted (a day of sessions)
     eager_load: bool = False
+    # (path, TokenFile / None / the read's error) once ``token_file`` has read ``tokens``
+    _token_read: tuple[str | None, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def token_file(self) -> TokenFile | None:
+        """The soft-token file ``tokens``, read and hashed on first use and kept.
+
+        The model kind, the example gallery and the editor all take it from here, so the file is
+        read and hashed once. None without tokens; an unreadable file raises its ``OSError`` /
+        ``ValueError`` on every call without being read again.
+        """
+        with _TOKEN_READ_LOCK:
+            if self._token_read is None or self._token_read[0] != self.tokens:  # first use, or new tokens
+                self._token_read = (self.tokens, _read_token_file(self.tokens))
+            result = self._token_read[1]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     @property
     def is_bundled_model(self) -> bool:
@@ -187,14 +210,25 @@ def _int_setting(name: str, value: str, minimum: int) -> int:
     return number
 
 
-def _token_file_kind(path: str) -> str | None:
-    """The kind written in a token file, or None when it cannot be read (reported when the model loads)."""
-    try:
-        from softrepa.tokens import read_token_file
+def _read_token_file(path: str | None) -> TokenFile | Exception | None:
+    """``path`` read as a ``TokenFile``, or the error saying why it cannot be (None: no tokens)."""
+    if path is None:
+        return None
+    from editing.token_file import TokenFile  # torch: only when there are tokens to read
 
-        return read_token_file(path)[0].kind
+    try:
+        return TokenFile.load(path)
+    except (OSError, ValueError) as exc:
+        return exc
+
+
+def _token_file_kind(settings: AppSettings) -> str | None:
+    """The kind written in the settings' token file, or None when it cannot be read (reported when the model loads)."""
+    try:
+        token_file = settings.token_file()
     except (OSError, ValueError):
         return None
+    return token_file.kind if token_file is not None else None
 
 
 def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSettings:
@@ -233,8 +267,8 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         settings.kind = explicit_kind
     elif settings.is_bundled_model:
         settings.kind = BUNDLED_KIND
-    elif settings.tokens is not None and _token_file_kind(settings.tokens) in DEVICE_KINDS:
-        settings.kind = _token_file_kind(settings.tokens)
+    elif (token_kind := _token_file_kind(settings)) in DEVICE_KINDS:
+        settings.kind = token_kind
     else:
         settings.kind = "sd3"
     if settings.kind not in DEVICE_KINDS:

@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from app.handlers import EditControls, EditorService, LoadedModel
+from app.controls import EditControls
+from app.service import EditorService, LoadedModel
 from app.settings import AppSettings
 from editing.editor import FlowEditor
 

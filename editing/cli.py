@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from editing.editor import FlowEditor
-from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
+from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
 from editing.inputs import DEFAULT_MAX_SIDE
 from editing.presets import PRESETS, default_preset_name, get_preset
+from editing.token_file import TokenFile
 from softrepa.models import KINDS, load_pipeline
 from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.images import ImageInputError
@@ -93,12 +94,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- parameters and model
 
 
+def flag_of(field: str) -> str:
+    """The command-line flag that sets a ``FlowEditParams`` field ("n_max" -> "--n-max")."""
+    flags = [flag for flag, name in PARAM_FLAGS.items() if name == field]
+    if not flags:
+        raise ValueError(f"no flag sets the FlowEdit parameter {field!r}; flags: {sorted(PARAM_FLAGS)}")
+    return "--" + flags[0].replace("_", "-")
+
+
 def params_from_args(args: argparse.Namespace, kind: str, use_tokens: bool) -> FlowEditParams:
     """The preset (named, or the default for this kind and tokens state) with explicit flags on top."""
     preset = get_preset(args.preset or default_preset_name(kind, use_tokens))
     overrides = {field: getattr(args, flag) for flag, field in PARAM_FLAGS.items() if getattr(args, flag) is not None}
     params = preset.params.replace(**overrides)
-    params.check()
+    params.check()  # before the (slow) model load; the editor checks each edit's again
     return params
 
 
@@ -334,19 +343,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if errors else 0
 
     try:
-        kind = args.kind
-        if kind is None and use_tokens:
-            from softrepa.tokens import read_token_file
-
-            kind = read_token_file(args.tokens)[0].kind
+        # read and hashed once: the kind comes from it, the editor attaches it, the PNGs record its sha256
+        token_file = TokenFile.load(args.tokens) if use_tokens else None
+        kind = args.kind or (token_file.kind if token_file is not None else None)
         params = params_from_args(args, kind or "sd3", use_tokens)
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
         pipe = load_pipeline(args.model, kind or "sd3", dtype, device, without_t5=True if args.no_t5 else None)
-        editor = FlowEditor(pipe, tokens=args.tokens if use_tokens else None, max_side=args.max_side,
+        editor = FlowEditor(pipe, tokens=token_file, max_side=args.max_side,
                             max_sequence_length=KINDS[kind or "sd3"].max_sequence_length,
                             model_name=args.model)
+    except ParameterError as exc:  # FlowEditParams.check: the message goes with the flag that sets the field
+        log(f"error: {flag_of(exc.field)}: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, RuntimeError) as exc:
         log(f"error: {exc}", file=sys.stderr)
         return 2

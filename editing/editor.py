@@ -20,7 +20,7 @@ transformer, and the caches are shared state.
 
 App usage::
 
-    editor = FlowEditor(pipe, tokens="tokens.safetensors")   # or a SoftTokens, or None
+    editor = FlowEditor(pipe, tokens="tokens.safetensors")   # or a TokenFile, a SoftTokens, or None
     result = editor.edit(image, "a cat on a sofa", "a dog on a sofa", get_preset("sd3-tokens").params,
                          use_tokens=True, progress=lambda done, total: ...)
     result.image, result.source_image, result.input_report.describe(), result.save("out.png")
@@ -46,9 +46,11 @@ from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, de
                               encode_prompt, flowedit_latents, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_factor, model_max_side, prepare_image
 from editing.presets import default_preset_name, get_preset
+from editing.token_file import TokenFile
 from softrepa.hooks import attach_tokens, AttachedTokens
 from softrepa.images import write_png
-from softrepa.tokens import SoftTokens, file_sha256, load_tokens
+from softrepa.models import check_compatible
+from softrepa.tokens import SoftTokens
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +134,14 @@ class EditResult:
         return data
 
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        return save_png(self.image, path, self.metadata(extra))
-
-
-def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    """Write a PNG with ``metadata`` as JSON text under ``METADATA_KEY``, atomically: a crash never
-    leaves a half file that a resumed batch would mistake for done (``softrepa.images.write_png``,
-    layout ``"json"``)."""
-    return write_png(image, path, metadata, key=METADATA_KEY, layout="json")
+        """Write the edited image as a PNG with ``metadata(extra)`` as one JSON text under
+        ``METADATA_KEY``, atomically: a crash never leaves a half file that a resumed batch would
+        mistake for done."""
+        return write_png(self.image, path, self.metadata(extra), key=METADATA_KEY, layout="json")
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The edit metadata of a PNG written by ``save_png``; ``ValueError`` when it has none."""
+    """The edit metadata of a PNG written by ``EditResult.save``; ``ValueError`` when it has none."""
     with Image.open(path) as image:
         text = getattr(image, "text", {}).get(METADATA_KEY)
     if text is None:
@@ -164,7 +162,7 @@ class FlowEditor:
 
     pipe: a ``StableDiffusion3Pipeline`` (already on its device and dtype; never modified except for
         the token hooks this editor attaches and removes in ``close``).
-    tokens: a token file path, ``SoftTokens``, an ``AttachedTokens`` already hooked into
+    tokens: a token file path or ``TokenFile``, ``SoftTokens``, an ``AttachedTokens`` already hooked into
         ``pipe.transformer`` (left attached on close), or None.
     max_side: long-side limit for inputs (clamped to what the transformer's position embedding covers).
     min_side: smallest accepted side (default 4 patches: 64 px on SD3).
@@ -174,7 +172,7 @@ class FlowEditor:
     cache_source_velocities: reuse source velocities across targets (see module docstring).
     """
 
-    def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | str | os.PathLike | None = None, *,
+    def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | TokenFile | str | os.PathLike | None = None, *,
                  max_side: int = DEFAULT_MAX_SIDE, min_side: int | None = None, cache_size: int = 4,
                  velocity_sets_per_source: int = 2, prompt_cache_size: int = 32,
                  cache_source_velocities: bool = True, max_sequence_length: int = 256, model_name: str | None = None):
@@ -206,8 +204,11 @@ class FlowEditor:
         """The token hooks in use (None without tokens); ``tokens_info`` describes them."""
         return self._attached
 
-    def set_tokens(self, tokens: SoftTokens | AttachedTokens | str | os.PathLike | None) -> None:
-        """Swap the soft tokens (None removes them). Call again after changing tokens in place."""
+    def set_tokens(self, tokens: SoftTokens | AttachedTokens | TokenFile | str | os.PathLike | None) -> None:
+        """Swap the soft tokens (None removes them). Call again after changing tokens in place.
+
+        A path is read here; a ``TokenFile`` (already read and hashed) is not read again.
+        """
         with self._lock:
             if self._attached is not None and self._owns_attachment:
                 self._attached.detach()
@@ -216,8 +217,11 @@ class FlowEditor:
                 return
             info: dict[str, Any] = {"file": None, "sha256": None}
             if isinstance(tokens, (str, os.PathLike)):
-                info = {"file": Path(tokens).name, "sha256": file_sha256(tokens)}
-                tokens = load_tokens(tokens, model=self.pipe)
+                tokens = TokenFile.load(tokens)
+            if isinstance(tokens, TokenFile):  # read and hashed once, by whoever loaded it
+                check_compatible(tokens.tokens.config, self.pipe, source=str(tokens.path))
+                info = {"file": tokens.name, "sha256": tokens.sha256}
+                tokens = tokens.tokens
             if isinstance(tokens, AttachedTokens):
                 if tokens.denoiser is not self.pipe.transformer:
                     raise ValueError("the AttachedTokens are hooked into a different transformer than this pipeline's")
@@ -304,6 +308,8 @@ class FlowEditor:
         return get_preset(default_preset_name(kind, use_tokens)).params
 
     def check_inputs(self, source_prompt: str, target_prompt: str, params: FlowEditParams, use_tokens: bool) -> None:
+        """``ValueError`` before any work when the edit cannot run; the parameters through
+        ``FlowEditParams.check`` (a ``ParameterError`` names the field), which callers do not repeat."""
         for name, prompt in (("source prompt", source_prompt), ("target prompt", target_prompt)):
             if not isinstance(prompt, str):
                 raise ValueError(f"the {name} must be a string, got {type(prompt).__name__}")

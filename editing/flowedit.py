@@ -75,13 +75,28 @@ ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
 # ----------------------------------------------------------------------------- parameters
 
 
+class ParameterError(ValueError):
+    """A FlowEdit parameter that cannot run, with a message for a person.
+
+    ``field`` is the ``FlowEditParams`` field the message is about, so a caller can point at its own
+    control for it (the app shows the message on the slider with that field's label).
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass
 class FlowEditParams:
     """Parameters of one FlowEdit run (defaults: FlowEdit's SD3 settings, arXiv:2412.08629 and its code).
 
     steps: T, the number of scheduler steps the [0, 1] noise range is split into.
-    n_max: how many of the last steps edit (the edit strength): 0 returns the source, T starts
-        from pure noise. Steps with T - i > n_max are skipped.
+    n_max: how many of the last steps edit (the edit strength), 1..T; T starts from pure noise.
+        Steps with T - i > n_max are skipped. 0 is refused (library, CLI and app alike): with no
+        editing step the result is the source itself after a VAE round trip, which a person, or a
+        batch writing PNGs named as edits, would take for an edit that silently failed. The VAE
+        reconstruction, where wanted, is ``decode_latents(vae, encode_image(vae, image))``.
     n_min: the last n_min of those steps sample the target plainly (no source term), which adds
         target detail at low noise; 0 = pure FlowEdit.
     n_avg: noise samples averaged per step for v_delta (each one transformer call).
@@ -91,6 +106,9 @@ class FlowEditParams:
     guidance: "standard" u + w (c - u), or "authors" (target c + w (c - u), SoftREPA's code).
     token_branches: with tokens on, "both" (all four predictions, the authors' setting) or
         "target" (the source velocities are computed without tokens).
+
+    ``ranges`` and ``check`` are the one home of the rules these values obey: the editor, the CLI
+    and the app call them and restate no bound of their own.
     """
 
     steps: int = 50
@@ -105,35 +123,52 @@ class FlowEditParams:
     guidance: str = "standard"
     token_branches: str = "both"
 
+    def ranges(self) -> dict[str, tuple[int, int | None]]:
+        """(lowest, highest) each whole-number field may take given the others (None: no upper bound).
+
+        n_max counts editing steps out of T and n_min the last of those, so their ranges follow
+        ``steps`` and ``n_max``. ``check`` enforces these ranges; the app's sliders follow them.
+        """
+        return {"steps": (1, None), "n_max": (1, self.steps), "n_min": (0, self.n_max), "n_avg": (1, None),
+                "seed": (0, 2**63 - 1)}
+
     def check(self) -> None:
-        """Raise ``ValueError`` with a message for a person when the parameters cannot run."""
-        for name in ("steps", "n_max", "n_min", "n_avg", "seed"):
+        """Raise ``ParameterError`` (a ``ValueError`` naming the field) when the parameters cannot run."""
+        ranges = self.ranges()
+        for name in ranges:  # types first: the ranges of n_max and n_min are made of steps and n_max
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps (T) must be at least 1, got {self.steps}")
-        if not 0 <= self.n_max <= self.steps:
-            raise ValueError(f"n_max must be between 0 and steps ({self.steps}), got {self.n_max}: "
-                             "it counts how many of the T steps edit")
-        if not 0 <= self.n_min <= self.n_max:
-            raise ValueError(f"n_min must be between 0 and n_max ({self.n_max}), got {self.n_min}: "
-                             "it counts the last editing steps that switch to plain target sampling")
-        if self.n_avg < 1:
-            raise ValueError(f"n_avg must be at least 1, got {self.n_avg}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+                raise ParameterError(name, f"{name} must be a whole number, got {value!r}")
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                raise ParameterError(name, self._out_of_range(name, low, high))
         for name in ("src_cfg", "tar_cfg"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ParameterError(name, f"{name} must be a finite number >= 0, got {value!r}")
         for name in ("src_negative_prompt", "tar_negative_prompt"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string (use \"\" for none), got {getattr(self, name)!r}")
-        if self.guidance not in GUIDANCE_MODES:
-            raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {self.guidance!r}")
-        if self.token_branches not in TOKEN_BRANCHES:
-            raise ValueError(f"token_branches must be one of {TOKEN_BRANCHES}, got {self.token_branches!r}")
+                raise ParameterError(name, f"{name} must be a string (use \"\" for none), got {getattr(self, name)!r}")
+        for name, choices in (("guidance", GUIDANCE_MODES), ("token_branches", TOKEN_BRANCHES)):
+            if getattr(self, name) not in choices:
+                raise ParameterError(name, f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+    def _out_of_range(self, name: str, low: int, high: int | None) -> str:
+        """Why ``name`` is outside ``ranges()``, in the words of what it counts."""
+        value = getattr(self, name)
+        if name == "n_max" and value > high:
+            return (f"n_max is {value} but there are only {self.steps} steps (T): it counts how many of the T steps "
+                    f"edit, so it can be at most {high}")
+        if name == "n_max":
+            return (f"n_max must be at least {low}, got {value}: with no editing step FlowEdit returns the input "
+                    "unchanged")
+        if name == "n_min" and value > high:
+            return (f"n_min ({value}) cannot be larger than n_max ({high}): it counts the last editing steps, which "
+                    "switch to plain target sampling")
+        # steps, n_avg, seed, and n_min below 0: the plain range says it all
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        return f"{name} must be {bounds}, got {value}"
 
     def replace(self, **changes: Any) -> "FlowEditParams":
         return dataclasses.replace(self, **changes)

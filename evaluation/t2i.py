@@ -25,6 +25,7 @@ from softrepa.models import get_kind
 from evaluation.datasets import CaptionItem, load_coco_captions
 from softrepa.models import load_pipeline
 from evaluation.runner import MetricSettings, Task, free_memory
+from softrepa.images import write_png
 from softrepa.tokens import load_tokens
 
 METHODS = ("vanilla", "tokens")
@@ -123,7 +124,7 @@ class T2ITask(Task):
         return references if all(references) else None
 
     def produce(self, items: list[dict], device: torch.device, dtype: torch.dtype) -> None:
-        from softrepa.generate import generate_images, save_png  # one call site: generate_images
+        from softrepa.generate import PNG_KEY, PNG_LAYOUT, generate_images  # one call site: generate_images
 
         c = self.config
         kind = c.kind
@@ -143,9 +144,9 @@ class T2ITask(Task):
                                                  cfg=c.cfg, height=c.resolution, width=c.resolution,
                                                  batch_size=c.batch_size)
                         for item, image in zip(chunk, images):
-                            save_png(image, self.run_dir / item["image"],
-                                     {**record, "method": method, "prompt": item["prompt"], "seed": item["seed"],
-                                      "evaluation_key": item["key"]})
+                            write_png(image, self.run_dir / item["image"],
+                                      {**record, "method": method, "prompt": item["prompt"], "seed": item["seed"],
+                                       "evaluation_key": item["key"]}, key=PNG_KEY, layout=PNG_LAYOUT)
                         bar.update(len(chunk))
         finally:
             del pipe, tokens

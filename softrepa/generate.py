@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import sys
 from pathlib import Path
@@ -27,12 +26,15 @@ import torch
 from PIL import Image
 
 from softrepa.hooks import attach_tokens
-from softrepa.models import KINDS, get_kind, kind_of_pipeline, load_pipeline, resolve_model
+from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
 from softrepa.images import write_png
 from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 
-
+# Generated PNGs (here and in evaluation/t2i.py): each parameter in its own text chunk for image
+# viewers, and all of them as JSON under "parameters" for programs (``softrepa.images.write_png``).
+PNG_KEY = "parameters"
+PNG_LAYOUT = "per-key"
 
 # ----------------------------------------------------------------------------- generation
 
@@ -105,13 +107,6 @@ def image_grid(images: Sequence[Image.Image], rows: int, cols: int) -> Image.Ima
     return grid
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, parameters: dict[str, Any]) -> Path:
-    """Write ``image`` with each parameter as a PNG text chunk (and all of them as JSON under
-    ``parameters``), atomically, so an interrupted run never leaves a file that resume would skip
-    (``softrepa.images.write_png``, layout ``"per-key"``)."""
-    return write_png(image, path, parameters, key="parameters", layout="per-key")
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -179,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                                      max_sequence_length=args.max_sequence_length, progress=args.progress)
             for (index, prompt, seed), image in zip(batch, images):
                 path = output / f"{index:05d}-s{seed}.png"
-                save_png(image, path, {**common, "prompt": prompt, "seed": seed, "width": image.width,
-                                       "height": image.height})
+                write_png(image, path, {**common, "prompt": prompt, "seed": seed, "width": image.width,
+                                        "height": image.height}, key=PNG_KEY, layout=PNG_LAYOUT)
                 print(path)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

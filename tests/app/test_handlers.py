@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import struct
 import zlib
@@ -13,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import handlers
+from app.controls import UserInputError, initial_controls, preset_controls
 from app.examples import Example, manifest_path, produced_by, write_manifest
-from app.handlers import (EditorService, add_to_history, compare, edit, history_entry, history_gallery,
-                          initial_controls, load_editor, preset_controls, reports_errors, select_example)
+from app.handlers import add_to_history, compare, edit, history_entry, history_gallery, reports_errors, select_example
+from app.service import EditorService, load_editor
 from app.settings import BUNDLED_MODEL_DIR, AppSettings, SettingsError, parse_args, resolve_settings
 from app.testing import TINY_MODEL_LABEL, fast_controls, tiny_app_service, tiny_loader, tiny_settings
 from editing.editor import read_png_metadata
@@ -280,7 +281,7 @@ def test_presets_reset_the_sliders(service):
     assert preset_controls("sd3-tokens", base, has_tokens=False).use_tokens is False
     assert preset_controls("sd3-tokens-paper", base, has_tokens=True).guidance == "authors"
     assert tokens.source_prompt == base.source_prompt  # prompts are kept
-    with pytest.raises(handlers.UserInputError, match="Unknown preset"):
+    with pytest.raises(UserInputError, match="Unknown preset"):
         preset_controls("turbo", base, has_tokens=True)
     assert initial_controls(service).max_side == 64  # kind sd3's 1024, clamped to what the tiny model takes
     assert service.side_range() == (8, 64, 2)
@@ -293,7 +294,7 @@ def test_history_keeps_newest_first_and_restores(service, picture_path):
     assert history_entry(history, 0).controls.seed == 2 and history_entry(history, 1).controls.seed == 1
     assert history_gallery(history)[0][1].startswith("a green circle")
     assert len(add_to_history(history, first, limit=2)) == 2
-    with pytest.raises(handlers.UserInputError):
+    with pytest.raises(UserInputError):
         history_entry(history, 7)
 
 
@@ -303,7 +304,7 @@ def test_examples_without_precomputed_results_fill_the_inputs(service):
     assert all(Path(e.image).resolve().is_relative_to(service.settings.temp_dir.resolve()) for e in examples)
     selection = select_example(service, 0, fast_controls())
     assert selection.outcome is None and selection.controls.target_prompt == examples[0].target_prompt
-    with pytest.raises(handlers.UserInputError):
+    with pytest.raises(UserInputError):
         select_example(service, len(examples), fast_controls())
 
 
@@ -359,3 +360,75 @@ def test_background_loading_shows_a_status_and_edits_wait_for_it(tmp_path, pictu
     release.set()
     outcome = edit(service, picture_path, fast_controls())  # waits for the model
     assert Path(outcome.final.path).is_file() and service.status().state == "ready"
+
+
+# ----------------------------------------------------------------------------- one home per rule
+
+
+def test_flowedit_rules_reach_the_page_on_their_control(service, picture_path):
+    # the bounds live in FlowEditParams.check only; the app heads its message with the control's label
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, picture_path, fast_controls(steps=6, n_max=9), session="rules")
+    message = error_message(excinfo)
+    assert message.startswith("Edit strength (n_max): ") and "only 6 steps" in message
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, picture_path, fast_controls(n_min=-1), session="rules")
+    assert error_message(excinfo) == "Detail steps (n_min): n_min must be between 0 and 3, got -1."
+
+
+def test_parameters_are_checked_once_per_edit_by_the_library(service, picture_path, monkeypatch):
+    from editing.flowedit import FlowEditParams
+
+    callers = []
+    check = FlowEditParams.check
+
+    def counted(params):
+        callers.append(sys._getframe(1).f_globals["__name__"])
+        return check(params)
+
+    monkeypatch.setattr(FlowEditParams, "check", counted)
+    edit(service, picture_path, fast_controls(), session="once")
+    # the editor checks each edit before any work; flowedit_latents checks its own input; the app never
+    assert callers == ["editing.editor", "editing.flowedit"]
+    callers.clear()
+    compare(service, picture_path, fast_controls(), session="once")
+    assert callers == ["editing.editor", "editing.flowedit"] * 2
+
+
+def test_the_token_file_is_read_and_hashed_once_per_app(tmp_path, monkeypatch):
+    import softrepa.tokens
+    from editing import token_file
+    from softrepa.tiny import save_tiny_pipeline, tiny_sd3_pipeline
+    from softrepa.tokens import new_tokens, save_tokens
+
+    folder = save_tiny_pipeline("sd3", tmp_path / "tiny")
+    tokens = save_tokens(new_tokens(tiny_sd3_pipeline(), "sd3", num_layers=2), tmp_path / "tokens.safetensors")
+    reads, hashes = [], []
+    read, sha256 = softrepa.tokens.read_token_file, token_file.file_sha256
+    monkeypatch.setattr(softrepa.tokens, "read_token_file", lambda path: reads.append(path) or read(path))
+    monkeypatch.setattr(token_file, "file_sha256", lambda path: hashes.append(path) or sha256(path))
+    # no --kind: the settings take it from the file; the gallery and the editor reuse that read
+    settings = resolve_settings(parse_args(["--model", str(folder), "--tokens", str(tokens), "--temp-dir",
+                                            str(tmp_path / "app"), "--max-sequence-length", "8"]), {})
+    assert settings.kind == "sd3"
+    service = EditorService(settings)
+    service.examples()
+    service.load()
+    assert service.status().state == "ready" and service.editor().has_tokens
+    assert service.editor().tokens_info["sha256"] == sha256(tokens)
+    assert len(reads) == len(hashes) == 1
+
+
+def test_the_page_takes_controls_by_name():
+    from app.controls import CONTROL_NAMES
+    from app.ui import ControlComponents, inputs_for
+
+    assert [f.name for f in dataclasses.fields(ControlComponents)] == list(CONTROL_NAMES)
+
+    def run(steps, image, n_max, request=None):
+        return None
+
+    components = {"n_max": "n_max slider", "image": "image box", "steps": "steps slider", "seed": "seed box"}
+    assert inputs_for(run, components) == ["steps slider", "image box", "n_max slider"]
+    with pytest.raises(TypeError, match="'steps'"):
+        inputs_for(run, {"image": "image box", "n_max": "n_max slider"})

@@ -51,6 +51,12 @@ def test_api_lists_the_named_endpoints(client):
     assert set(endpoints) == {"/edit", "/compare"}  # the page's helper events stay private
     names = [p["parameter_name"] for p in endpoints["/edit"]["parameters"]]
     assert names[:4] == ["image", "source_prompt", "target_prompt", "use_tokens"]
+    # the whole API, in order: the page matches components to these names, so none may move
+    controls = ["tar_cfg", "src_cfg", "n_max", "steps", "n_min", "n_avg", "seed", "randomize_seed", "max_side",
+                "guidance", "token_branches"]
+    assert names == ["image", "source_prompt", "target_prompt", "use_tokens", *controls]
+    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == ["image", "source_prompt",
+                                                                                 "target_prompt", *controls]
 
 
 def test_edit_returns_the_image_and_its_parameters(client, picture, server):

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from editing import cli
-from editing.editor import FlowEditor, read_png_metadata, save_png
+from editing.editor import METADATA_KEY, FlowEditor, read_png_metadata
 from editing.flowedit import FlowEditParams
 from softrepa.tokens import new_tokens
+from softrepa.images import write_png
 from softrepa.tiny import tiny_sd3_pipeline
 from softrepa.tokens import file_sha256, save_tokens
 
@@ -152,9 +153,36 @@ def test_names_stay_inside_the_output_folder(tmp_path):
 
 def test_png_metadata_round_trip(tmp_path):
     data = {"source_prompt": "un caf\u00e9 \u2615", "params": FlowEditParams().to_dict(), "tokens": None}
-    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "sub" / "x.png", data)
+    # EditResult.save's layout: one JSON text under METADATA_KEY
+    path = write_png(Image.new("RGB", (8, 8)), tmp_path / "sub" / "x.png", data, key=METADATA_KEY)
     assert read_png_metadata(path) == data
     assert [p.name for p in path.parent.iterdir()] == ["x.png"]  # no temp file left
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(ValueError, match="no 'softrepa_edit' metadata"):
         read_png_metadata(tmp_path / "plain.png")
+
+
+def test_bad_parameters_name_their_flag_before_the_model_loads(workspace, tmp_path, capsys):
+    # n_max = 0 is refused by FlowEditParams.check, as in the library and the app
+    argv = ["--model", str(tmp_path / "no-model-needed"), "--image", str(workspace["images"] / "pic0.png"),
+            "--source", "a cat", "--target", "a dog", "--out", str(tmp_path / "out"), *FAST, "--n-max", "0"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "error: --n-max: n_max must be at least 1" in error and "returns the input unchanged" in error
+    assert cli.flag_of("n_min") == "--n-min" and cli.flag_of("src_negative_prompt") == "--src-negative"
+
+
+def test_the_token_file_is_read_and_hashed_once(workspace, tmp_path, monkeypatch):
+    import softrepa.tokens
+    from editing import token_file
+
+    reads, hashes = [], []
+    read, sha256 = softrepa.tokens.read_token_file, token_file.file_sha256
+    monkeypatch.setattr(softrepa.tokens, "read_token_file", lambda path: reads.append(path) or read(path))
+    monkeypatch.setattr(token_file, "file_sha256", lambda path: hashes.append(path) or sha256(path))
+    out = tmp_path / "edit.png"
+    argv = ["--model", workspace["model"], "--image", str(workspace["images"] / "pic1.png"), "--source", "a cat",
+            "--target", "a dog", "--tokens", str(workspace["tokens"]), "--out", str(out), *FAST]
+    assert cli.main(argv) == 0  # no --kind: the kind, the tokens and the sha256 all come from one read
+    assert len(reads) == len(hashes) == 1
+    assert read_png_metadata(out)["tokens"]["sha256"] == sha256(workspace["tokens"])

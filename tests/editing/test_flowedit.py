@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from editing.editor import FlowEditor
-from editing.flowedit import FlowEditParams, encode_image, flowedit_latents, source_and_target, encode_prompt
+from editing.flowedit import (FlowEditParams, ParameterError, encode_image, flowedit_latents, source_and_target,
+                              encode_prompt)
 from editing.inputs import prepare_image
 from editing.presets import PRESETS, get_preset, register_preset, Preset
 from softrepa.tokens import new_tokens
@@ -160,11 +161,11 @@ def test_transformer_calls_and_batches(pipe, editor):
     assert log.sizes == [4] * ((params.n_max - params.n_min) * params.n_avg) + [2] * params.n_min
 
 
-def test_n_max_zero_returns_source(pipe, editor):
-    image = picture(2)
-    result = editor.edit(image, "a cat", "a dog", FlowEditParams(**{**SMALL, "n_max": 0}))
-    assert torch.equal(result.latents, encode_image(pipe.vae, image))
-    assert result.stats.transformer_calls == 0
+def test_n_max_zero_is_refused_before_any_work(pipe, editor):
+    # no editing step would return the source unchanged (FlowEditParams' docstring): refused
+    with CallLog(pipe.transformer) as log, pytest.raises(ParameterError, match="returns the input unchanged") as info:
+        editor.edit(picture(2), "a cat", "a dog", FlowEditParams(**{**SMALL, "n_max": 0}))
+    assert info.value.field == "n_max" and log.sizes == []
 
 
 def test_n_min_runs_and_changes_result(editor):
@@ -375,6 +376,26 @@ def test_editor_clamps_to_the_model(editor):
 def test_bad_params(editor, change, message):
     with pytest.raises(ValueError, match=message):
         editor.edit(picture(), "a cat", "a dog", FlowEditParams(**{**SMALL, **change}))
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(n_min=6), "n_min"), (dict(n_min=-1), "n_min"), (dict(n_max=9), "n_max"), (dict(n_max=0), "n_max"),
+    (dict(n_avg=0), "n_avg"), (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(src_cfg=-1.0), "src_cfg"),
+    (dict(tar_cfg=float("nan")), "tar_cfg"), (dict(tar_negative_prompt=None), "tar_negative_prompt"),
+    (dict(guidance="magic"), "guidance"), (dict(token_branches="source"), "token_branches"), (dict(seed=-1), "seed"),
+])
+def test_check_names_the_field(change, field):
+    with pytest.raises(ParameterError) as info:
+        FlowEditParams(**{**SMALL, **change}).check()
+    assert info.value.field == field and field in str(info.value)
+
+
+def test_ranges_follow_steps_and_n_max():
+    params = FlowEditParams(steps=6, n_max=3)
+    assert params.ranges()["n_max"] == (1, 6) and params.ranges()["n_min"] == (0, 3)
+    params.check()  # the ends of the ranges run
+    FlowEditParams(steps=6, n_max=6, n_min=6).check()
+    FlowEditParams(steps=1, n_max=1).check()
 
 
 def test_bad_prompts_and_tokens(pipe, editor):

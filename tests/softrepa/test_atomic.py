@@ -101,14 +101,13 @@ def test_write_png_layouts(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
-def test_both_save_png_wrappers_keep_their_layouts(tmp_path):
+def test_each_caller_keeps_its_png_layout(tmp_path):
     from editing.editor import METADATA_KEY, read_png_metadata
-    from editing.editor import save_png as save_edit_png
-    from softrepa.generate import save_png as save_generated_png
+    from softrepa.generate import PNG_KEY, PNG_LAYOUT
 
     image = Image.new("RGB", (8, 8))
     metadata = {"prompt": "a cat", "seed": 1}
-    edit = save_edit_png(image, tmp_path / "edit.png", metadata)
+    edit = write_png(image, tmp_path / "edit.png", metadata, key=METADATA_KEY)  # what EditResult.save writes
     assert read_png_metadata(edit) == metadata and set(Image.open(edit).text) == {METADATA_KEY}
-    generated = save_generated_png(image, tmp_path / "gen.png", metadata)
+    generated = write_png(image, tmp_path / "gen.png", metadata, key=PNG_KEY, layout=PNG_LAYOUT)  # generate's CLI
     assert Image.open(generated).text == {"prompt": "a cat", "seed": "1", "parameters": json.dumps(metadata)}

@@ -1,0 +1,206 @@
+"""The page's controls as values: their labels, ``EditControls``, how they become FlowEdit parameters, presets.
+
+The rules FlowEdit's parameters obey (0 <= n_min <= n_max <= T, n_max >= 1, CFG >= 0, ...) live in
+``FlowEditParams.ranges`` / ``check`` only. This module turns what the controls send into typed
+values (a slider sends 6.0 for 6), applies the app's own caps on what one press may cost on a
+shared device (``MAX_STEPS``, ``MAX_N_AVG``, the top of ``CFG_RANGE``) and maps a
+``ParameterError`` to the label of the control that sets its field (``parameter_message``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from editing.editor import FlowEditor
+from editing.flowedit import FlowEditParams, ParameterError
+from editing.inputs import MIN_PATCHES
+from editing.presets import PRESETS, default_preset_name, get_preset
+from softrepa.models import KINDS
+
+if TYPE_CHECKING:
+    from app.service import EditorService
+
+# Labels shown on the controls; error messages quote them so a person finds the control to fix.
+LABELS: dict[str, str] = {
+    "image": "Source image",
+    "source_prompt": "Source prompt",
+    "target_prompt": "Target prompt",
+    "use_tokens": "Soft tokens",
+    "tar_cfg": "Target CFG",
+    "src_cfg": "Source CFG",
+    "n_max": "Edit strength (n_max)",
+    "steps": "Steps (T)",
+    "n_min": "Detail steps (n_min)",
+    "n_avg": "Noise samples per step (n_avg)",
+    "seed": "Seed",
+    "randomize_seed": "Random seed",
+    "max_side": "Max side (px)",
+    "guidance": "Guidance convention",
+    "token_branches": "Tokens on",
+}
+# the CFG sliders (the FlowEdit demo's go to 30); 0..1 is allowed (standard CFG 1 = conditional only)
+CFG_RANGE = (0.0, 30.0)
+MAX_STEPS = 100  # the app's caps: what one press may cost on the shared device
+MAX_N_AVG = 8
+APP_CAPS: dict[str, float] = {"steps": MAX_STEPS, "n_avg": MAX_N_AVG, "src_cfg": CFG_RANGE[1], "tar_cfg": CFG_RANGE[1]}
+MAX_SEED = 2**31 - 1  # what the seed box holds and random seeds are drawn from; the API may send up to 2**63 - 1
+
+
+class UserInputError(ValueError):
+    """A problem the person using the app can fix; the message says how."""
+
+
+@dataclass
+class EditControls:
+    """The values of the page's controls (and of the API's parameters), as sent."""
+
+    source_prompt: str
+    target_prompt: str
+    use_tokens: bool = True
+    tar_cfg: float = 13.5
+    src_cfg: float = 3.5
+    n_max: int = 33
+    steps: int = 50
+    n_min: int = 0
+    n_avg: int = 1
+    seed: int = 42
+    randomize_seed: bool = False
+    max_side: int = 1024
+    guidance: str = "standard"
+    token_branches: str = "both"
+
+
+CONTROL_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EditControls))
+
+
+def parameter_message(error: ParameterError) -> str:
+    """FlowEdit's message about a parameter, headed by the label of the control that sets it."""
+    return f"{LABELS.get(error.field, error.field)}: {error}."
+
+
+# ----------------------------------------------------------------------------- controls -> parameters
+
+
+def _whole_number(name: str, value: Any) -> int:
+    """A whole-number control's value as an int (a slider sends 6.0 for 6; an API client may send "6")."""
+    label = LABELS[name]
+    if isinstance(value, bool) or value is None:
+        raise UserInputError(f"{label} must be a whole number, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{label} must be a whole number, got {value!r}.") from None
+    if not math.isfinite(number) or number != math.floor(number):
+        raise UserInputError(f"{label} must be a whole number, got {value!r}.")
+    return int(number)
+
+
+def _number(name: str, value: Any) -> float:
+    """A number control's value as a float (NaN and infinities pass: whether they run is FlowEdit's rule)."""
+    if isinstance(value, bool):
+        raise UserInputError(f"{LABELS[name]} must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{LABELS[name]} must be a number, got {value!r}.") from None
+
+
+def slider_range(name: str, steps: int, n_max: int) -> tuple[float, float]:
+    """(minimum, maximum) of a parameter's slider: FlowEdit's range for it given T and n_max
+    (``FlowEditParams.ranges``), its top lowered to the app's cap where the app has one."""
+    if name in ("src_cfg", "tar_cfg"):
+        return CFG_RANGE
+    low, high = FlowEditParams(steps=steps, n_max=n_max).ranges()[name]
+    tops = [top for top in (high, APP_CAPS.get(name)) if top is not None]
+    if not tops:
+        raise ValueError(f"{name} has no upper bound, neither FlowEdit's nor the app's: a slider needs one")
+    return low, min(tops)
+
+
+def _check_app_caps(values: dict[str, float], steps: int, n_max: int) -> None:
+    """Refuse what is over the app's caps, quoting the control's range; below them FlowEdit decides."""
+    for name, cap in APP_CAPS.items():
+        value = values[name]
+        if value > cap:
+            low, high = slider_range(name, steps, n_max)
+            raise UserInputError(f"{LABELS[name]} must be between {low:g} and {high:g}, got {value:g}.")
+
+
+def side_limits(editor: FlowEditor) -> tuple[int, int]:
+    """(smallest, largest) long side the model takes: 4 patches up to what its position grid covers."""
+    smallest = editor.min_side or MIN_PATCHES * editor.factor
+    return smallest, editor.max_side
+
+
+def side_slider_range(kind: str) -> tuple[int, int, int]:
+    """(minimum, maximum, step) of the max-side slider for a model kind: a quarter to twice its
+    training resolution, in steps of its usual patch size (the loaded model clamps further)."""
+    resolution = KINDS[kind].resolution
+    step = 16 if resolution >= 256 else 8
+    return max(step, resolution // 4), resolution * 2, step
+
+
+def _max_side(controls: EditControls, editor: FlowEditor) -> int:
+    """The control's max side within what the model takes (the max side is the app's, not FlowEdit's)."""
+    smallest, largest = side_limits(editor)
+    max_side = _whole_number("max_side", controls.max_side)
+    if not smallest <= max_side <= 2**16:
+        raise UserInputError(f"{LABELS['max_side']} must be between {smallest} and {2**16}, got {max_side}.")
+    # the page's slider range comes from the model kind (known before the model loads); the loaded
+    # model's own limit wins: above it, use the limit
+    return min(max_side, largest)
+
+
+def params_from_controls(controls: EditControls, editor: FlowEditor) -> tuple[FlowEditParams, int]:
+    """(FlowEdit parameters, max side) from the controls; ``UserInputError`` naming the control to fix.
+
+    The parameters are not checked here: the editor checks them once per edit
+    (``FlowEditParams.check``), and the app shows a ``ParameterError`` on its control.
+    """
+    counts = {name: _whole_number(name, getattr(controls, name)) for name in ("steps", "n_max", "n_min", "n_avg")}
+    cfgs = {name: _number(name, getattr(controls, name)) for name in ("src_cfg", "tar_cfg")}
+    _check_app_caps({**counts, **cfgs}, counts["steps"], counts["n_max"])
+    seed = secrets.randbelow(MAX_SEED + 1) if controls.randomize_seed else _whole_number("seed", controls.seed)
+    params = FlowEditParams(**counts, **cfgs, seed=seed, guidance=controls.guidance,
+                            token_branches=controls.token_branches)
+    return params, _max_side(controls, editor)
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def preset_choices() -> list[tuple[str, str]]:
+    """(label, name) for the preset menu: the name and the two numbers people compare presets by."""
+    return [(f"{name} (n_max {preset.params.n_max}, tar CFG {preset.params.tar_cfg:g})", name)
+            for name, preset in PRESETS.items()]
+
+
+def default_preset(service: EditorService) -> str:
+    return default_preset_name(service.settings.kind, service.has_tokens)
+
+
+def controls_for_params(params: FlowEditParams, use_tokens: bool, base: EditControls) -> EditControls:
+    return dataclasses.replace(base, tar_cfg=params.tar_cfg, src_cfg=params.src_cfg, n_max=params.n_max,
+                               steps=params.steps, n_min=params.n_min, n_avg=params.n_avg, seed=params.seed,
+                               randomize_seed=False, guidance=params.guidance, token_branches=params.token_branches,
+                               use_tokens=use_tokens)
+
+
+def preset_controls(name: str, base: EditControls, has_tokens: bool) -> EditControls:
+    """``base`` with the preset's parameters (tokens on only when the preset wants them and the app has them)."""
+    if name not in PRESETS:
+        raise UserInputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    preset = get_preset(name)
+    return controls_for_params(preset.params, preset.use_tokens and has_tokens, base)
+
+
+def initial_controls(service: EditorService) -> EditControls:
+    """The controls at page load: the model's default preset, its resolution as max side."""
+    low, high, _ = service.side_range()
+    resolution = min(max(KINDS[service.settings.kind].resolution, low), high)
+    base = EditControls(source_prompt="", target_prompt="", max_side=resolution)
+    return preset_controls(default_preset(service), base, service.has_tokens)

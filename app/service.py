@@ -1,0 +1,234 @@
+"""The model behind the app: loading it (once, in the background or before serving), its status
+line, the sessions' cancel switches, the results folder and the example gallery.
+
+One ``EditorService`` per app; the handlers (``app/handlers.py``) receive it. The soft-token file
+is read and hashed once, by ``AppSettings.token_file``: the settings (for the model kind), the
+gallery (for its producer) and the editor share that read.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from app.controls import UserInputError, side_limits, side_slider_range
+from app.examples import Example, load_examples, produced_by
+from app.settings import AppSettings
+from editing.cli import safe_name
+from editing.editor import FlowEditor
+from softrepa.models import KINDS, load_pipeline
+from softrepa.runtime import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+MODEL_WAIT_S = 600.0  # how long an edit waits for a model that is still loading
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass
+class LoadedModel:
+    editor: FlowEditor
+    warnings: list[str] = field(default_factory=list)  # e.g. tokens that could not be loaded
+
+
+def load_editor(settings: AppSettings) -> LoadedModel:
+    """Load the pipeline and tokens of ``settings`` into a ``FlowEditor``.
+
+    Raises ``RuntimeError`` with a message for a person when the model cannot be loaded. A token
+    file that does not load or fit is not fatal: the app edits without tokens and says why.
+    """
+    spec = KINDS[settings.kind]
+    if settings.is_bundled_model and not Path(settings.model).is_dir():
+        raise RuntimeError(f"The bundled shapes model is not installed at {settings.model_label}. Build it with "
+                           "`python -m shapes.model build --out assets/shapes-sd3`, or start the app with "
+                           "--model <Hub id or folder> (SOFTREPA_MODEL on a Space).")
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    try:
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        pipe = load_pipeline(settings.model, settings.kind, dtype, device, without_t5=True if settings.no_t5 else None)
+    except Exception as exc:  # noqa: BLE001 - from_pretrained raises many types; all mean "cannot load this"
+        log.exception("loading %s failed", settings.model)
+        raise RuntimeError(f"Could not load the model {settings.model_label!r} ({type(exc).__name__}: {exc}). Give "
+                           "a local diffusers folder or a Hub id you can access (gated models need "
+                           "`huggingface-cli login`).") from exc
+    max_length = settings.max_sequence_length or spec.max_sequence_length
+    editor = FlowEditor(pipe, tokens=None, max_side=side_slider_range(settings.kind)[1],
+                        max_sequence_length=max_length, model_name=settings.model_label)
+    warnings = []
+    if settings.tokens is not None:
+        try:
+            editor.set_tokens(settings.token_file())  # the settings' one read of the file
+        except (OSError, ValueError, RuntimeError) as exc:
+            warnings.append(f"Soft tokens {Path(settings.tokens).name} could not be used ({exc}); editing without "
+                            "tokens.")
+    return LoadedModel(editor, warnings)
+
+
+@dataclass
+class ServiceStatus:
+    state: str  # "loading", "ready" or "failed"
+    message: str  # markdown for the page's status line
+
+
+class EditorService:
+    """Owns the model (loaded once, in the background or before serving), the cancel switches of the
+    sessions and the folder results are written to. One per app; handlers receive it."""
+
+    def __init__(self, settings: AppSettings, loader: Callable[[AppSettings], LoadedModel] = load_editor):
+        self.settings = settings
+        self._loader = loader
+        self._loaded: LoadedModel | None = None
+        self._error: str | None = None
+        self._ready = threading.Event()
+        self._load_lock = threading.Lock()
+        self._load_started: float | None = None
+        self.load_seconds: float | None = None
+        self._cancel: dict[str, threading.Event] = {}
+        self._cancel_lock = threading.Lock()
+        self._examples: list[Example] | None = None
+
+    # loading -----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the model now (idempotent, thread-safe); failures are kept for ``status``/``editor``."""
+        with self._load_lock:
+            if self._ready.is_set():
+                return
+            self._load_started = time.perf_counter()
+            try:
+                self._loaded = self._loader(self.settings)
+                log.info("model %s loaded in %.1f s", self.settings.model_label,
+                         time.perf_counter() - self._load_started)
+                for warning in self._loaded.warnings:
+                    log.warning("%s", warning)
+            except Exception as exc:  # noqa: BLE001 - the page shows the message; the server keeps serving
+                log.error("model not loaded: %s", exc)
+                self._error = str(exc)
+            finally:
+                self.load_seconds = time.perf_counter() - self._load_started
+                self._ready.set()
+
+    def start_loading(self) -> threading.Thread:
+        """Load in a background thread so the page is served while the model loads."""
+        thread = threading.Thread(target=self.load, name="softrepa-model-loader", daemon=True)
+        thread.start()
+        return thread
+
+    def status(self) -> ServiceStatus:
+        if not self._ready.is_set():
+            elapsed = time.perf_counter() - self._load_started if self._load_started else 0.0
+            return ServiceStatus("loading", f"**Loading** {self.settings.model_label} ... ({elapsed:.0f} s); edits "
+                                            "start when it is ready")
+        if self._loaded is None:
+            return ServiceStatus("failed", f"**Model not loaded:** {self._error}")
+        editor = self._loaded.editor
+        tokens = f"soft tokens {self._loaded_tokens_name()}" if editor.has_tokens else "no soft tokens"
+        device = str(editor.pipe.transformer.device)
+        dtype = str(editor.pipe.transformer.dtype).replace("torch.", "")
+        parts = [f"**Ready:** {self.settings.model_label} ({self.settings.kind}) on {device} ({dtype}), {tokens}, "
+                 f"loaded in {self.load_seconds:.1f} s"]
+        parts += [f"**Warning:** {w}" for w in self._loaded.warnings]
+        return ServiceStatus("ready", "  \n".join(parts))
+
+    def _loaded_tokens_name(self) -> str:
+        info = self._loaded.editor.tokens_info if self._loaded else None
+        return (info or {}).get("file") or "(in memory)"
+
+    def editor(self, timeout: float = MODEL_WAIT_S) -> FlowEditor:
+        """The loaded editor, waiting for a load in progress; ``UserInputError`` when there is none."""
+        if not self._ready.is_set() and self._load_started is None:
+            self.load()  # nobody started it (tests, API-only use): load in this thread
+        if not self._ready.wait(timeout):
+            raise UserInputError(f"The model is still loading after {timeout:.0f} s; try again in a moment.")
+        if self._loaded is None:
+            raise UserInputError(f"The model could not be loaded, so nothing can be edited: {self._error}")
+        return self._loaded.editor
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set() and self._loaded is not None
+
+    def side_range(self) -> tuple[int, int, int]:
+        """(minimum, maximum, step) of the max-side control: the loaded model's own limits, or the
+        kind's usual ones while it loads."""
+        if not self.is_ready:
+            return side_slider_range(self.settings.kind)
+        editor = self._loaded.editor
+        smallest, largest = side_limits(editor)
+        return smallest, largest, editor.factor
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether edits can use soft tokens: the loaded editor's, or the settings' while loading."""
+        if self.is_ready:
+            return self._loaded.editor.has_tokens
+        return self.settings.tokens is not None
+
+    # sessions ----------------------------------------------------------------
+
+    def begin_edit(self, session: str) -> threading.Event:
+        """A fresh cancel switch for ``session``'s next edit (an old Cancel press does not carry over)."""
+        event = threading.Event()
+        with self._cancel_lock:
+            self._cancel[session] = event
+        return event
+
+    def cancel(self, session: str) -> bool:
+        """Stop ``session``'s running edit at its next step; False when it has none."""
+        with self._cancel_lock:
+            event = self._cancel.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def end_edit(self, session: str, event: threading.Event) -> None:
+        with self._cancel_lock:
+            if self._cancel.get(session) is event:
+                del self._cancel[session]
+
+    def session_dir(self, session: str) -> Path:
+        """Results of one browser session (or API client); old sessions' folders are pruned here."""
+        root = self.settings.outputs_dir
+        root.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - self.settings.outputs_max_age_s
+        for old in root.iterdir():
+            try:
+                if old.is_dir() and old.stat().st_mtime < cutoff:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:  # another thread pruned it first
+                continue
+        folder = root / safe_name(session or "anonymous", 64)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    # examples ----------------------------------------------------------------
+
+    def examples(self) -> list[Example]:
+        """The gallery (computed once; results only when the running model made them)."""
+        if self._examples is None:
+            # the gallery is built before the model has loaded: the token file's hash from the settings' read
+            producer = produced_by(self.settings.model_label, self._tokens_sha256())
+            self._examples = load_examples(self.settings.examples_dir, self.settings.kind, producer,
+                                           self.settings.temp_dir / "examples")
+        return self._examples
+
+    def _tokens_sha256(self) -> str | None:
+        """The token file's sha256; None without tokens or when the file cannot be read (then no
+        precomputed results with tokens can be this app's)."""
+        try:
+            token_file = self.settings.token_file()
+        except (OSError, ValueError):
+            return None
+        return token_file.sha256 if token_file is not None else None
