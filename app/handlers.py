@@ -24,8 +24,8 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from app.controls import (LABELS, EditControls, UserInputError, controls_for_params, default_preset,
-                          parameter_message, params_from_controls, preset_controls)
+from app.controls import (LABELS, EditControls, UserInputError, controls_for_params, default_preset, parameter_message,
+                          params_from_controls, preset_controls)
 from app.examples import OUTPUT_KEYS
 from app.service import EditorService
 from editing.cli import safe_name

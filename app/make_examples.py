@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from app.settings import EXAMPLES_DIR, SettingsError, add_model_arguments, resolve_settings
 
 

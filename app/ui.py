@@ -28,8 +28,8 @@ from typing import Any, Callable
 import gradio as gr
 from gradio.components import Component
 
-from app.controls import (CFG_RANGE, CONTROL_NAMES, LABELS, MAX_SEED, EditControls, default_preset,
-                          initial_controls, preset_choices, preset_controls, slider_range)
+from app.controls import (CFG_RANGE, CONTROL_NAMES, LABELS, MAX_SEED, EditControls, default_preset, initial_controls,
+                          preset_choices, preset_controls, slider_range)
 from app.handlers import (EditOutcome, add_to_history, compare, edit, example_rows, history_entry, history_gallery,
                           reports_errors, select_example)
 from app.service import EditorService

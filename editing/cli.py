@@ -32,9 +32,9 @@ from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, Par
 from editing.inputs import DEFAULT_MAX_SIDE
 from editing.presets import PRESETS, default_preset_name, get_preset
 from editing.token_file import TokenFile
+from softrepa.images import ImageInputError
 from softrepa.models import KINDS, load_pipeline
 from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
-from softrepa.images import ImageInputError
 
 DEFAULT_MODEL = KINDS["sd3"].hub_id
 # command-line flag -> FlowEditParams field; None means "take the preset's value"

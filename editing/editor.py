@@ -47,7 +47,7 @@ from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, de
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_factor, model_max_side, prepare_image
 from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
-from softrepa.hooks import attach_tokens, AttachedTokens
+from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import write_png
 from softrepa.models import check_compatible
 from softrepa.tokens import SoftTokens

@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from softrepa.models import KINDS
-from softrepa.cli_types import int_at_least
 from evaluation.metrics import METRIC_ORDER, METRICS, MissingDependency, availability
 from evaluation.results import SettingsMismatch
+from softrepa.cli_types import int_at_least
+from softrepa.models import KINDS
 
 GUIDANCE_CHOICES = ("authors", "standard")
 

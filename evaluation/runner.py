@@ -33,12 +33,14 @@ from typing import Sequence
 import torch
 
 from evaluation.fid import InceptionFeatureCache
-from softrepa.runtime import SingleProcess, process_device as resolve_device, resolve_dtype
-from softrepa.tokens import file_sha256
 from evaluation.metrics import METRIC_ORDER, MissingDependency, build_metric, get_spec, resolved_model_ids
 from evaluation.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
-                                       package_versions, read_jsonl, write_json_atomically, write_jsonl_atomically)
+                                package_versions, read_jsonl, write_json_atomically, write_jsonl_atomically)
 from evaluation.tables import plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
+from softrepa.runtime import SingleProcess
+from softrepa.runtime import process_device as resolve_device
+from softrepa.runtime import resolve_dtype
+from softrepa.tokens import file_sha256
 
 logger = logging.getLogger("evaluation")
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from softrepa.models import get_kind
 from evaluation.datasets import CaptionItem, load_coco_captions
-from softrepa.models import load_pipeline
 from evaluation.runner import MetricSettings, Task, free_memory
 from softrepa.images import write_png
+from softrepa.models import get_kind, load_pipeline
 from softrepa.tokens import load_tokens
 
 METHODS = ("vanilla", "tokens")

@@ -26,16 +26,12 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from shapes.classifier import (
-    DEFAULT_CLASSIFIER_PATH,
-    ShapesClassifier,
-    load_classifier,
-    predict_scenes,
-    save_classifier,
-)
+from shapes.classifier import (DEFAULT_CLASSIFIER_PATH, ShapesClassifier, load_classifier, predict_scenes,
+                               save_classifier)
 from shapes.classifier_training import ClassifierTrainConfig, evaluate_classifier, train_classifier
 from shapes.scenes import Scene, ShapesWorldConfig
 from shapes.statements import check
+
 
 def _ratio(hits: int, total: int) -> float | None:
     return hits / total if total else None

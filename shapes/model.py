@@ -408,8 +408,8 @@ def sample_sheet_of_model(model: str | None, out: str | os.PathLike, n: int = 16
     """Generate held-out (val split) captions with the model and write them as a captioned grid
     (the layout of ``python -m shapes.world sheet``), image i from seed i."""
     from shapes.world import generate_samples, sample_sheet
-    from softrepa.models import load_pipeline
     from softrepa.generate import generate_images
+    from softrepa.models import load_pipeline
     from softrepa.runtime import resolve_device
 
     pipe = load_pipeline(model, "shapes-sd3", device=resolve_device(device))

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from softrepa.hooks import attach_tokens
-from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
 from softrepa.images import write_png
+from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
 from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 

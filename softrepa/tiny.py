@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import json
 import os
 from pathlib import Path
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import dataclasses
 import struct
+import sys
 import zlib
 from pathlib import Path
 

@@ -13,10 +13,9 @@ from PIL import Image
 from editing import cli
 from editing.editor import METADATA_KEY, FlowEditor, read_png_metadata
 from editing.flowedit import FlowEditParams
-from softrepa.tokens import new_tokens
 from softrepa.images import write_png
 from softrepa.tiny import tiny_sd3_pipeline
-from softrepa.tokens import file_sha256, save_tokens
+from softrepa.tokens import file_sha256, new_tokens, save_tokens
 
 FAST = ["--steps", "6", "--n-max", "3", "--device", "cpu", "--dtype", "float32"]
 

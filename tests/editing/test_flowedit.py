@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from editing.editor import FlowEditor
-from editing.flowedit import (FlowEditParams, ParameterError, encode_image, flowedit_latents, source_and_target,
-                              encode_prompt)
+from editing.flowedit import (FlowEditParams, ParameterError, encode_image, encode_prompt, flowedit_latents,
+                              source_and_target)
 from editing.inputs import prepare_image
-from editing.presets import PRESETS, get_preset, register_preset, Preset
-from softrepa.tokens import new_tokens
+from editing.presets import PRESETS, Preset, get_preset, register_preset
 from softrepa.images import ImageInputError
 from softrepa.tiny import tiny_sd3_pipeline
+from softrepa.tokens import new_tokens
 
 SMALL = dict(steps=8, n_max=5, src_cfg=3.5, tar_cfg=7.0, seed=3)
 

@@ -26,11 +26,11 @@ from PIL import Image
 from evaluation import fid as fid_module
 from evaluation.cli import main, parse_args
 from evaluation.datasets import load_coco_captions, load_edit_pairs
-from evaluation.fid import (FID_INSTALL, InceptionFeatures, feature_statistics, fid_from_features,
-                                   frechet_distance, trace_sqrt_product, trace_sqrt_product_from_samples)
+from evaluation.fid import (FID_INSTALL, InceptionFeatures, feature_statistics, fid_from_features, frechet_distance,
+                            trace_sqrt_product, trace_sqrt_product_from_samples)
 from evaluation.image_tensors import to_lpips_input
-from evaluation.metrics import (METRICS, ClipSimilarity, LpipsDistance, MissingDependency, build_metric,
-                                       require, resolved_model_ids)
+from evaluation.metrics import (METRICS, ClipSimilarity, LpipsDistance, MissingDependency, build_metric, require,
+                                resolved_model_ids)
 from evaluation.results import ScoreStore, missing_keys
 from evaluation.tables import PALETTE, plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
 

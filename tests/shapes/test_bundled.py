@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from softrepa.models import KINDS
 from softrepa.generate import generate_images
+from softrepa.models import KINDS
 from softrepa.tokens import load_tokens
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"

@@ -9,8 +9,8 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 from safetensors import safe_open
 
-from shapes.model import (MAX_SEQUENCE_LENGTH, ShapesModelConfig, build, build_components, encode_text,
-                                   main, render_training_set, tokenize)
+from shapes.model import (MAX_SEQUENCE_LENGTH, ShapesModelConfig, build, build_components, encode_text, main,
+                          render_training_set, tokenize)
 
 TINY = dict(train_samples=24, vae_steps=2, vae_batch=4, decoder_steps=2, steps=3, batch=4, warmup=1,
             num_layers=1, heads=2, head_dim=8, text_width=16, checkpoint_every=1, threads=1, device="cpu")

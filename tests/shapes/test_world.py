@@ -13,31 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from shapes import judge as shapes_eval
 from shapes import world as shapes
-from shapes.classifier import (
-    DEFAULT_CLASSIFIER_PATH,
-    classifier_metadata,
-    load_classifier,
-    predict_logits,
-    predict_scenes,
-    save_classifier,
-)
+from shapes.classifier import (DEFAULT_CLASSIFIER_PATH, classifier_metadata, load_classifier, predict_logits,
+                               predict_scenes, save_classifier)
 from shapes.classifier_training import evaluate_classifier
 from shapes.rendering import render
-from shapes.scenes import (
-    ATTRIBUTES,
-    FILLS,
-    GRAMMARS,
-    SIZES,
-    Scene,
-    ShapeObject,
-    ShapesWorldConfig,
-    random_scene,
-    scene_split,
-)
+from shapes.scenes import (ATTRIBUTES, FILLS, GRAMMARS, SIZES, Scene, ShapeObject, ShapesWorldConfig, random_scene,
+                           scene_split)
 from shapes.statements import check
 from shapes.world import generate_samples, make_edit_pairs
-from shapes import judge as shapes_eval
 from softrepa.data import open_dataset
 
 # Seeds that neither the shipped classifier's training (purpose "classifier", seed 0) nor its

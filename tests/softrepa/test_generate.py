@@ -8,11 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from softrepa.tokens import new_tokens
 from softrepa.cache import encode_prompts, free_text_encoders
 from softrepa.generate import generate_images, main, resolve_model
 from softrepa.tiny import save_tiny_pipeline, tiny_sd3_pipeline
-from softrepa.tokens import file_sha256, save_tokens
+from softrepa.tokens import file_sha256, new_tokens, save_tokens
 
 
 def visible_tokens(pipe):

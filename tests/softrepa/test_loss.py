@@ -6,14 +6,13 @@ import math
 import pytest
 import torch
 
-from softrepa.hooks import attach_tokens
-from softrepa.models import get_kind
-from softrepa.tokens import new_tokens
 from softrepa.cache import encode_prompts
+from softrepa.hooks import attach_tokens
 from softrepa.loss import DiffusionObjective, LossConfig, softrepa_loss, tau_of_t
+from softrepa.models import get_kind
 from softrepa.pairs import PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
 from softrepa.tiny import tiny_pipeline
-
+from softrepa.tokens import new_tokens
 
 # ----------------------------------------------------------------------------- the loss itself
 

@@ -10,11 +10,10 @@ import torch
 
 from softrepa.atomic import TEMP_GLOB
 from softrepa.hooks import attach_tokens
-from softrepa.models import check_compatible, KINDS
-from softrepa.tokens import init_from_null_prompt, new_tokens, tokens_config_for
+from softrepa.models import KINDS, check_compatible
 from softrepa.tiny import tiny_pipeline, tiny_sd3_transformer
-from softrepa.tokens import (SoftTokens, SoftTokensConfig, count_parameters, load_tokens, main as tokens_main,
-                             save_tokens, timestep_bins)
+from softrepa.tokens import (SoftTokens, SoftTokensConfig, count_parameters, init_from_null_prompt, load_tokens,
+                             main as tokens_main, new_tokens, save_tokens, timestep_bins, tokens_config_for)
 
 
 @pytest.fixture(scope="module")

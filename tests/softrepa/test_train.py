@@ -11,14 +11,13 @@ import torch
 from PIL import Image
 
 from softrepa.batches import BatchSource
-from softrepa.hooks import attach_tokens
-from softrepa.tokens import new_tokens
 from softrepa.cache import FeatureCache, build_cache, encode_latents, encode_prompts, model_fingerprint
 from softrepa.data import DatasetError, epoch_order, load_coco, load_image_tensor, open_dataset
+from softrepa.hooks import attach_tokens
 from softrepa.loss import DiffusionObjective, LossConfig
 from softrepa.pairs import PairBatch, draw_noise
 from softrepa.tiny import tiny_sd3_pipeline
-from softrepa.tokens import load_tokens
+from softrepa.tokens import load_tokens, new_tokens
 from softrepa.train import NonFiniteLossError, TrainConfig, evaluate_pairs, parse_args, train
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "black": (0, 0, 0), "green": (0, 255, 0)}
@@ -251,7 +250,7 @@ def test_two_processes_with_gathered_captions_match_one_process(tmp_path, colour
     import subprocess
     import sys
 
-    from softrepa.tiny import REPO_ROOT, save_tiny_pipeline
+    from softrepa.tiny import save_tiny_pipeline
 
     model = save_tiny_pipeline("sd3", tmp_path / "tiny-sd3")
     common = ["-m", "softrepa.train", "--model", str(model), "--data", str(colours), "--cache-dir",
