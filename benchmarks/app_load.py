@@ -11,6 +11,7 @@ shapes-world picture with the app's default settings (the model's preset, tokens
 has them). Every edit must come back. Prints a table per client and ends with::
 
     RESULT cold_start_s=<x> edit_s=<median seconds of one edit on the server> completed=<n>/<clients x edits>
+           model=<shapes-sd3 | tiny-sd3 | --model> clients=<c> edits=<e>
 
 Goals (bundled shapes model, 2 CPU cores): cold start <= 15 s, edit <= 3 s, all edits complete.
 """
@@ -52,9 +53,8 @@ def tiny_model(folder: Path) -> list[str]:
     """Write the tiny random-weight SD3 and its tokens; the app flags that serve them."""
     import torch
 
-    from softrepa.tokens import new_tokens
     from softrepa.tiny import save_tiny_pipeline, tiny_sd3_pipeline
-    from softrepa.tokens import save_tokens
+    from softrepa.tokens import new_tokens, save_tokens
 
     save_tiny_pipeline("sd3", folder / "tiny-sd3")
     torch.manual_seed(5)
@@ -64,13 +64,14 @@ def tiny_model(folder: Path) -> list[str]:
             "--max-sequence-length", "8"]
 
 
-def model_flags(args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
+def model_flags(args: argparse.Namespace, work: Path) -> tuple[str, str, list[str]]:
+    """(name for RESULT, description, the app's model flags)."""
     if args.model:
         flags = ["--model", args.model] + (["--kind", args.kind] if args.kind else [])
-        return args.model, flags + (["--tokens", args.tokens] if args.tokens else [])
+        return "".join(args.model.split()), args.model, flags + (["--tokens", args.tokens] if args.tokens else [])
     if BUNDLED_MODEL_DIR.is_dir():
-        return "bundled shapes model (assets/shapes-sd3)", []
-    return "tiny random-weight SD3 (the bundled shapes model is not built yet)", tiny_model(work)
+        return "shapes-sd3", "shapes-sd3 (the bundled shapes model, assets/shapes-sd3)", []
+    return "tiny-sd3", "tiny-sd3 (tiny random-weight SD3; the bundled shapes model is not built yet)", tiny_model(work)
 
 
 def edit_inputs(count: int, work: Path) -> list[tuple[str, str, str]]:
@@ -127,57 +128,65 @@ def wait_until_served(url: str, process: subprocess.Popen, deadline: float) -> N
     raise RuntimeError("the app did not start in time")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def cold_start(url: str, work: Path, started: float, process: subprocess.Popen,
+               first_input: tuple[str, str, str]) -> float:
+    """Seconds from process start to the first served edit; prints what the server logged on the way."""
     from gradio_client import Client, handle_file
 
-    with tempfile.TemporaryDirectory(prefix="app-load-") as tmp:
-        work = Path(tmp)
-        model_name, flags = model_flags(args, work)
-        inputs = edit_inputs(max(args.clients, 1), work)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/"
-        command = [sys.executable, str(REPO / "app.py"), "--port", str(port), "--temp-dir", str(work / "app"), *flags]
-        if args.threads:
-            command += ["--threads", str(args.threads)]
-        print(f"model: {model_name}")
-        print(f"server: {' '.join(command[1:])}")
-        server_log = (work / "server.log").open("w")
+    wait_until_served(url, process, started + STARTUP_TIMEOUT_S)
+    served_s = time.perf_counter() - started
+    image, source_prompt, target_prompt = first_input
+    first = Client(url, verbose=False).predict(image=handle_file(image), source_prompt=source_prompt,
+                                               target_prompt=target_prompt, api_name="/edit")
+    cold_start_s = time.perf_counter() - started
+    loaded = [line.split(": ", 1)[-1] for line in (work / "server.log").read_text().splitlines()
+              if "loaded in" in line]
+    print(f"page served after {served_s:.1f} s; {'; '.join(loaded) or 'model load time not logged'}; first "
+          f"edit served after {cold_start_s:.1f} s (that edit: {first[4]['seconds']:.2f} s on the server)\n")
+    return cold_start_s
+
+
+def load_test(url: str, inputs: list[tuple[str, str, str]], args: argparse.Namespace) -> tuple[list[ClientLog], float]:
+    """Every client's log and the seconds until the last client finished."""
+    logs = [ClientLog() for _ in range(args.clients)]
+    barrier = threading.Barrier(args.clients)
+    threads = [threading.Thread(target=run_client, args=(url, inputs[i % len(inputs)], args.edits, logs[i], barrier))
+               for i in range(args.clients)]
+    load_started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return logs, time.perf_counter() - load_started
+
+
+def serve_and_load(args: argparse.Namespace, work: Path, flags: list[str],
+                   inputs: list[tuple[str, str, str]]) -> tuple[float, list[ClientLog], float]:
+    """Start the app, time its cold start, run the load test, stop it: (cold start s, logs, load s)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, str(REPO / "app.py"), "--port", str(port), "--temp-dir", str(work / "app"), *flags]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    print(f"server: {' '.join(command[1:])}")
+    with (work / "server.log").open("w") as server_log:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=REPO, stdout=server_log, stderr=subprocess.STDOUT)
         try:
-            wait_until_served(url, process, started + STARTUP_TIMEOUT_S)
-            served_s = time.perf_counter() - started
-            image, source_prompt, target_prompt = inputs[0]
-            first = Client(url, verbose=False).predict(image=handle_file(image), source_prompt=source_prompt,
-                                                       target_prompt=target_prompt, api_name="/edit")
-            cold_start_s = time.perf_counter() - started
-            server_log.flush()
-            loaded = [line.split(": ", 1)[-1] for line in (work / "server.log").read_text().splitlines()
-                      if "loaded in" in line]
-            print(f"page served after {served_s:.1f} s; {'; '.join(loaded) or 'model load time not logged'}; first "
-                  f"edit served after {cold_start_s:.1f} s (that edit: {first[4]['seconds']:.2f} s on the server)\n")
-
-            logs = [ClientLog() for _ in range(args.clients)]
-            barrier = threading.Barrier(args.clients)
-            threads = [threading.Thread(target=run_client, args=(url, inputs[i % len(inputs)], args.edits, logs[i],
-                                                                 barrier)) for i in range(args.clients)]
-            load_started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            load_s = time.perf_counter() - load_started
+            cold_start_s = cold_start(url, work, started, process, inputs[0])
+            logs, load_s = load_test(url, inputs, args)
         except Exception:
-            server_log.flush()
             print((work / "server.log").read_text()[-4000:], file=sys.stderr)
             raise
         finally:
             process.terminate()
             process.wait(timeout=30)
-            server_log.close()
+    return cold_start_s, logs, load_s
 
-    print(f"{'client':>6} {'done':>5} {'edit s (server)':>16} {'latency s (min/median/max)':>28}  errors")
+
+def report(name: str, args: argparse.Namespace, cold_start_s: float, logs: list[ClientLog], load_s: float) -> bool:
+    """Print the per-client table and the RESULT line; True when every edit came back."""
+    print(f"{'client':>6} {'done':>5} {'edit s (server)':>16} {'latency s (min/median/max)':>28}  errors   ({name})")
     for index, log in enumerate(logs):
         edit = f"{statistics.median(log.edit_seconds):.2f}" if log.edit_seconds else "-"
         latency = (f"{min(log.latencies):.1f} / {statistics.median(log.latencies):.1f} / {max(log.latencies):.1f}"
@@ -192,8 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{completed} edits in {load_s:.1f} s ({completed / load_s:.2f} edits/s, one at a time on the "
               f"device); latency median {statistics.median(all_latencies):.1f} s, max {max(all_latencies):.1f} s "
               "(queue wait included)")
-    print(f"RESULT cold_start_s={cold_start_s:.1f} edit_s={edit_s:.2f} completed={completed}/{total}")
-    return 0 if completed == total else 1
+    print(f"RESULT cold_start_s={cold_start_s:.1f} edit_s={edit_s:.2f} completed={completed}/{total} model={name} "
+          f"clients={args.clients} edits={args.edits}")
+    return completed == total
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="app-load-") as tmp:
+        work = Path(tmp)
+        name, described, flags = model_flags(args, work)
+        inputs = edit_inputs(max(args.clients, 1), work)
+        print(f"model: {described}")
+        cold_start_s, logs, load_s = serve_and_load(args, work, flags, inputs)
+    return 0 if report(name, args, cold_start_s, logs, load_s) else 1
 
 
 if __name__ == "__main__":

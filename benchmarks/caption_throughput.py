@@ -9,7 +9,8 @@ time is not counted; each setting runs on a fresh output file and the best of
 
     python benchmarks/caption_throughput.py [--images 16] [--repeats 2] [--device cpu] [--threads 1]
 
-Ends with one line ``RESULT batch_speedup=<images/s at batch 8 / images/s at batch 1>``.
+Ends with one line ``RESULT batch_speedup=<images/s at batch 8 / images/s at batch 1> model=tiny-random-llava-llama
+images=<n> threads=<t>`` (the models are always these tiny random ones).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from PIL import Image
 
 from data_prep import caption as cap
 from data_prep.tiny_models import build_tiny_llama, build_tiny_llava
+
+MODEL_NAME = "tiny-random-llava-llama"
 
 
 def make_images(folder: Path, count: int) -> None:
@@ -46,7 +48,7 @@ def time_run(images: Path, out: Path, batch_size: int, captioner, rewriter) -> f
     return elapsed
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16, help="number of images per run")
     parser.add_argument("--repeats", type=int, default=2, help="runs per batch size (best is kept)")
@@ -54,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=24, help="per stage")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 avoids OpenMP spinning on a shared machine")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # rejects of random text are expected; keep output clean
 
     import torch
@@ -78,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             results[batch_size] = args.images / best
 
-    print(f"caption pipeline throughput: tiny random LLaVA + Llama, {args.images} images of 1020x678, "
+    print(f"model: {MODEL_NAME} (tiny random-weight LLaVA + Llama from data_prep/tiny_models.py)")
+    print(f"caption pipeline throughput: {args.images} images of 1020x678, "
           f"{args.max_new_tokens} new tokens max per stage, device {device} "
           f"({torch.get_num_threads()} threads), best of {args.repeats}")
-    print(f"{'batch':>5}  {'images':>6}  {'seconds':>8}  {'images/s':>8}")
+    print(f"{'batch':>5}  {'images':>6}  {'seconds':>8}  {'images/s':>8}   ({MODEL_NAME})")
     for batch_size, rate in results.items():
         print(f"{batch_size:>5}  {args.images:>6}  {args.images / rate:>8.2f}  {rate:>8.2f}")
-    print(f"RESULT batch_speedup={results[8] / results[1]:.2f}")
+    print(f"RESULT batch_speedup={results[8] / results[1]:.2f} model={MODEL_NAME} images={args.images} "
+          f"threads={torch.get_num_threads()}")
     return 0
 
 

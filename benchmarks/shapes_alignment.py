@@ -15,8 +15,9 @@ and the mean absolute pixel distance to the source; a PNG plot of success vs pre
     python benchmarks/shapes_alignment.py            # 500 captions, 100 edit pairs
     python benchmarks/shapes_alignment.py --quick    # a few minutes
 
-Ends with ``RESULT base_full_acc=.. tokens_full_acc=.. base_fid=.. tokens_fid=.. edit_success_base=.. edit_success_tokens=..``
-(edit success at the preset's target CFG).
+Ends with ``RESULT base_full_acc=.. tokens_full_acc=.. base_fid=.. tokens_fid=.. edit_success_base=.. edit_success_tokens=..
+model=<shapes-sd3 | --model> tokens=<token file name> n=<captions> edits=<pairs>`` (edit success at the preset's
+target CFG).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 
-from shapes.world import generate_samples, make_edit_pairs
-from softrepa.models import KINDS, load_pipeline
-from softrepa.generate import generate_images
-from softrepa.runtime import resolve_device
 from shapes.judge import load_classifier, predict_scenes, score
+from shapes.world import generate_samples, make_edit_pairs
+from softrepa.generate import generate_images
+from softrepa.models import KINDS, load_pipeline
+from softrepa.runtime import resolve_device
 from softrepa.tokens import load_tokens
 
 KIND = "shapes-sd3"
@@ -64,6 +66,12 @@ def parse_args(argv=None):
     if args.quick:
         args.n, args.edits, args.tar_cfgs = 64, 16, [2.0, 5.0]
     return args
+
+
+def model_name(model: str) -> str:
+    """``shapes-sd3`` for the bundled folder, else ``--model`` without spaces (for the RESULT line)."""
+    bundled = Path(KINDS[KIND].hub_id).resolve() == Path(model).resolve()
+    return KIND if bundled else "".join(model.split())
 
 
 def fid_against_renders(generated, renders) -> float:
@@ -145,8 +153,9 @@ def editing(pipe, tokens, pairs, args) -> dict:
             for tar_cfg in args.tar_cfgs:
                 params = preset.replace(tar_cfg=tar_cfg, n_max=n_max)
                 start = time.perf_counter()
+                bar = tqdm(pairs, desc=f"edit {method} n_max {n_max} cfg {tar_cfg:g}", leave=False)
                 edited = [editor.edit(p["source_image"], p["source_prompt"], p["target_prompt"], params,
-                                      use_tokens=use_tokens).image for p in pairs]
+                                      use_tokens=use_tokens).image for p in bar]
                 entry = {"n_max": n_max, "tar_cfg": tar_cfg, "seconds": time.perf_counter() - start,
                          **edit_metrics(edited, pairs, classifier)}
                 results.setdefault(method, []).append(entry)
@@ -183,7 +192,9 @@ def main(argv=None) -> dict:
     results = {"settings": {k: v for k, v in vars(args).items()}, "t2i": t2i, "edit": edits}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
-    print("\n| method | attribute acc | count acc | full-prompt acc | FID vs renders |")
+    name = model_name(args.model)
+    print(f"\nmodel: {name} ({args.model}); tokens: {args.tokens}; {args.n} captions, {args.edits} edit pairs")
+    print(f"| method ({name}) | attribute acc | count acc | full-prompt acc | FID vs renders |")
     print("|---|---|---|---|---|")
     for method, entry in t2i.items():
         o = entry["overall"]
@@ -215,7 +226,8 @@ def main(argv=None) -> dict:
     print(f"RESULT base_full_acc={t2i['base']['overall']['full_prompt_acc']:.3f} "
           f"tokens_full_acc={t2i['tokens']['overall']['full_prompt_acc']:.3f} base_fid={fid['base']} "
           f"tokens_fid={fid['tokens']} edit_success_base={success_at_preset('base'):.3f} "
-          f"edit_success_tokens={success_at_preset('tokens'):.3f}")
+          f"edit_success_tokens={success_at_preset('tokens'):.3f} model={name} "
+          f"tokens={''.join(Path(args.tokens).name.split())} n={args.n} edits={args.edits}")
     return results
 
 

@@ -14,12 +14,12 @@ exactly one attribute of one object changed), per timestep t, with the training 
 With ``--tokens`` the same images, t and noise run again with the tokens attached: did they widen
 the gaps, and what did that cost in err_pos (the denoising the sampler relies on)?
 
-    PYTHONPATH=. python benchmarks/shapes_caption_signal.py
-    PYTHONPATH=. python benchmarks/shapes_caption_signal.py --tokens assets/shapes-sd3-softrepa.safetensors
+    python benchmarks/shapes_caption_signal.py
+    python benchmarks/shapes_caption_signal.py --tokens assets/shapes-sd3-softrepa.safetensors
 
 Prints one table row per t (and method); ends with
-``RESULT base_err_pos=.. base_hard_gap=.. base_hard_wins=.. [tokens_err_pos=.. tokens_hard_gap=.. tokens_hard_wins=..]``
-(means over the timesteps).
+``RESULT base_err_pos=.. base_hard_gap=.. base_hard_wins=.. [tokens_err_pos=.. tokens_hard_gap=.. tokens_hard_wins=..]
+model=<shapes-sd3 | --model> tokens=<token file name | none> pairs=<n>`` (means over the timesteps).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 
+from shapes.model import to_unit
 from shapes.world import make_edit_pairs
-from softrepa.hooks import attach_tokens
-from softrepa.models import KINDS, load_pipeline
 from softrepa.cache import encode_latents, encode_prompts
 from softrepa.cli_types import int_at_least
+from softrepa.hooks import attach_tokens
 from softrepa.loss import DiffusionObjective
+from softrepa.models import KINDS, load_pipeline
 from softrepa.pairs import NoiseDraw, PairBatch, PairScorer
-from shapes.model import to_unit
 from softrepa.tokens import load_tokens
 
 KIND = "shapes-sd3"
@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         parser.error(f"--timesteps must lie in [0, 999], got {bad}")
     return args
+
+
+def model_name(model: str) -> str:
+    """``shapes-sd3`` for the bundled folder, else ``--model`` without spaces (for the RESULT line)."""
+    bundled = Path(KINDS[KIND].hub_id).resolve() == Path(model).resolve()
+    return KIND if bundled else "".join(model.split())
 
 
 @torch.no_grad()
@@ -104,7 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tokens:
         methods["tokens"] = attach_tokens(pipe, load_tokens(args.tokens, model=pipe), enabled=False)
     results: dict[str, list[dict]] = {}
-    print("\n| method | t | err_pos | hard gap | random gap | hard wins | random wins |")
+    name, tokens_name = model_name(args.model), Path(args.tokens).name if args.tokens else "none"
+    print(f"\nmodel: {name} ({args.model}); tokens: {tokens_name}; {len(pairs)} held-out edit pairs")
+    print(f"| method ({name}) | t | err_pos | hard gap | random gap | hard wins | random wins |")
     print("|---|---|---|---|---|---|---|")
     for method, attached in methods.items():
         results[method] = []
@@ -120,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['hard_wins']:.2f} | {row['random_wins']:.2f} |", flush=True)
     summary = {f"{method}_{key}": float(np.mean([row[key] for row in rows]))
                for method, rows in results.items() for key in ("err_pos", "hard_gap", "hard_wins")}
-    print("RESULT " + " ".join(f"{key}={value:.4f}" for key, value in summary.items()))
+    print("RESULT " + " ".join(f"{key}={value:.4f}" for key, value in summary.items())
+          + f" model={name} tokens={''.join(tokens_name.split())} pairs={len(pairs)}")
     return {"rows": results, "summary": summary}
 
 

@@ -7,7 +7,8 @@ in machine load hits both alike; medians over the repeats.
 
     python benchmarks/token_overhead.py [--blocks 4] [--repeats 7] [--device cpu] [--dtype float32]
 
-Ends with ``RESULT overhead_pct=<x>``.
+Ends with ``RESULT overhead_pct=<x> model=random-sd3-<blocks>x1536 tokens_layers=<L> batch=<b> dtype=<dtype>``
+(the model is always this random-weight transformer; ``--blocks`` sets its depth).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 
 import torch
 from diffusers import SD3Transformer2DModel
+from tqdm.auto import tqdm
 
 from softrepa.hooks import attach_tokens
 from softrepa.tokens import new_tokens
@@ -65,21 +67,24 @@ def main(argv=None) -> float:
         for flag in (True, False):  # warm-up both paths
             with attached.switch(flag):
                 timed()
-        for _ in range(args.repeats):
+        for _ in tqdm(range(args.repeats), desc="token overhead", leave=False):
             for name, flag in (("on", True), ("off", False)):
                 with attached.switch(flag):
                     times[name].append(timed())
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     overhead = 100.0 * (on - off) / off
-    print(f"SD3-shaped transformer: {args.blocks} blocks x 1536 wide, 1024 image + 333 text tokens, "
-          f"batch {args.batch}, {args.device} {args.dtype}, m=4, L={tokens.config.num_layers}")
-    print(f"| tokens | median s/forward | min | max |")
+    model_name = f"random-sd3-{args.blocks}x1536"
+    print(f"model: {model_name} (SD3-shaped transformer, random weights: {args.blocks} blocks x 1536 wide, 24 heads; "
+          f"1024 image + 333 text tokens), batch {args.batch}, {args.device} {args.dtype}, m=4, "
+          f"L={tokens.config.num_layers}")
+    print(f"| tokens ({model_name}) | median s/forward | min | max |")
     print(f"|---|---|---|---|")
     for name in ("off", "on"):
         print(f"| {name} | {statistics.median(times[name]):.4f} | {min(times[name]):.4f} | {max(times[name]):.4f} |")
     # the minimum is the least load-sensitive statistic on a shared machine; shown beside the median
     print(f"overhead of the fastest runs: {100.0 * (min(times['on']) - min(times['off'])) / min(times['off']):.2f} %")
-    print(f"RESULT overhead_pct={overhead:.2f}")
+    print(f"RESULT overhead_pct={overhead:.2f} model={model_name} tokens_layers={tokens.config.num_layers} "
+          f"batch={args.batch} dtype={args.dtype}")
     return overhead
 
 

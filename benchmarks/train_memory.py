@@ -21,7 +21,7 @@ of ``--repeats`` per mode (the machine is shared: the minimum is the least distu
 alternating keeps load drifts from favouring one mode).
 
 Ends with ``RESULT mem_ratio_b16_b4=<chunked peak at B=16 / at B=4> speed_ratio=<chunked pairs/s /
-naive pairs/s at B=8>``.
+naive pairs/s at B=8> model=random-sd3-4x128 pair_chunk=<chunk>`` (the model is always this one).
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "random-sd3-4x128"
+MODEL_DESCRIBED = (f"{MODEL_NAME} (SD3-shaped transformer, random weights: 4 joint blocks x 128 wide, 4 heads; "
+                   "256 image + 93 text tokens; soft tokens m 4 on 3 blocks; float32, 1 thread)")
 
 
 def _status_kb(field: str) -> int:
@@ -52,9 +57,9 @@ def _setup(batch: int):
     from diffusers import SD3Transformer2DModel
 
     from softrepa.hooks import attach_tokens
-    from softrepa.tokens import new_tokens
     from softrepa.loss import DiffusionObjective, LossConfig
     from softrepa.pairs import PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
+    from softrepa.tokens import new_tokens
 
     torch.manual_seed(0)
     model = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=4,
@@ -118,14 +123,18 @@ def run_worker(kind: str, batch: int, pair_chunk: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--pair-chunk", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", choices=("memory", "speed"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.worker == "memory":
         print(json.dumps(memory_worker(args.batch, args.pair_chunk)))
         return 0
@@ -134,21 +143,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     rows: dict[tuple[int, str], dict] = {}
-    print(f"{'B':>3} {'pairs':>5} {'mode':>8} {'peak MB':>9} {'step s':>8} {'pairs/s':>8}")
-    for batch in args.sizes:
+    print(f"model: {MODEL_DESCRIBED}; pair_chunk {args.pair_chunk}, fastest of {args.repeats}")
+    print(f"{'B':>3} {'pairs':>5} {'mode':>8} {'peak MB':>9} {'step s':>8} {'pairs/s':>8}   ({MODEL_NAME})", flush=True)
+    for batch in tqdm(args.sizes, desc="batch sizes", leave=False):
         speed = run_worker("speed", batch, args.pair_chunk, args.repeats)
         for mode, chunk in (("naive", 0), ("chunked", args.pair_chunk)):
             peak = run_worker("memory", batch, chunk, 1)["peak_mb"]
             r = rows[batch, mode] = {"peak_mb": peak, "seconds": speed[mode],
                                      "pairs_per_s": batch * batch / speed[mode]}
-            print(f"{batch:>3} {batch * batch:>5} {mode:>8} {peak:>9.1f} {r['seconds']:>8.3f} {r['pairs_per_s']:>8.1f}",
-                  flush=True)
+            tqdm.write(f"{batch:>3} {batch * batch:>5} {mode:>8} {peak:>9.1f} {r['seconds']:>8.3f} "
+                       f"{r['pairs_per_s']:>8.1f}", file=sys.stdout)
     mem_ratio = speed_ratio = float("nan")
     if (16, "chunked") in rows and (4, "chunked") in rows:
         mem_ratio = rows[16, "chunked"]["peak_mb"] / rows[4, "chunked"]["peak_mb"]
     if (8, "chunked") in rows:
         speed_ratio = rows[8, "chunked"]["pairs_per_s"] / rows[8, "naive"]["pairs_per_s"]
-    print(f"RESULT mem_ratio_b16_b4={mem_ratio:.3f} speed_ratio={speed_ratio:.3f}")
+    print(f"RESULT mem_ratio_b16_b4={mem_ratio:.3f} speed_ratio={speed_ratio:.3f} model={MODEL_NAME} "
+          f"pair_chunk={args.pair_chunk}")
     return 0
 
 
