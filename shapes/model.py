@@ -251,7 +251,7 @@ def encode_text(pipe, ids: torch.Tensor, max_sequence_length: int = MAX_SEQUENCE
     transformer): both CLIP encoders read the same ids (the build uses one tokenizer for both),
     their penultimate hidden states are concatenated and zero-padded to the transformer's
     joint width, followed by ``max_sequence_length`` zero tokens standing in for T5; pooled =
-    both projections. tests/test_shapes_model.py checks it equals ``encode_prompt``.
+    both projections. tests/shapes/test_model.py checks it equals ``encode_prompt``.
 
     ids: (B, TEXT_MAX_LENGTH) -> prompt_embeds (B, TEXT_MAX_LENGTH + max_sequence_length, D), pooled (B, P)
     """

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shapes import judge as shapes_eval
+from shapes import judge
 from shapes import world as shapes
 from shapes.classifier import (DEFAULT_CLASSIFIER_PATH, classifier_metadata, load_classifier, predict_logits,
                                predict_scenes, save_classifier)
@@ -248,7 +248,7 @@ def test_shipped_classifier_accuracy_on_heldout_renders(classifier):
 
 def test_score_on_ground_truth_renders(classifier):
     samples = generate_samples(200, seed=HELDOUT_SEED + 1, split="val")
-    result = shapes_eval.score([s["image"] for s in samples], samples, classifier)
+    result = judge.score([s["image"] for s in samples], samples, classifier)
     assert result["overall"]["n"] == 200
     assert result["overall"]["full_prompt_acc"] >= 0.95, result
     assert set(result["per_grammar"]) == set(GRAMMARS)
@@ -256,7 +256,7 @@ def test_score_on_ground_truth_renders(classifier):
         assert {"full_prompt_acc", "attribute_acc", "count_acc", "spatial_acc", "background_acc"} <= metrics.keys()
     assert result["per_grammar"]["count"]["count_acc"] is not None
     # Captions scored against the wrong images must do much worse: the metric can fail.
-    shuffled = shapes_eval.score([s["image"] for s in samples[1:] + samples[:1]], samples, classifier)
+    shuffled = judge.score([s["image"] for s in samples[1:] + samples[:1]], samples, classifier)
     assert shuffled["overall"]["full_prompt_acc"] < 0.2
 
 
@@ -287,7 +287,7 @@ def test_training_cli_smoke(tmp_path):
     """The training entry point runs end to end (a couple of tiny steps; the real run is ~9 CPU min)."""
     out = tmp_path / "tiny.safetensors"
     args = ["train", "--steps", "2", "--batch-size", "4", "--eval-n", "4", "--out", str(out)]
-    assert shapes_eval.main(args) == 0
+    assert judge.main(args) == 0
     model = load_classifier(out)
     assert classifier_metadata(out)["training"]["steps"] == 2
     assert len(predict_scenes(model, [render(random_scene(random.Random(1), CONFIG), 64)])) == 1
@@ -304,4 +304,4 @@ def test_prefixes_only_before_noun_phrases():
 def test_score_refuses_a_classifier_for_another_grid(classifier):
     samples = generate_samples(2, seed=HELDOUT_SEED + 3, split="val", config=ShapesWorldConfig(grid=3))
     with pytest.raises(ValueError, match="grid"):
-        shapes_eval.score([s["image"] for s in samples], samples, classifier)
+        judge.score([s["image"] for s in samples], samples, classifier)
