@@ -36,7 +36,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "random-sd3-4x128"
 MODEL_DESCRIBED = (f"{MODEL_NAME} (SD3-shaped transformer, random weights: 4 joint blocks x 128 wide, 4 heads; "
                    "256 image + 93 text tokens; soft tokens m 4 on 3 blocks; float32, 1 thread)")
@@ -108,8 +107,7 @@ def speed_worker(batch: int, pair_chunk: int, repeats: int) -> dict:
 
 
 def run_worker(kind: str, batch: int, pair_chunk: int, repeats: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kind == "memory":
         # glibc: serve every block >= 64 KiB with its own mmap and unmap it on free, so RSS follows
         # the live tensors instead of heap pages kept from earlier steps (not for timing: the

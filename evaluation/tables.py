@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from evaluation.metrics import METRIC_ORDER, METRICS
 from evaluation.results import write_json_atomically
+from softrepa.images import write_png
 
 MODEL_LABELS = {"sd3": "SD3", "sd15": "SD1.5", "sdxl": "SDXL"}
 OURS_SUFFIX = " +Ours"
@@ -257,8 +258,7 @@ def plot_clip_vs_lpips(series: dict[str, list[tuple[float, float, float]]], path
         draw.text((left + 38, legend_y), method, fill=(0, 0, 0), font=small, anchor="lm")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return write_png(image, path)  # atomic: the plot lives in a resumable run folder
 
 
 def plot_series_from_rows(rows: Sequence[dict]) -> dict[str, list[tuple[float, float, float]]]:

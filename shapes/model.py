@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from softrepa.atomic import atomic_path
+from softrepa.models import load_pipeline
 
 LR_SCHEDULES = ("constant", "cosine")
 MAX_SEQUENCE_LENGTH = 8  # zero "T5" tokens the model is trained with (see module docstring)
@@ -354,8 +355,7 @@ def build(out: str | os.PathLike, config: ShapesModelConfig, work: str | os.Path
     started = time.time()
     pixels, _, ids = render_training_set(config)
     if config.init_from:
-        pipe = StableDiffusion3Pipeline.from_pretrained(config.init_from, text_encoder_3=None, tokenizer_3=None,
-                                                        torch_dtype=torch.float32).to(device)
+        pipe = load_pipeline(config.init_from, "shapes-sd3", torch.float32, device)  # the kind loads it without T5
     else:
         components = build_components(config)
         pipe = StableDiffusion3Pipeline(text_encoder_3=None, tokenizer_3=None, **components).to(device)
@@ -409,7 +409,6 @@ def sample_sheet_of_model(model: str | None, out: str | os.PathLike, n: int = 16
     (the layout of ``python -m shapes.world sheet``), image i from seed i."""
     from shapes.world import generate_samples, sample_sheet
     from softrepa.generate import generate_images
-    from softrepa.models import load_pipeline
     from softrepa.runtime import resolve_device
 
     pipe = load_pipeline(model, "shapes-sd3", device=resolve_device(device))

@@ -65,6 +65,7 @@ from softrepa.checkpoints import TrainState, find_checkpoint, load_checkpoint, s
 from softrepa.data import DatasetError
 from softrepa.generate import generate_images, image_grid
 from softrepa.hooks import AttachedTokens, attach_tokens
+from softrepa.images import write_png
 from softrepa.loss import DiffusionObjective, LossConfig
 from softrepa.models import denoiser_of, get_kind, kind_of_pipeline, load_pipeline, resolve_model
 from softrepa.pairs import NoiseDraw, PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
@@ -463,7 +464,7 @@ class Validation:
                     max_sequence_length=config.max_sequence_length))
         grid = image_grid([img for pair in zip(*images) for img in pair], rows=len(prompts), cols=2)
         (self.output / "samples").mkdir(exist_ok=True)
-        grid.save(self.output / "samples" / f"step-{step:08d}.png")
+        write_png(grid, self.output / "samples" / f"step-{step:08d}.png")  # atomic, as every file of a run
         return f"samples/step-{step:08d}.png"
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from shapes import judge
-from shapes import world as shapes
+from shapes import world
 from shapes.classifier import (DEFAULT_CLASSIFIER_PATH, classifier_metadata, load_classifier, predict_logits,
                                predict_scenes, save_classifier)
 from shapes.classifier_training import evaluate_classifier
@@ -193,7 +193,7 @@ def test_edit_pairs_change_exactly_one_attribute():
 
 def test_edit_pairs_cli(tmp_path):
     out = tmp_path / "edits.jsonl"
-    assert shapes.main(["edits", "--out", str(out), "--n", "4", "--seed", "2"]) == 0
+    assert world.main(["edits", "--out", str(out), "--n", "4", "--seed", "2"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4
     for row in rows:
@@ -202,7 +202,7 @@ def test_edit_pairs_cli(tmp_path):
     # from the train split, written as metadata.jsonl: a training folder with hard negatives
     folder = tmp_path / "hard"
     folder.mkdir()
-    assert shapes.main(["edits", "--out", str(folder / "metadata.jsonl"), "--n", "3", "--split", "train"]) == 0
+    assert world.main(["edits", "--out", str(folder / "metadata.jsonl"), "--n", "3", "--split", "train"]) == 0
     dataset = open_dataset(folder)
     assert len(dataset) == 3
     for record, row in zip(dataset.records, (json.loads(x) for x in (folder / "metadata.jsonl").read_text().splitlines())):
@@ -213,7 +213,7 @@ def test_edit_pairs_cli(tmp_path):
 def test_dataset_writer_is_resumable(tmp_path):
     out = tmp_path / "data"
     args = ["make", "--out", str(out), "--n", "12", "--seed", "5", "--split", "val"]
-    assert shapes.main(args) == 0
+    assert world.main(args) == 0
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     images = {row["image"]: (out / row["image"]).read_bytes() for row in rows}
     assert len(rows) == 12 and len(images) == 12
@@ -225,18 +225,18 @@ def test_dataset_writer_is_resumable(tmp_path):
     for row in rows[::4]:
         (out / row["image"]).unlink()
     (out / "metadata.jsonl").unlink()
-    assert shapes.main(args) == 0
+    assert world.main(args) == 0
     again = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert again == rows
     assert {p.name for p in (out / "images").iterdir()} == {Path(r["image"]).name for r in rows}
     assert {r["image"]: (out / r["image"]).read_bytes() for r in again} == images
     with pytest.raises(ValueError):
-        shapes.main(["make", "--out", str(out), "--n", "12", "--seed", "6", "--split", "val"])
+        world.main(["make", "--out", str(out), "--n", "12", "--seed", "6", "--split", "val"])
 
 
 def test_sample_sheet(tmp_path):
     out = tmp_path / "sheet.png"
-    assert shapes.main(["sheet", "--out", str(out), "--n", "4"]) == 0
+    assert world.main(["sheet", "--out", str(out), "--n", "4"]) == 0
     assert out.stat().st_size > 0
 
 
