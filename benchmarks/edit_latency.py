@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from editing.editor import FlowEditor
 from editing.flowedit import FlowEditParams
-from softrepa.models import KINDS, load_pipeline
+from softrepa.models import KINDS, load_pipeline, model_label
 from softrepa.tokens import new_tokens
 
 SHAPES_KIND = "shapes-sd3"
@@ -102,7 +102,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> BenchModel:
     pipe = load_pipeline(folder, SHAPES_KIND, torch.float32, device)
     blocks = pipe.transformer.config.num_layers
     width = pipe.transformer.config.caption_projection_dim
-    name = "shapes-sd3" if args.model == "shapes" else "".join(args.model.split())
+    name = model_label(folder)
     return BenchModel(pipe, SHAPES_KIND, name, f"{name} ({folder}: {blocks} joint blocks x {width} wide)")
 
 

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 from shapes.judge import load_classifier, predict_scenes, score
 from shapes.world import generate_samples, make_edit_pairs
 from softrepa.generate import generate_images
-from softrepa.models import KINDS, load_pipeline
+from softrepa.models import KINDS, load_pipeline, model_label
 from softrepa.runtime import resolve_device
 from softrepa.tokens import load_tokens
 
@@ -66,12 +66,6 @@ def parse_args(argv=None):
     if args.quick:
         args.n, args.edits, args.tar_cfgs = 64, 16, [2.0, 5.0]
     return args
-
-
-def model_name(model: str) -> str:
-    """``shapes-sd3`` for the bundled folder, else ``--model`` without spaces (for the RESULT line)."""
-    bundled = Path(KINDS[KIND].hub_id).resolve() == Path(model).resolve()
-    return KIND if bundled else "".join(model.split())
 
 
 def fid_against_renders(generated, renders) -> float:
@@ -192,7 +186,7 @@ def main(argv=None) -> dict:
     results = {"settings": {k: v for k, v in vars(args).items()}, "t2i": t2i, "edit": edits}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
-    name = model_name(args.model)
+    name = model_label(args.model)
     print(f"\nmodel: {name} ({args.model}); tokens: {args.tokens}; {args.n} captions, {args.edits} edit pairs")
     print(f"| method ({name}) | attribute acc | count acc | full-prompt acc | FID vs renders |")
     print("|---|---|---|---|---|")

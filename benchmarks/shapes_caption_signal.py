@@ -40,7 +40,7 @@ from softrepa.cache import encode_latents, encode_prompts
 from softrepa.cli_types import int_at_least
 from softrepa.hooks import attach_tokens
 from softrepa.loss import DiffusionObjective
-from softrepa.models import KINDS, load_pipeline
+from softrepa.models import KINDS, load_pipeline, model_label
 from softrepa.pairs import NoiseDraw, PairBatch, PairScorer
 from softrepa.tokens import load_tokens
 
@@ -63,12 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         parser.error(f"--timesteps must lie in [0, 999], got {bad}")
     return args
-
-
-def model_name(model: str) -> str:
-    """``shapes-sd3`` for the bundled folder, else ``--model`` without spaces (for the RESULT line)."""
-    bundled = Path(KINDS[KIND].hub_id).resolve() == Path(model).resolve()
-    return KIND if bundled else "".join(model.split())
 
 
 @torch.no_grad()
@@ -110,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tokens:
         methods["tokens"] = attach_tokens(pipe, load_tokens(args.tokens, model=pipe), enabled=False)
     results: dict[str, list[dict]] = {}
-    name, tokens_name = model_name(args.model), Path(args.tokens).name if args.tokens else "none"
+    name, tokens_name = model_label(args.model), Path(args.tokens).name if args.tokens else "none"
     print(f"\nmodel: {name} ({args.model}); tokens: {tokens_name}; {len(pairs)} held-out edit pairs")
     print(f"| method ({name}) | t | err_pos | hard gap | random gap | hard wins | random wins |")
     print("|---|---|---|---|---|---|---|")

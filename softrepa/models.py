@@ -256,6 +256,15 @@ def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
                      "pass --kind for a Hub id")
 
 
+def model_label(model: str) -> str:
+    """A one-word name for ``model`` in reports: the kind whose own folder or Hub id it is (the bundled
+    folder is ``shapes-sd3``), else ``model`` with its spaces removed."""
+    for name, spec in KINDS.items():
+        if model == spec.hub_id or (Path(spec.hub_id).exists() and Path(spec.hub_id).resolve() == Path(model).resolve()):
+            return name
+    return "".join(model.split())
+
+
 def kind_of_pipeline(pipe: Any) -> str:
     """The first registered kind whose pipeline class is this pipeline's class."""
     for name, spec in KINDS.items():
