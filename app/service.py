@@ -219,12 +219,12 @@ class EditorService:
         """The gallery (computed once; results only when the running model made them)."""
         if self._examples is None:
             # the gallery is built before the model has loaded: the token file's hash from the settings' read
-            producer = produced_by(self.settings.model_label, self._tokens_sha256())
+            producer = produced_by(self.settings.model_label, self._token_file_sha256())
             self._examples = load_examples(self.settings.examples_dir, self.settings.kind, producer,
                                            self.settings.temp_dir / "examples")
         return self._examples
 
-    def _tokens_sha256(self) -> str | None:
+    def _token_file_sha256(self) -> str | None:
         """The token file's sha256; None without tokens or when the file cannot be read (then no
         precomputed results with tokens can be this app's)."""
         try:

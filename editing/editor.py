@@ -149,7 +149,7 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(text)
 
 
-def _tokens_sha256(tokens: SoftTokens) -> str:
+def _tokens_content_sha256(tokens: SoftTokens) -> str:
     digest = hashlib.sha256(tokens.config.to_json().encode())
     for tensor in (tokens.static, tokens.time.weight if tokens.time is not None else None):
         if tensor is not None:
@@ -229,7 +229,7 @@ class FlowEditor:
             else:
                 # off by default: each transformer call switches them per branch
                 self._attached, self._owns_attachment = attach_tokens(self.pipe, tokens, enabled=False), True
-            info["content_sha256"] = _tokens_sha256(self._attached.tokens)
+            info["content_sha256"] = _tokens_content_sha256(self._attached.tokens)
             info["config"] = json.loads(self._attached.tokens.config.to_json())
             self.tokens_info = info
 
