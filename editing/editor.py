@@ -28,7 +28,9 @@ App usage::
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import logging
 import os
@@ -45,6 +47,8 @@ from PIL import Image
 from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
                               encode_prompt, flowedit_latents, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_factor, model_max_side, prepare_image
+from editing.masks import (AutoMask, MaskLike, MaskOptions, PixelMask, feathered, latent_mask, paste_back,
+                           pixel_mask_of_latent, prepare_mask)
 from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.hooks import AttachedTokens, attach_tokens
@@ -123,21 +127,46 @@ class EditResult:
     stats: EditStats
     model: str = ""
     tokens_info: dict[str, Any] | None = None  # file name, file sha256, tensor sha256
+    mask: PixelMask | None = None  # the region the edit was restricted to (given or found), result size
+    mask_info: dict[str, Any] | None = None  # how: "given" / "auto", options, pasted back, coverage, notes
 
     def metadata(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything needed to reproduce the edit (what ``save`` writes into the PNG)."""
         data = {"version": METADATA_VERSION, "source_prompt": self.source_prompt, "target_prompt": self.target_prompt,
                 "params": self.params.to_dict(), "use_tokens": self.use_tokens,
                 "tokens": self.tokens_info if self.use_tokens else None, "model": self.model,
-                "input": self.input_report.to_dict()}
+                "input": self.input_report.to_dict(), "mask": self.mask_info}
         data.update(extra or {})
         return data
 
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write the edited image as a PNG with ``metadata(extra)`` as one JSON text under
         ``METADATA_KEY``, atomically: a crash never leaves a half file that a resumed batch would
-        mistake for done."""
-        return write_png(self.image, path, self.metadata(extra), key=METADATA_KEY, layout="json")
+        mistake for done. A masked edit also writes its mask beside it (``mask_path``), first, and
+        the PNG's metadata names that file and carries the mask itself (a PNG, base64), so the PNG
+        alone replays the edit."""
+        metadata = self.metadata(extra)
+        if self.mask is not None:
+            mask_file = write_png(self.mask.image(), mask_path(path))
+            metadata["mask"] = {**(self.mask_info or {}), "file": mask_file.name,
+                                "png_base64": base64.b64encode(mask_file.read_bytes()).decode("ascii")}
+        return write_png(self.image, path, metadata, key=METADATA_KEY, layout="json")
+
+
+def mask_path(path: str | os.PathLike) -> Path:
+    """Where ``EditResult.save`` writes the mask of a result saved at ``path`` ("x.png" -> "x.mask.png")."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.mask.png")
+
+
+def mask_from_metadata(metadata: dict[str, Any]) -> Image.Image | None:
+    """The mask a saved edit carries (grey image, white = edited), or None for an unmasked edit."""
+    mask = metadata.get("mask") or {}
+    if not mask.get("png_base64"):
+        return None
+    image = Image.open(io.BytesIO(base64.b64decode(mask["png_base64"])))
+    image.load()
+    return image
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -327,20 +356,31 @@ class FlowEditor:
 
     def edit(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage, source_prompt: str,
              target_prompt: str, params: FlowEditParams | None = None, *, use_tokens: bool | None = None,
-             max_side: int | None = None, progress: ProgressCallback | None = None) -> EditResult:
+             max_side: int | None = None, mask: MaskLike | AutoMask | None = None,
+             mask_options: MaskOptions | None = None, progress: ProgressCallback | None = None) -> EditResult:
         """Edit ``image`` from ``source_prompt`` to ``target_prompt``.
 
         params: defaults to the preset for this model and tokens state.
         use_tokens: None = on when the editor has tokens.
         max_side: this edit's long-side limit for the input (default and upper bound: the editor's).
+        mask: None (the whole image may change), a mask drawn on ``image`` (file, bytes, PIL image or
+            (H, W) array in [0, 1]; white / opaque / 1 = may change), or ``AutoMask()`` to find the
+            region from the edit. See ``editing.masks``.
+        mask_options: feathering and paste-back (default ``MaskOptions()``).
         progress: called with (steps done, total steps) during the edit; an exception raised there
             cancels the edit (the caches stay valid).
-        Raises ``ImageInputError`` (bad image) or ``ValueError`` (bad prompts or parameters).
+        Raises ``ImageInputError`` (bad image or mask: ``MaskError``) or ``ValueError`` (bad prompts or
+        parameters).
         """
         use_tokens = self.has_tokens if use_tokens is None else bool(use_tokens)
         params = self.default_params(use_tokens) if params is None else params
         self.check_inputs(source_prompt, target_prompt, params, use_tokens)
+        options = mask_options or MaskOptions()
+        options.check()
         prepared = self.prepare(image, max_side)
+        given = None
+        if mask is not None and not isinstance(mask, AutoMask):  # what the latents see: feathered in pixels
+            given = feathered(prepare_mask(mask, prepared.report), float(options.feather_px))
         with self._lock:
             start = time.perf_counter()
             encoded = [0]
@@ -358,14 +398,40 @@ class FlowEditor:
                     velocities = source.velocity_sets.put(key, {})
             # a CPU generator: the same noise (hence the same edit) on every device
             generator = torch.Generator(device="cpu").manual_seed(int(params.seed))
+            vae_factor = int(self.pipe.vae_scale_factor)
+            latent = mask if given is None else latent_mask(given, vae_factor, float(options.feather_latent),
+                                                             source.x_src.device)
             out = flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
-                                   generator, attached=self._attached, source_velocities=velocities,
+                                   generator, attached=self._attached, source_velocities=velocities, mask=latent,
                                    progress=progress)
             edited = decode_latents(self.pipe.vae, out.latents)
+            region, mask_info, edited = _restrict(edited, prepared, given, mask, out.mask, vae_factor, options)
             stats = EditStats(seconds=time.perf_counter() - start, transformer_calls=out.transformer_calls,
                               prompts_encoded=encoded[0], source_latents_cached=latents_cached,
                               source_velocities_reused=out.source_velocities_reused)
         return EditResult(image=edited, latents=out.latents, source_image=prepared.image, source_prompt=source_prompt,
                           target_prompt=target_prompt, params=params, use_tokens=use_tokens,
                           input_report=prepared.report, stats=stats, model=self.model_name,
-                          tokens_info=self.tokens_info)
+                          tokens_info=self.tokens_info, mask=region, mask_info=mask_info)
+
+
+def _restrict(edited: Image.Image, prepared: PreparedImage, given: PixelMask | None, requested: Any,
+              latent: torch.Tensor | None, vae_factor: int, options: MaskOptions
+              ) -> tuple[PixelMask | None, dict[str, Any] | None, Image.Image]:
+    """(the region at image resolution, its metadata, the image with the source pasted back outside it).
+
+    The region is the pixel mask the latents saw: a given mask after ``feather_px``, or the
+    automatic latent mask repeated to pixels. Paste-back follows ``options`` (default: hard regions).
+    """
+    if latent is None:
+        return None, None, edited
+    if given is not None:
+        region, mode, auto = given, "given", None
+    else:
+        region, mode, auto = pixel_mask_of_latent(latent, vae_factor), "auto", requested.to_dict()
+    pasted = options.pastes_back(region.hard)
+    if pasted:
+        edited = paste_back(edited, prepared.image, region, int(options.paste_feather_px))
+    info = {"mode": mode, "hard": region.hard, "coverage": round(region.coverage, 6), "pasted_back": pasted,
+            "options": options.to_dict(), "auto": auto, "notes": list(region.notes)}
+    return region, info, edited

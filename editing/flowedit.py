@@ -22,6 +22,21 @@ that share the same noise. With sigma_i the scheduler's noise levels (sigma_T = 
             x_tar = x_tar + (sigma_{i+1} - sigma_i) guide(u_tar(x_tar), c_tar(x_tar), tar_cfg)
     result = x_tar if n_min > 0 else z_edit
 
+Local edits: a mask m in [0, 1] on the latent grid (1 = may change; ``editing.masks`` brings a
+person's mask there) restricts the two updates, and nothing else changes (same noise, same
+transformer calls, same source velocities)::
+
+    z_edit = z_edit + (sigma_{i+1} - sigma_i) (m * v_delta)          => z_edit = x_src where m = 0
+    x_tar  = x_tar + (sigma_{i+1} - sigma_i) v_tar
+    x_tar  = m x_tar + (1 - m) ((1 - sigma_{i+1}) x_src + sigma_{i+1} noise)   (plain steps: blend back
+                                                                    to the source's noisy latent)
+
+so where m = 0 the final latent is x_src exactly (sigma_T = 0), and m = 1 everywhere is the edit
+above bit for bit (1 * v = v). With an automatic mask (``editing.masks.AutoMask``) m is not known at
+the start: the first k FlowEdit steps run unmasked while their |v_delta| is recorded, m is found
+from it, and those steps are masked after the fact, z_edit = x_src + m (z_edit - x_src), before the
+k-th update; the rest runs as above.
+
 u / c are the transformer's velocities with the negative / positive prompt. Guidance:
 
 * ``"standard"`` (default; the FlowEdit paper and code): ``guide(u, c, w) = u + w (c - u)``.
@@ -65,6 +80,8 @@ from typing import Any, Callable, MutableMapping
 import numpy as np
 import torch
 from PIL import Image
+
+from editing.masks import AutoMask
 
 GUIDANCE_MODES = ("standard", "authors")
 TOKEN_BRANCHES = ("both", "target")
@@ -308,6 +325,7 @@ class FlowEditOutput:
     latents: torch.Tensor  # (1, C, h, w) float32: z_edit, or x_tar when n_min > 0
     transformer_calls: int
     source_velocities_reused: int  # (step, sample) pairs whose v_src came from the cache
+    mask: torch.Tensor | None = None  # (1, 1, h, w) float32: the latent mask used (given or found), None = none
 
 
 @dataclass
@@ -350,16 +368,36 @@ def _noise(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, device=generator.device, dtype=torch.float32).to(like.device)
 
 
+def _check_mask(mask: torch.Tensor | AutoMask | None, x_src: torch.Tensor) -> torch.Tensor | AutoMask | None:
+    """The latent mask as float32 on the latents' device, checked against ``x_src``'s grid."""
+    if mask is None:
+        return None
+    if isinstance(mask, AutoMask):
+        mask.check()
+        return mask
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[:2] != (1, 1) \
+            or mask.shape[2:] != x_src.shape[2:]:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"the latent mask must be (1, 1, {x_src.shape[2]}, {x_src.shape[3]}) to match x_src, got "
+                         f"{shape} (editing.masks.latent_mask makes one from an image mask)")
+    mask = mask.to(device=x_src.device, dtype=torch.float32)
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise ValueError("the latent mask must hold values in [0, 1] (1 = may change)")
+    return mask
+
+
 @torch.no_grad()
 def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, source: Branch, target: Branch,
                      params: FlowEditParams, generator: torch.Generator, *, attached: Any | None = None,
                      source_velocities: MutableMapping[tuple[int, int], torch.Tensor] | None = None,
+                     mask: torch.Tensor | AutoMask | None = None,
                      progress: ProgressCallback | None = None) -> FlowEditOutput:
     """Run FlowEdit from the source latents ``x_src`` (1, C, h, w); see the module docstring.
 
     transformer, scheduler: the SD3 pipeline's components (read only).
     attached: the ``AttachedTokens`` hooked into ``transformer``, required when a branch has tokens.
     source_velocities: optional cache of v_src per (step index, sample index), read and filled.
+    mask: None (the whole image), a latent mask (1, 1, h, w) in [0, 1], or an ``AutoMask``.
     progress: called with (steps done, total) after each executed step; total = n_max.
     """
     params.check()
@@ -369,49 +407,78 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
         raise ValueError(f"x_src must be one latent image (1, C, h, w), got shape {tuple(x_src.shape)}")
     T, n_max, n_min, n_avg = params.steps, params.n_max, params.n_min, params.n_avg
     x_src = x_src.float()
+    mask = _check_mask(mask, x_src)
+    finder, evidence = (mask, []) if isinstance(mask, AutoMask) else (None, None)
+    if finder is not None:
+        mask = None  # found after the first finder.steps FlowEdit steps
+        if n_max == n_min:
+            raise ValueError("the automatic mask is found from the FlowEdit steps, and n_min = n_max leaves none: "
+                             "lower n_min")
     timesteps, sigmas = flowedit_schedule(scheduler, T, device=x_src.device)
     denoise = _Denoiser(transformer, attached)
     reused = 0
 
-    def requests(branch: Branch, z: torch.Tensor) -> list[_Request]:
-        return [_Request(z, text, branch.tokens) for text in branch.texts()]
-
     z_edit = x_src.clone()  # (1, C, h, w) float32
     x_tar: torch.Tensor | None = None  # set when the last n_min steps start
+    noise_plain: torch.Tensor | None = None  # the noise of the plain-sampling steps
     done = 0
     for i in range(T):
         if T - i > n_max:
             continue
         t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
         if T - i > n_min:
-            v_delta = torch.zeros_like(x_src)
-            for k in range(n_avg):
-                noise = _noise(generator, x_src)
-                z_src = (1 - sigma) * x_src + sigma * noise
-                z_tar = z_edit + z_src - x_src
-                v_src = source_velocities.get((i, k)) if source_velocities is not None else None
-                tar_requests = requests(target, z_tar)
-                if v_src is None:
-                    src_requests = requests(source, z_src)
-                    outputs = denoise(t, src_requests + tar_requests)  # [u_src, c_src, u_tar, c_tar]
-                    v_src = source.guide(outputs[: len(src_requests)])
-                    v_tar = target.guide(outputs[len(src_requests):])
-                    if source_velocities is not None:  # a copy: never keep a view of the whole batch alive
-                        source_velocities[(i, k)] = v_src.clone()
-                else:
-                    reused += 1
-                    v_tar = target.guide(denoise(t, tar_requests))  # [u_tar, c_tar] only
-                v_delta += (v_tar - v_src) / n_avg
-            z_edit = z_edit + (sigma_next - sigma) * v_delta
+            v_delta, hits = _velocity_difference(denoise, t, sigma, x_src, z_edit, source, target, n_avg, i,
+                                                 generator, source_velocities)
+            reused += hits
+            if finder is not None and mask is None:
+                evidence.append(finder.score(v_delta))
+                if len(evidence) == finder.steps or T - i - 1 == n_min:  # enough evidence, or the last such step
+                    mask = finder.find(evidence)  # (1, 1, h, w)
+                    z_edit = x_src + mask * (z_edit - x_src)  # the steps so far, masked after the fact
+            z_edit = z_edit + (sigma_next - sigma) * (v_delta if mask is None else mask * v_delta)
         else:
             if x_tar is None:  # first plain-sampling step: put the edit at this noise level
-                noise = _noise(generator, x_src)
-                x_src_t = (1 - sigma) * x_src + sigma * noise
+                noise_plain = _noise(generator, x_src)
+                x_src_t = (1 - sigma) * x_src + sigma * noise_plain
                 x_tar = z_edit + x_src_t - x_src
-            v_tar = target.guide(denoise(t, requests(target, x_tar)))
+            v_tar = target.guide(denoise(t, _requests(target, x_tar)))
             x_tar = x_tar + (sigma_next - sigma) * v_tar
+            if mask is not None:  # outside the mask: the source, noised to the next level
+                x_tar = mask * x_tar + (1 - mask) * ((1 - sigma_next) * x_src + sigma_next * noise_plain)
         done += 1
         if progress is not None:
             progress(done, n_max)
     return FlowEditOutput(latents=x_tar if x_tar is not None else z_edit, transformer_calls=denoise.calls,
-                          source_velocities_reused=reused)
+                          source_velocities_reused=reused, mask=mask)
+
+
+def _requests(branch: Branch, z: torch.Tensor) -> list[_Request]:
+    return [_Request(z, text, branch.tokens) for text in branch.texts()]
+
+
+def _velocity_difference(denoise: _Denoiser, t: torch.Tensor, sigma: torch.Tensor, x_src: torch.Tensor,
+                         z_edit: torch.Tensor, source: Branch, target: Branch, n_avg: int, i: int,
+                         generator: torch.Generator,
+                         source_velocities: MutableMapping[tuple[int, int], torch.Tensor] | None
+                         ) -> tuple[torch.Tensor, int]:
+    """(v_delta of step i averaged over n_avg noise samples, samples whose v_src came from the cache)."""
+    v_delta = torch.zeros_like(x_src)
+    reused = 0
+    for k in range(n_avg):
+        noise = _noise(generator, x_src)
+        z_src = (1 - sigma) * x_src + sigma * noise
+        z_tar = z_edit + z_src - x_src
+        v_src = source_velocities.get((i, k)) if source_velocities is not None else None
+        tar_requests = _requests(target, z_tar)
+        if v_src is None:
+            src_requests = _requests(source, z_src)
+            outputs = denoise(t, src_requests + tar_requests)  # [u_src, c_src, u_tar, c_tar]
+            v_src = source.guide(outputs[: len(src_requests)])
+            v_tar = target.guide(outputs[len(src_requests):])
+            if source_velocities is not None:  # a copy: never keep a view of the whole batch alive
+                source_velocities[(i, k)] = v_src.clone()
+        else:
+            reused += 1
+            v_tar = target.guide(denoise(t, tar_requests))  # [u_tar, c_tar] only
+        v_delta += (v_tar - v_src) / n_avg
+    return v_delta, reused
