@@ -4,11 +4,14 @@
     python -m editing --image cat.png --source ... --target ... --tokens sd3.safetensors --preset sd3-tokens
     python -m editing --batch edits.yaml --out edits/          # FlowEdit's edits.yaml format
     python -m editing --batch pairs.jsonl --out edits/         # data-prep rows: image, source_prompt, target_prompt
+    python -m editing --image cat.png --source ... --target ... --mask cat-mask.png   # only the white region changes
+    python -m editing --image cat.png --source ... --target ... --auto-mask           # the region found by the edit
 
 Outputs are PNGs carrying every parameter (and the token file's sha256) as JSON text metadata
 (``editing.editor.read_png_metadata``). Existing outputs are skipped, so an interrupted batch resumes
 where it stopped; use one ``--out`` per setting (the file name holds the image, target and tokens
-state, not every parameter). A malformed batch row is reported with its line and the rest continue;
+state, not every parameter; a masked edit adds ``__mask`` or ``__automask`` and writes its mask beside
+it as ``<name>.mask.png``). Batch rows may carry a ``mask`` (a mask image path, or "auto"). A malformed batch row is reported with its line and the rest continue;
 the exit status is 1 when any row failed.
 
 Device and dtype are decided here only: the library code follows the pipeline it is given.
@@ -30,6 +33,7 @@ import torch
 from editing.editor import FlowEditor
 from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
 from editing.inputs import DEFAULT_MAX_SIDE
+from editing.masks import AutoMask, MaskOptions
 from editing.presets import PRESETS, default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.images import ImageInputError
@@ -51,7 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--source", help="prompt describing the input image")
     what.add_argument("--target", help="prompt describing the wanted result")
     what.add_argument("--batch", help="FlowEdit edits.yaml (input_img/init_img, source_prompt, target_prompts, "
-                                      "target_codes) or a .jsonl of {image, source_prompt, target_prompt}")
+                                      "target_codes) or a .jsonl of {image, source_prompt, target_prompt}; both "
+                                      "take an optional 'mask' (image path or \"auto\")")
+    local = parser.add_argument_group("local edits (default: the whole image may change)")
+    region = local.add_mutually_exclusive_group()
+    region.add_argument("--mask", help="mask image drawn on --image: white (or opaque) = may change")
+    region.add_argument("--auto-mask", action="store_true", help="find the region from the edit itself (for "
+                                                                 "--batch: rows without a 'mask')")
+    local.add_argument("--mask-feather", type=float, default=0.0, help="blur the mask's edge by this many pixels "
+                                                                       "(sigma) before editing")
+    local.add_argument("--paste-back", choices=("auto", "on", "off"), default="auto",
+                       help="copy the source pixels back outside the mask after decoding (auto: for hard masks)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local diffusers folder of an SD3 pipeline")
     tokens = model.add_mutually_exclusive_group()
@@ -86,9 +100,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     single = [args.image, args.source, args.target]
     if args.batch is None and not all(v is not None for v in single):
         parser.error("give --image, --source and --target, or --batch FILE")
-    if args.batch is not None and any(v is not None for v in single):
-        parser.error("--batch cannot be combined with --image/--source/--target")
+    if args.batch is not None and any(v is not None for v in single + [args.mask]):
+        parser.error("--batch cannot be combined with --image/--source/--target/--mask (give masks in a 'mask' "
+                     "column)")
     return args
+
+
+def mask_options_from_args(args: argparse.Namespace) -> MaskOptions:
+    options = MaskOptions(feather_px=args.mask_feather, paste_back={"auto": None, "on": True, "off": False}[
+        args.paste_back])
+    try:
+        options.check()
+    except ValueError as exc:
+        raise ValueError(f"--mask-feather: {exc}") from None
+    return options
 
 
 # ----------------------------------------------------------------------------- parameters and model
@@ -121,6 +146,17 @@ class Job:
     target_prompt: str
     name: str  # output file stem, already sanitized
     origin: str  # "file:line" for messages
+    mask: Path | str | None = None  # a mask image, AUTO_MASK, or None (the whole image)
+
+    def with_mask(self, mask: Path | str | None) -> "Job":
+        """This job restricted to ``mask``; the output name says so (``__mask`` / ``__automask``)."""
+        if mask is None:
+            return self
+        suffix = "__automask" if mask == AUTO_MASK else "__mask"
+        return Job(self.image, self.source_prompt, self.target_prompt, self.name + suffix, self.origin, mask)
+
+
+AUTO_MASK = "auto"  # the batch files' and the jobs' word for editing.masks.AutoMask()
 
 
 def safe_name(text: str, max_length: int = 80) -> str:
@@ -155,6 +191,19 @@ def _resolve_image(value: Any, batch_dir: Path) -> Path:
     return path
 
 
+def _row_mask(entry: dict, batch_dir: Path) -> Path | str | None:
+    """A row's optional ``mask``: "auto", or a mask image path (relative to the batch file like images)."""
+    value = entry.get("mask")
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == AUTO_MASK:
+        return AUTO_MASK
+    try:
+        return _resolve_image(value, batch_dir)
+    except ValueError:
+        raise ValueError(f"'mask' must be a mask image path or \"auto\", got {value!r}") from None
+
+
 def _text(entry: dict, key: str) -> str:
     value = entry.get(key)
     if not isinstance(value, str) or not value.strip():
@@ -167,6 +216,7 @@ def _yaml_jobs(entry: Any, batch_dir: Path, origin: str) -> list[Job]:
         raise ValueError(f"expected a mapping with input_img, source_prompt, target_prompts; got {type(entry).__name__}")
     image_key = "input_img" if "input_img" in entry else "init_img"
     image = _resolve_image(entry.get(image_key), batch_dir)
+    mask = _row_mask(entry, batch_dir)
     source = _text(entry, "source_prompt")
     targets = entry.get("target_prompts")
     if isinstance(targets, str):
@@ -181,7 +231,7 @@ def _yaml_jobs(entry: Any, batch_dir: Path, origin: str) -> list[Job]:
         if not isinstance(target, str) or not target.strip():
             raise ValueError(f"target_prompts[{j}] must be a non-empty string, got {target!r}")
         code = str(codes[j]) if codes is not None else None
-        jobs.append(Job(image, source, target, job_name(image, target, code), origin))
+        jobs.append(Job(image, source, target, job_name(image, target, code), origin).with_mask(mask))
     return jobs
 
 
@@ -232,7 +282,8 @@ def read_jsonl_batch(path: Path) -> tuple[list[Job], list[str]]:
             image = _resolve_image(row.get("image"), path.parent)
             target = _text(row, "target_prompt")
             code = str(row["id"]) if row.get("id") is not None else None
-            jobs.append(Job(image, _text(row, "source_prompt"), target, job_name(image, target, code), origin))
+            job = Job(image, _text(row, "source_prompt"), target, job_name(image, target, code), origin)
+            jobs.append(job.with_mask(_row_mask(row, path.parent)))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             errors.append(f"{origin}: {exc}")
     return jobs, errors
@@ -260,7 +311,7 @@ class Summary:
 
 
 def run_jobs(editor: FlowEditor, jobs: list[Job], params: FlowEditParams, use_tokens: bool, outputs: list[Path],
-             overwrite: bool = False, log=print) -> Summary:
+             overwrite: bool = False, log=print, mask_options: MaskOptions | None = None) -> Summary:
     """Edit each job into its output path; errors are logged with the job's origin and skipped."""
     from tqdm import tqdm
 
@@ -278,11 +329,17 @@ def run_jobs(editor: FlowEditor, jobs: list[Job], params: FlowEditParams, use_to
             bar.refresh()
 
         try:
+            mask = AutoMask() if job.mask == AUTO_MASK else job.mask
             result = editor.edit(job.image, job.source_prompt, job.target_prompt, params, use_tokens=use_tokens,
-                                 progress=progress)
-            result.save(out, extra={"input_image": str(job.image)})
+                                 mask=mask, mask_options=mask_options, progress=progress)
+            result.save(out, extra={"input_image": str(job.image),
+                                    "input_mask": None if job.mask in (None, AUTO_MASK) else str(job.mask)})
             summary.done += 1
-            note = "" if not result.input_report.notes else f" [{result.input_report.describe()}]"
+            notes = result.input_report.notes + (result.mask_info["notes"] if result.mask_info else [])
+            if result.mask_info:
+                notes.append(f"{result.mask_info['mode']} mask: {result.mask_info['coverage']:.0%} of the image"
+                             + (", source pasted back outside" if result.mask_info["pasted_back"] else ""))
+            note = f" [{'; '.join(notes)}]" if notes else ""
             log(f"wrote {out} ({result.stats.seconds:.1f}s){note}")
         except (ImageInputError, ValueError, OSError, torch.OutOfMemoryError) as exc:
             summary.failed += 1
@@ -321,8 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch is not None:
         jobs, errors = read_batch(args.batch)
     else:
+        mask = Path(args.mask) if args.mask else (AUTO_MASK if args.auto_mask else None)
         jobs, errors = [Job(Path(args.image), args.source, args.target,
-                            job_name(Path(args.image), args.target), "command line")], []
+                            job_name(Path(args.image), args.target), "command line").with_mask(mask)], []
+    if args.batch is not None and args.auto_mask:
+        jobs = [job if job.mask is not None else job.with_mask(AUTO_MASK) for job in jobs]
     use_tokens = args.tokens is not None and not args.no_tokens
     out = Path(args.out)
     single_file = args.batch is None and out.suffix.lower() == ".png"
@@ -331,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs, outputs, plan_errors = plan_outputs(jobs, out, use_tokens, single_file)
     errors += plan_errors
     # missing images are reported before the (slow) model load
-    found = [job.image.is_file() for job in jobs]
-    errors += [f"{job.origin}: image file {job.image} does not exist" for job, ok in zip(jobs, found) if not ok]
+    found = [job.image.is_file() and (not isinstance(job.mask, Path) or job.mask.is_file()) for job in jobs]
+    errors += [f"{job.origin}: image file {job.image} does not exist" if not job.image.is_file() else
+               f"{job.origin}: mask file {job.mask} does not exist" for job, ok in zip(jobs, found) if not ok]
     jobs = [job for job, ok in zip(jobs, found) if ok]
     outputs = [path for path, ok in zip(outputs, found) if ok]
     for message in errors:
@@ -347,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         token_file = TokenFile.load(args.tokens) if use_tokens else None
         kind = args.kind or (token_file.kind if token_file is not None else None)
         params = params_from_args(args, kind or "sd3", use_tokens)
+        mask_options = mask_options_from_args(args)
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
@@ -360,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         log(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = run_jobs(editor, jobs, params, use_tokens, outputs, overwrite=args.overwrite, log=log)
+    summary = run_jobs(editor, jobs, params, use_tokens, outputs, overwrite=args.overwrite, log=log,
+                       mask_options=mask_options)
     log(f"done: {summary.done} written, {summary.skipped} skipped (exist), "
         f"{summary.failed + len(errors)} failed")
     return 1 if summary.failed or errors else 0

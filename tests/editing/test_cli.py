@@ -185,3 +185,55 @@ def test_the_token_file_is_read_and_hashed_once(workspace, tmp_path, monkeypatch
     assert cli.main(argv) == 0  # no --kind: the kind, the tokens and the sha256 all come from one read
     assert len(reads) == len(hashes) == 1
     assert read_png_metadata(out)["tokens"]["sha256"] == sha256(workspace["tokens"])
+
+
+def _mask_file(path: Path, box: tuple[int, int, int, int], size: tuple[int, int] = (32, 32)) -> Path:
+    values = np.zeros((size[1], size[0]), np.uint8)
+    left, top, right, bottom = box
+    values[top:bottom, left:right] = 255
+    Image.fromarray(values, mode="L").save(path)
+    return path
+
+
+def test_single_edit_with_a_mask_and_auto_mask(workspace, tmp_path, capsys):
+    image = workspace["images"] / "pic0.png"
+    mask = _mask_file(tmp_path / "m.png", (0, 0, 16, 32))  # the left half
+    base = ["--image", str(image), "--source", "a red circle", "--target", "a blue square",
+            "--model", workspace["model"], *FAST]
+    assert cli.main([*base, "--mask", str(mask), "--out", str(tmp_path / "masked.png")]) == 0
+    out = np.asarray(Image.open(tmp_path / "masked.png"))
+    assert np.array_equal(out[:, 16:], np.asarray(Image.open(image))[:, 16:])  # the right half is the input's
+    assert (tmp_path / "masked.mask.png").is_file()
+    assert read_png_metadata(tmp_path / "masked.png")["input_mask"] == str(mask)
+    assert "given mask: 50% of the image, source pasted back outside" in capsys.readouterr().out
+    assert cli.main([*base, "--auto-mask", "--out", str(tmp_path / "auto")]) == 0
+    written = sorted(p.name for p in (tmp_path / "auto").iterdir())
+    assert len(written) == 2 and written[0].endswith("__automask.mask.png") and written[1].endswith("__automask.png")
+    assert read_png_metadata(tmp_path / "auto" / written[1])["mask"]["mode"] == "auto"
+    with pytest.raises(SystemExit):
+        cli.parse_args([*base, "--mask", str(mask), "--auto-mask"])
+
+
+def test_batch_mask_column_and_bad_masks(workspace, tmp_path, capsys):
+    images = workspace["images"]
+    _mask_file(tmp_path / "left.png", (0, 0, 16, 32))
+    _mask_file(tmp_path / "tall.png", (0, 0, 4, 4), size=(16, 32))  # another shape than the image
+    Image.new("L", (32, 32), 0).save(tmp_path / "black.png")
+    rows = [{"image": str(images / "pic0.png"), "source_prompt": "a", "target_prompt": "b", "mask": "left.png"},
+            {"image": str(images / "pic0.png"), "source_prompt": "a", "target_prompt": "b", "mask": "auto"},
+            {"image": str(images / "pic0.png"), "source_prompt": "a", "target_prompt": "b"},
+            {"image": str(images / "pic1.png"), "source_prompt": "a", "target_prompt": "b", "mask": "tall.png"},
+            {"image": str(images / "pic1.png"), "source_prompt": "a", "target_prompt": "c", "mask": "black.png"},
+            {"image": str(images / "pic1.png"), "source_prompt": "a", "target_prompt": "d", "mask": "gone.png"},
+            {"image": str(images / "pic1.png"), "source_prompt": "a", "target_prompt": "e", "mask": 3}]
+    batch = tmp_path / "rows.jsonl"
+    batch.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    assert cli.main(["--batch", str(batch), "--model", workspace["model"], "--out", str(tmp_path / "out"), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "rows.jsonl:4: the mask is 16x32 but the image is 32x32, a different shape" in err
+    assert "rows.jsonl:5: the mask is empty" in err
+    assert "rows.jsonl:6: mask file" in err and "does not exist" in err
+    assert "rows.jsonl:7: 'mask' must be a mask image path" in err
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.png") if not p.name.endswith(".mask.png"))
+    assert len(names) == 3 and sum(n.endswith("__mask.png") for n in names) == 1
+    assert sum(n.endswith("__automask.png") for n in names) == 1
