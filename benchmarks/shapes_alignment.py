@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 
-from shapes.judge import load_classifier, predict_scenes, score
+from shapes.judge import edit_outcomes, load_classifier, score
 from shapes.world import generate_samples, make_edit_pairs
 from softrepa.generate import generate_images
 from softrepa.models import KINDS, load_pipeline, model_label
@@ -113,25 +113,11 @@ def text_to_image(pipe, tokens, samples, args) -> dict:
 
 
 def edit_metrics(edited, pairs, classifier) -> dict:
-    predicted = predict_scenes(classifier, edited)
-    success, preserved, distance = [], [], []
-    for image, pair, scene in zip(edited, pairs, predicted):
-        changed = pair["changed"]
-        obj = scene.cells[changed["cell"]]
-        success.append(obj is not None and getattr(obj, changed["attribute"]) == changed["to"])
-        source_cells = pair["source_labels"]["cells"]
-        keep = [i for i in range(len(source_cells)) if i != changed["cell"]]
-
-        def same(i):
-            truth, seen = source_cells[i], scene.cells[i]
-            if truth is None or seen is None:
-                return truth is None and seen is None
-            return all(truth[a] == getattr(seen, a) for a in ("shape", "colour", "size", "fill"))
-
-        preserved.append(float(np.mean([same(i) for i in keep])))
-        distance.append(float(np.abs(np.asarray(image, np.float32) - np.asarray(pair["source_image"], np.float32)).mean() / 255))
-    return {"success": float(np.mean(success)), "preservation": float(np.mean(preserved)),
-            "pixel_l1": float(np.mean(distance))}
+    outcomes = edit_outcomes(edited, pairs, classifier)
+    distance = [float(np.abs(np.asarray(image, np.float32) - np.asarray(pair["source_image"], np.float32)).mean() / 255)
+                for image, pair in zip(edited, pairs)]
+    return {"success": float(np.mean([o["success"] for o in outcomes])),
+            "preservation": float(np.mean([o["preservation"] for o in outcomes])), "pixel_l1": float(np.mean(distance))}
 
 
 def editing(pipe, tokens, pairs, args) -> dict:

@@ -67,8 +67,8 @@ class AutoMask:
     dilate: latent cells the region grows by on each side (a square neighbourhood).
     """
 
-    steps: int = 5
-    threshold: float = 0.5
+    steps: int = 8
+    threshold: float = 0.6
     dilate: int = 2
 
     def check(self) -> None:

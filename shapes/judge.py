@@ -83,6 +83,28 @@ def score(images, samples: Sequence[dict], classifier: ShapesClassifier | None =
     return score_predictions(predict_scenes(classifier, images), samples)
 
 
+def edit_outcomes(edited, pairs: Sequence[dict], classifier: ShapesClassifier | None = None) -> list[dict]:
+    """Per edit pair (``shapes.world.make_edit_pairs``) and its edited image: ``success`` (the changed
+    attribute of the edited cell now reads as the target value) and ``preservation`` (the fraction of
+    the other cells whose labels, empty or shape / colour / size / fill, are unchanged)."""
+    outcomes = []
+    for scene, pair in zip(predict_scenes(classifier, edited), pairs, strict=True):
+        changed = pair["changed"]
+        obj = scene.cells[changed["cell"]]
+        source_cells = pair["source_labels"]["cells"]
+
+        def same(i: int) -> bool:
+            truth, seen = source_cells[i], scene.cells[i]
+            if truth is None or seen is None:
+                return truth is None and seen is None
+            return all(truth[a] == getattr(seen, a) for a in ("shape", "colour", "size", "fill"))
+
+        kept = [same(i) for i in range(len(source_cells)) if i != changed["cell"]]
+        outcomes.append({"success": obj is not None and getattr(obj, changed["attribute"]) == changed["to"],
+                         "preservation": sum(kept) / len(kept) if kept else 1.0})
+    return outcomes
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
