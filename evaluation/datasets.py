@@ -5,6 +5,9 @@ images. The paper uses the *first caption per image*, 5,000 prompts. Here "first
 annotation of that image in file order, and images keep the order of the file's ``images`` list,
 so ``--n 100`` is the first 100 of the 5,000 prompts on every machine.
 
+PIE-Bench (editing pairs with masks of the edited region): ``evaluation.pie_bench``; its masks
+are ``RunLengthMask`` here.
+
 Editing pairs: the JSONL rows ``data_prep/caption.py`` writes (``image``, ``source_prompt``,
 ``target_prompt``, ...) for DIV2K, and the same format from its ``--preset cat2dog`` for Cat2Dog.
 A rerun of data_prep can append a second row for an image; the last row wins. Pairs are sorted by
@@ -18,6 +21,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 
 @dataclass(frozen=True)
 class CaptionItem:
@@ -28,12 +34,48 @@ class CaptionItem:
 
 
 @dataclass(frozen=True)
+class RunLengthMask:
+    """A mask stored as run-length pairs ``[start, length, start, length, ...]`` over the row-major
+    ``height x width`` image (PIE-Bench's format): pixels start .. start + length - 1 are 1.
+
+    border: also set the one-pixel frame to 1, as PIE-Bench's ``mask_decode`` does "to avoid
+    annotation errors in boundary" (so the frame never counts as unedited). Runs are checked when
+    the mask is made (``evaluation.pie_bench.check_runs``); decoding is lazy (700 decoded 512 x 512
+    masks would hold 180 MB).
+    """
+
+    runs: tuple[int, ...]
+    height: int
+    width: int
+    border: bool = True
+
+    def array(self) -> np.ndarray:
+        """(height, width) float32, 1 = edited. A run past the image's end is cut there."""
+        length = self.height * self.width
+        starts = np.asarray(self.runs[0::2], dtype=np.int64)
+        stops = np.minimum(starts + np.asarray(self.runs[1::2], dtype=np.int64), length)
+        edges = np.zeros(length + 1, dtype=np.int64)
+        np.add.at(edges, starts, 1)  # overlapping runs: a pixel is 1 while any run covers it
+        np.add.at(edges, stops, -1)
+        mask = (np.cumsum(edges[:-1]) > 0).astype(np.float32).reshape(self.height, self.width)
+        if self.border:
+            mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = 1.0
+        return mask
+
+    def image(self) -> Image.Image:
+        """The mask as a PIL "L" image, 255 = edited."""
+        return Image.fromarray((self.array() * 255).astype(np.uint8), mode="L")
+
+
+@dataclass(frozen=True)
 class EditPair:
     index: int
     image: str  # path of the source image
     name: str
     source_prompt: str
     target_prompt: str
+    mask: RunLengthMask | None = None  # the edited region (1 = edited), where the dataset has one
+    editing_type: str = ""  # PIE-Bench's editing_type_id ("0".."9")
 
 
 def load_coco_captions(captions_json: str | os.PathLike, n: int | None = None) -> list[CaptionItem]:

@@ -40,14 +40,15 @@ class MissingDependency(ImportError):
     """An optional package a metric needs is not installed (or does not import)."""
 
 
-def require(module: str, package: str, metric: str) -> Any:
-    """Import ``module`` or raise ``MissingDependency`` naming the pip ``package`` and the metric."""
+def require(module: str, package: str, metric: str, install: str = EVAL_INSTALL) -> Any:
+    """Import ``module`` or raise ``MissingDependency`` naming the pip ``package``, the metric and
+    the ``install`` line (default: the separate metrics environment)."""
     try:
         return importlib.import_module(module)
     except Exception as exc:  # ImportError, and e.g. torchvision's RuntimeError beside a mismatched torch
         raise MissingDependency(
             f"the {metric} metric needs the Python package {package!r} (import {module!r} failed: "
-            f"{type(exc).__name__}: {exc}); install the optional metrics: {EVAL_INSTALL}") from exc
+            f"{type(exc).__name__}: {exc}); install the optional metrics: {install}") from exc
 
 
 def batches(n: int, batch_size: int, desc: str, progress: bool = True):

