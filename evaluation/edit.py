@@ -11,7 +11,7 @@ configuration of the sweep â€” method (vanilla / tokens) x n_max x target CFG â€
 * where the pairs carry a mask of the edited region (PIE-Bench, ``evaluation.pie_bench``): the
   region metrics of ``evaluation.region_metrics`` (structure distance; PSNR, LPIPS, MSE, SSIM of
   the unedited region; CLIP of the whole and of the edited region), with the dataset's mask, put
-  through the editor's resize and crop (``fit_mask``; PIE-Bench's one-pixel frame drawn after
+  through the editor's resize and crop (``region_mask``; PIE-Bench's one-pixel frame drawn after
   it), as the region. That holds whatever ``mask`` says: PIE-Bench scores every editor, masked
   or not, on its own masks.
 
@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from editing.flowedit import FlowEditParams
 from editing.inputs import InputReport
-from evaluation.datasets import EditPair, load_edit_pairs
+from editing.masks import AutoMask, fit_mask
+from evaluation.datasets import EditPair, RunLengthMask, load_edit_pairs
 from evaluation.pie_bench import is_pie_bench, load_pie_bench
 from evaluation.runner import MetricSettings, Task, free_memory, write_edit_plot
 from softrepa.images import write_png
@@ -107,22 +108,12 @@ def _framed(mask: Image.Image) -> Image.Image:
     return Image.fromarray(values, mode="L")
 
 
-def fit_mask(mask: Image.Image, report: InputReport) -> Image.Image:
-    """A mask made at the input image's size put through the resize and center crop
-    ``editing.inputs.prepare_image`` gave that image (``report``), binary (0 / 255) again after a
-    resize."""
-    if mask.size != tuple(report.original_size):
-        raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} but its image is {report.original_size[0]}x"
-                         f"{report.original_size[1]}: masks are made at their image's size")
-    mask = mask.convert("L")
-    if report.resized_size:
-        mask = mask.resize(tuple(report.resized_size), Image.Resampling.BILINEAR)
-        mask = mask.point(lambda v: 255 if v >= 128 else 0)
-    (width, height), (final_w, final_h) = mask.size, tuple(report.final_size)
-    if (width, height) != (final_w, final_h):
-        left, top = (width - final_w) // 2, (height - final_h) // 2
-        mask = mask.crop((left, top, left + final_w, top + final_h))
-    return mask
+def region_mask(mask: RunLengthMask, report: InputReport) -> Image.Image:
+    """The dataset's mask of the edited region at the prepared image's size ("L", 255 = edited):
+    through the editor's own resize and center crop (``editing.masks.fit_mask``), binary, with
+    PIE-Bench's one-pixel frame drawn again at that size (a downscale would thin it away)."""
+    fitted = fit_mask(mask.array(), report).image()
+    return _framed(fitted) if mask.border else fitted
 
 
 class EditTask(Task):
@@ -238,7 +229,7 @@ class EditTask(Task):
                     pair = pairs[pair_items[0]["index"]]
                     prepared = editor.prepare(pair.image)
                     self._write_inputs(pair, prepared)
-                    mask_argument = self._mask_argument(pair, prepared)
+                    mask_argument = self._mask_argument(pair)
                     for item in pair_items:
                         if (self.run_dir / item["image"]).is_file():  # only its source or mask was missing
                             bar.update(1)
@@ -261,18 +252,16 @@ class EditTask(Task):
             write_png(prepared.image, source_file)
         region_file = self.run_dir / self.region_path(pair)
         if pair.mask is not None and not region_file.is_file():
-            region = fit_mask(dataclasses.replace(pair.mask, border=False).image(), prepared.report)
-            write_png(_framed(region) if pair.mask.border else region, region_file)
+            write_png(region_mask(pair.mask, prepared.report), region_file)
 
-    def _mask_argument(self, pair: EditPair, prepared) -> dict:
+    def _mask_argument(self, pair: EditPair) -> dict:
         """The ``mask=`` of ``FlowEditor.edit`` for this run's mask mode (none: not passed at all).
-        "given" hands the editor the dataset's mask without PIE-Bench's one-pixel frame: the frame
-        only keeps the border out of the unedited-region scores, it is not part of the edit."""
+        "given" hands the editor the dataset's mask at the original image's size (the editor fits it
+        as ``region_mask`` does), without PIE-Bench's one-pixel frame: the frame only keeps the
+        border out of the unedited-region scores, it is not part of the edit."""
         if self.config.mask == "given":
-            return {"mask": fit_mask(dataclasses.replace(pair.mask, border=False).image(), prepared.report)}
+            return {"mask": dataclasses.replace(pair.mask, border=False).image()}
         if self.config.mask == "auto":
-            from editing.masks import AutoMask
-
             return {"mask": AutoMask()}
         return {}
 

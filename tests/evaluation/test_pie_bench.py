@@ -4,8 +4,6 @@ dataset's masks as the region whatever the mask mode, and the masks handed to th
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import json
 import math
 
@@ -16,7 +14,7 @@ from PIL import Image
 from editing.inputs import prepare_image
 from evaluation.cli import main
 from evaluation.datasets import RunLengthMask
-from evaluation.edit import EditConfig, EditTask, fit_mask
+from evaluation.edit import EditConfig, EditTask, region_mask
 from evaluation.pie_bench import MAPPING_FILE, check_runs, is_pie_bench, load_pie_bench, strip_brackets
 from evaluation.region_metrics import build_region_metric
 
@@ -140,19 +138,19 @@ def test_malformed_entries_name_their_id(pie_dir, tmp_path, change, error, messa
     assert "'000000000000'" in str(raised.value)
 
 
-def test_fit_mask_follows_the_editors_resize_and_crop(pie_dir):
+def test_region_mask_follows_the_editors_resize_and_crop(pie_dir):
     _, path, size, rectangle, *_ = ENTRIES[2]
     prepared = prepare_image(pie_dir / "annotation_images" / path, max_side=32, multiple=2, min_side=8)
-    mask = Image.fromarray((rectangle_mask(size, rectangle, border=False) * 255).astype(np.uint8), mode="L")
-    fitted = fit_mask(mask, prepared.report)
-    assert prepared.report.resized_size == (32, 24) and fitted.size == prepared.image.size
-    values = np.unique(np.asarray(fitted))
-    assert set(values.tolist()) == {0, 255}  # binary again after the resize
+    runs = tuple(rectangle_runs(size[0], rectangle))
+    fitted = np.asarray(region_mask(RunLengthMask(runs, size[1], size[0]), prepared.report))
+    assert prepared.report.resized_size == (32, 24) and fitted.shape[::-1] == prepared.image.size == (32, 24)
+    assert set(np.unique(fitted).tolist()) == {0, 255}  # binary again after the resize
+    assert fitted[0].min() == fitted[-1].min() == fitted[:, 0].min() == fitted[:, -1].min() == 255  # the frame
     # the rectangle (rows 10-30 of 45, columns 20-50 of 60) lands at the same relative place
-    ys, xs = np.nonzero(np.asarray(fitted))
-    assert abs(ys.min() - 10 * 24 / 45) <= 1 and abs(xs.max() + 1 - 50 * 32 / 60) <= 1
-    with pytest.raises(ValueError, match="masks are made at their image's size"):
-        fit_mask(mask.resize((30, 30)), prepared.report)
+    ys, xs = np.nonzero(fitted[1:-1, 1:-1])
+    assert abs(ys.min() + 1 - 10 * 24 / 45) <= 1 and abs(xs.max() + 2 - 50 * 32 / 60) <= 1
+    unframed = np.asarray(region_mask(RunLengthMask(runs, size[1], size[0], border=False), prepared.report))
+    assert np.array_equal(unframed[1:-1, 1:-1], fitted[1:-1, 1:-1]) and unframed[0].max() == 0
 
 
 # ----------------------------------------------------------------------------- the editing evaluation
@@ -219,12 +217,9 @@ def test_mask_given_hands_the_editor_the_datasets_masks(pie_dir, tiny_world, tin
 
     seen = []
     original = FlowEditor.edit
-    takes_mask = "mask" in inspect.signature(original).parameters
 
     def recording_edit(self, image, *args, **kwargs):
-        seen.append((image.image.size, kwargs.get("mask")))
-        if not takes_mask:  # the editor without masks: only the plumbing up to it is tested
-            kwargs.pop("mask", None)
+        seen.append(kwargs.get("mask"))
         return original(self, image, *args, **kwargs)
 
     monkeypatch.setattr(FlowEditor, "edit", recording_edit)
@@ -233,12 +228,16 @@ def test_mask_given_hands_the_editor_the_datasets_masks(pie_dir, tiny_world, tin
                      "psnr_unedited,mse_unedited", "--editing-types", "0", "2")
     assert main(argv) == 0
     assert len(seen) == 2
-    for (size, mask), index in zip(seen, (0, 1)):  # indices of the pairs kept: ids 000000000000, 211000000001
+    for mask, index, entry in zip(seen, (0, 1), (ENTRIES[0], ENTRIES[2])):  # the pairs kept are renumbered
+        _, _, size, rectangle, *_ = entry
+        # the editor gets the dataset's mask at the picture's size, without PIE-Bench's frame ...
+        assert isinstance(mask, Image.Image) and mask.size == size
+        assert np.array_equal(np.asarray(mask) / 255, rectangle_mask(size, rectangle, border=False))
+        # ... and fits it to the prepared image as the region the metrics read (inside the frame)
         region = np.asarray(Image.open(out / f"images/masks/0000{index}.png"))
-        assert isinstance(mask, Image.Image) and mask.size == size == region.shape[::-1]
-        given = np.asarray(mask)
-        assert given[0].max() == 0 and region[0].min() == 255  # the editor gets no PIE-Bench frame
-        assert np.array_equal(given[1:-1, 1:-1], region[1:-1, 1:-1])  # inside the frame: the same region
+        used = np.asarray(Image.open(out / f"images/vanilla-nmax2-cfg3/0000{index}.mask.png"))
+        assert used.shape == region.shape and region[0].min() == 255 and used[0].max() == 0
+        assert np.array_equal(used[1:-1, 1:-1], region[1:-1, 1:-1])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["generation"]["mask"] == "given"
     metrics = summary["groups"][0]["metrics"]
@@ -246,7 +245,8 @@ def test_mask_given_hands_the_editor_the_datasets_masks(pie_dir, tiny_world, tin
     # the editor pastes the source back outside a hard mask: the unedited region is the source's, bit
     # for bit, so MSE 0 and PSNR infinite, which the mean keeps (as PIE-Bench's averaging would)
     assert metrics["mse_unedited"] == 0.0 and metrics["psnr_unedited"] == math.inf
-    assert any(note.startswith("PSNR: 2 of 2 edits keep the unedited region bit-identical") for note in summary["notes"])
+    assert any(note.startswith("PSNR: 2 of 2 edits keep the unedited region bit-identical")
+               for note in summary["notes"])
     assert "| FlowEdit | 2 | 3 | - | inf | - | 0.00 | - | - | - |" in (out / "table.md").read_text()
     assert all((out / f"images/vanilla-nmax2-cfg3/0000{i}.mask.png").is_file() for i in (0, 1))
 
@@ -267,15 +267,6 @@ def test_mask_modes_are_checked_before_any_work(tiny_world, pie_dir, tmp_path, c
     assert not any("region_mask" in item for item in plain.items())
 
 
-def _editor_takes_masks() -> bool:
-    from editing.editor import FlowEditor
-
-    return importlib.util.find_spec("editing.masks") is not None and "mask" in inspect.signature(
-        FlowEditor.edit).parameters
-
-
-@pytest.mark.skipif(not _editor_takes_masks(),
-                    reason="this editor has no masks (editing.masks, FlowEditor.edit(mask=))")
 def test_mask_auto_saves_the_editors_masks_and_scores_the_datasets(pie_dir, tiny_world, tiny_clip_dir,
                                                                    cheap_fid_and_lpips, tmp_path):
     out = tmp_path / "auto"
