@@ -1,4 +1,4 @@
-"""Seconds per FlowEdit edit: tokens off, tokens on, and a cached re-edit with a new target.
+"""Seconds per FlowEdit edit: tokens off, tokens on, a cached re-edit with a new target, and 4 candidates.
 
     python benchmarks/edit_latency.py                      # the bundled shapes model when built, else random-sd3
     python benchmarks/edit_latency.py --model random-sd3   # random-weight SD3 sized so the transformer dominates
@@ -16,9 +16,13 @@ Models (``--model``):
 
 "first edit" uses a fresh editor (cold caches: VAE encode, 4 prompt encodings, batch-4 calls);
 "re-edit" edits the same image with a new target prompt on a warm editor (only the new prompt is
-encoded, only the target half of the batch runs). Medians over ``--repeats``. The last line is::
+encoded, only the target half of the batch runs). "4 candidates" edits with 4 new seeds in one
+batched run (``FlowEditor.edit_candidates``: batch 16 per step), "4 single edits" the same 4 seeds
+one after another (batch 4 each), both on the warm editor. Medians over ``--repeats``. The last line
+is::
 
     RESULT reedit_ratio=<re-edit / first edit> tokens_overhead_pct=<(tokens on / off - 1) * 100>
+           candidates4_vs_single4=<4 candidates / 4 single edits>
            model=<shapes-sd3 | random-sd3-<layers>x<width> | folder> size=<px> steps=<T> n_max=<n>
            repeats=<r> transformer_pct=<transformer share of a first edit, %> clock=<cpu | wall>
 """
@@ -146,8 +150,9 @@ def measure(model: BenchModel, args: argparse.Namespace) -> tuple[dict[str, list
 
     first_edit(False, "warm-up")  # first calls allocate and pick kernels
     cases: dict[str, list] = {"first edit, tokens off": [], "first edit, tokens on": [],
-                              "cached re-edit, new target": []}
-    off, on, reedit = cases.values()
+                              "cached re-edit, new target": [], "4 single edits (4 seeds)": [],
+                              "4 candidates, one batched run": []}
+    off, on, reedit, singles, candidates = cases.values()
     share = []
     warm = FlowEditor(pipe, max_sequence_length=length)
     warm.edit(image, source, "a blue circle", params, use_tokens=False)
@@ -157,6 +162,12 @@ def measure(model: BenchModel, args: argparse.Namespace) -> tuple[dict[str, list
         share.append(clock.total / off[-1][0])
         on.append(first_edit(True, f"a blue circle {r}"))
         reedit.append(timed(lambda: warm.edit(image, source, f"a green triangle {r}", params, use_tokens=False)))
+        seeds = [1000 + 8 * r + k for k in range(4)]  # new seeds: no cached source velocities
+        singles.append(timed(lambda: [warm.edit(image, source, "a blue circle", params.replace(seed=seed),
+                                                use_tokens=False) for seed in seeds]))
+        seeds = [1004 + 8 * r + k for k in range(4)]
+        candidates.append(timed(lambda: warm.edit_candidates(image, source, "a blue circle", params, seeds=seeds,
+                                                             use_tokens=False)))
     return cases, share
 
 
@@ -172,9 +183,11 @@ def report(model: BenchModel, args: argparse.Namespace, cases: dict[str, list], 
     transformer_pct = statistics.median(share) * 100
     print(f"transformer share of a first edit (tokens off, wall): {transformer_pct:.0f}%")
     pick = 0 if clock == "wall" else 1
-    first, with_tokens, again = (statistics.median(v[pick] for v in values) for values in cases.values())
+    first, with_tokens, again, singles, candidates = (statistics.median(v[pick] for v in values)
+                                                      for values in cases.values())
     print(f"ratios below use {clock}-time medians")
     print(f"RESULT reedit_ratio={again / first:.3f} tokens_overhead_pct={(with_tokens / first - 1) * 100:.1f} "
+          f"candidates4_vs_single4={candidates / singles:.3f} "
           f"model={model.name} size={args.size} steps={args.steps} n_max={args.n_max} repeats={args.repeats} "
           f"transformer_pct={transformer_pct:.0f} clock={clock}")
 

@@ -63,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/local_edits", help="results.json goes here")
     parser.add_argument("--quick", action="store_true", help="12 pairs")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--auto-steps", type=int, default=AutoMask.steps, help="AutoMask steps (default: the library's)")
+    parser.add_argument("--auto-threshold", type=float, default=AutoMask.threshold)
+    parser.add_argument("--auto-dilate", type=int, default=AutoMask.dilate)
     args = parser.parse_args(argv)
     if args.quick:
         args.edits = 12
@@ -96,11 +100,12 @@ def iou(found: np.ndarray, truth: np.ndarray) -> float:
     return float((found & truth).sum() / max(1, (found | truth).sum()))
 
 
-def run_mode(editor, pairs, params, mode: str, use_tokens: bool, resolution: int) -> tuple[list, list]:
+def run_mode(editor, pairs, params, mode: str, use_tokens: bool, resolution: int, auto: AutoMask
+             ) -> tuple[list, list]:
     """The edited images and (auto mode) the masks found."""
     images, masks = [], []
     for pair in tqdm(pairs, desc=f"{mode} tokens={use_tokens}", leave=False):
-        mask = {"nomask": None, "mask": cell_mask(pair, resolution), "auto": AutoMask()}[mode]
+        mask = {"nomask": None, "mask": cell_mask(pair, resolution), "auto": auto}[mode]
         result = editor.edit(pair["source_image"], pair["source_prompt"], pair["target_prompt"], params,
                              use_tokens=use_tokens, mask=mask)
         images.append(result.image)
@@ -108,12 +113,13 @@ def run_mode(editor, pairs, params, mode: str, use_tokens: bool, resolution: int
     return images, masks
 
 
-def evaluate(editor, pairs, classifier, methods: list[tuple[str, bool]], resolution: int) -> dict:
+def evaluate(editor, pairs, classifier, methods: list[tuple[str, bool]], modes: list[str], resolution: int,
+             auto: AutoMask) -> dict:
     rows = {}
-    for (method, use_tokens), mode in itertools.product(methods, MODES):
+    for (method, use_tokens), mode in itertools.product(methods, modes):
         params = get_preset(default_preset_name(KIND, use_tokens)).params
         start = time.perf_counter()
-        images, masks = run_mode(editor, pairs, params, mode, use_tokens, resolution)
+        images, masks = run_mode(editor, pairs, params, mode, use_tokens, resolution, auto)
         outcomes = edit_outcomes(images, pairs, classifier)
         success = np.array([o["success"] for o in outcomes], np.float64)
         row = {"success": float(success.mean()), "success_se": float(success.std(ddof=1) / np.sqrt(len(success))),
@@ -195,9 +201,14 @@ def main(argv=None) -> dict:
         return {"tune": rows}
     pairs = make_edit_pairs(args.edits, seed=args.seed)
     methods = [("base", False)] + ([("tokens", True)] if with_tokens else [])
-    rows = evaluate(editor, pairs, load_classifier(), methods, resolution)
+    auto = AutoMask(steps=args.auto_steps, threshold=args.auto_threshold, dilate=args.auto_dilate)
+    auto.check()
+    rows = evaluate(editor, pairs, load_classifier(), methods, args.modes, resolution, auto)
     (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1, default=str))
     print_table(rows, name, len(pairs))
+    print(f"auto mask: {auto.to_dict()}")
+    if args.modes != list(MODES):
+        return rows
     base = {mode: rows[f"base/{mode}"] for mode in MODES}
     print(" ".join(["RESULT"] + [f"success_{m}={base[m]['success']:.3f}" for m in MODES]
                    + [f"psnr_out_{m}={base[m]['psnr_out']:.2f}" for m in MODES]

@@ -39,7 +39,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Hashable, TypeVar
+from typing import Any, Generic, Hashable, Sequence, TypeVar
 
 import torch
 from PIL import Image
@@ -372,9 +372,30 @@ class FlowEditor:
         Raises ``ImageInputError`` (bad image or mask: ``MaskError``) or ``ValueError`` (bad prompts or
         parameters).
         """
+        return self.edit_candidates(image, source_prompt, target_prompt, params, use_tokens=use_tokens,
+                                    max_side=max_side, mask=mask, mask_options=mask_options, progress=progress)[0]
+
+    def edit_candidates(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage, source_prompt: str,
+                        target_prompt: str, params: FlowEditParams | None = None, *, seeds: Sequence[int] | None = None,
+                        use_tokens: bool | None = None, max_side: int | None = None,
+                        mask: MaskLike | AutoMask | None = None, mask_options: MaskOptions | None = None,
+                        progress: ProgressCallback | None = None) -> list[EditResult]:
+        """``edit`` for each seed of ``seeds`` (default: ``params.seed`` alone), in one batched run.
+
+        The candidates share every transformer call (the batch dimension: 4N items per step instead
+        of N runs of 4); candidate j equals ``edit`` with ``params.replace(seed=seeds[j])`` to
+        batch-size rounding. One candidate uses the source-velocity cache; several do not (it is
+        kept per seed). ``EditResult.stats`` of each candidate describes the whole run.
+        """
         use_tokens = self.has_tokens if use_tokens is None else bool(use_tokens)
         params = self.default_params(use_tokens) if params is None else params
         self.check_inputs(source_prompt, target_prompt, params, use_tokens)
+        seeds = [params.seed] if seeds is None else list(seeds)
+        runs = [params.replace(seed=seed) for seed in seeds]
+        for run in runs:
+            run.check()  # a ParameterError names the seed field
+        if not runs:
+            raise ValueError("seeds is empty: give at least one seed")
         options = mask_options or MaskOptions()
         options.check()
         prepared = self.prepare(image, max_side)
@@ -389,36 +410,45 @@ class FlowEditor:
                 self._prompt(source_prompt, encoded), self._prompt(params.src_negative_prompt, encoded),
                 self._prompt(target_prompt, encoded), self._prompt(params.tar_negative_prompt, encoded),
                 params, use_tokens)
-            velocities = None
-            if self.cache_source_velocities and self._sources.maxsize > 0:
-                tokens_key = self.tokens_info["content_sha256"] if src.tokens else None
-                key = (source_prompt, params.source_velocity_key(), tokens_key)
-                velocities = source.velocity_sets.get(key)
-                if velocities is None:
-                    velocities = source.velocity_sets.put(key, {})
-            # a CPU generator: the same noise (hence the same edit) on every device
-            generator = torch.Generator(device="cpu").manual_seed(int(params.seed))
+            velocities = self._velocity_set(source, source_prompt, params, src.tokens) if len(runs) == 1 else None
+            # CPU generators: the same noise (hence the same edit) on every device
+            generators = [torch.Generator(device="cpu").manual_seed(int(run.seed)) for run in runs]
             vae_factor = int(self.pipe.vae_scale_factor)
             latent = mask if given is None else latent_mask(given, vae_factor, float(options.feather_latent),
                                                              source.x_src.device)
             out = flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
-                                   generator, attached=self._attached, source_velocities=velocities, mask=latent,
+                                   generators, attached=self._attached, source_velocities=velocities, mask=latent,
                                    progress=progress)
-            edited = decode_latents(self.pipe.vae, out.latents)
-            region, mask_info, edited = _restrict(edited, prepared, given, mask, out.mask, vae_factor, options)
+            finished = []  # (image, region, mask info) per candidate
+            for j in range(len(runs)):
+                found = None if out.mask is None else out.mask[j if out.mask.shape[0] > 1 else 0][None]  # (1, 1, h, w)
+                edited = decode_latents(self.pipe.vae, out.latents[j:j + 1])
+                finished.append(_restrict(edited, prepared, given, mask, found, vae_factor, options))
             stats = EditStats(seconds=time.perf_counter() - start, transformer_calls=out.transformer_calls,
                               prompts_encoded=encoded[0], source_latents_cached=latents_cached,
                               source_velocities_reused=out.source_velocities_reused)
-        return EditResult(image=edited, latents=out.latents, source_image=prepared.image, source_prompt=source_prompt,
-                          target_prompt=target_prompt, params=params, use_tokens=use_tokens,
-                          input_report=prepared.report, stats=stats, model=self.model_name,
-                          tokens_info=self.tokens_info, mask=region, mask_info=mask_info)
+        return [EditResult(image=edited, latents=out.latents[j:j + 1], source_image=prepared.image,
+                           source_prompt=source_prompt, target_prompt=target_prompt, params=run, use_tokens=use_tokens,
+                           input_report=prepared.report, stats=stats, model=self.model_name,
+                           tokens_info=self.tokens_info, mask=region, mask_info=mask_info)
+                for j, (run, (region, mask_info, edited)) in enumerate(zip(runs, finished))]
+
+    def _velocity_set(self, source: _Source, source_prompt: str, params: FlowEditParams,
+                      source_tokens: bool) -> dict | None:
+        """The source-velocity table this edit reads and fills (None when caching is off)."""
+        if not self.cache_source_velocities or self._sources.maxsize == 0:
+            return None
+        tokens_key = self.tokens_info["content_sha256"] if source_tokens else None
+        key = (source_prompt, params.source_velocity_key(), tokens_key)
+        velocities = source.velocity_sets.get(key)
+        return velocities if velocities is not None else source.velocity_sets.put(key, {})
 
 
 def _restrict(edited: Image.Image, prepared: PreparedImage, given: PixelMask | None, requested: Any,
               latent: torch.Tensor | None, vae_factor: int, options: MaskOptions
               ) -> tuple[PixelMask | None, dict[str, Any] | None, Image.Image]:
-    """(the region at image resolution, its metadata, the image with the source pasted back outside it).
+    """(the region at image resolution, its metadata, the image with the source pasted back outside it)
+    for one candidate, whose latent mask is ``latent`` (1, 1, h, w) or None.
 
     The region is the pixel mask the latents saw: a given mask after ``feather_px``, or the
     automatic latent mask repeated to pixels. Paste-back follows ``options`` (default: hard regions).

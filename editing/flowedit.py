@@ -75,7 +75,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, MutableMapping
+from typing import Any, Callable, MutableMapping, Sequence
 
 import numpy as np
 import torch
@@ -322,16 +322,16 @@ def flowedit_schedule(scheduler: Any, steps: int, device: torch.device | str | N
 
 @dataclass
 class FlowEditOutput:
-    latents: torch.Tensor  # (1, C, h, w) float32: z_edit, or x_tar when n_min > 0
+    latents: torch.Tensor  # (N, C, h, w) float32, one per candidate: z_edit, or x_tar when n_min > 0
     transformer_calls: int
     source_velocities_reused: int  # (step, sample) pairs whose v_src came from the cache
-    mask: torch.Tensor | None = None  # (1, 1, h, w) float32: the latent mask used (given or found), None = none
+    mask: torch.Tensor | None = None  # (1 or N, 1, h, w) float32: the latent mask used (given or found per candidate)
 
 
 @dataclass
 class _Request:
-    latent: torch.Tensor  # (1, C, h, w) float32
-    text: PromptEmbeds
+    latent: torch.Tensor  # (N, C, h, w) float32: one latent per candidate
+    text: PromptEmbeds  # (1, n, D): the same prompt for every candidate
     tokens: bool
 
 
@@ -351,21 +351,24 @@ class _Denoiser:
 
     def _call(self, timestep: torch.Tensor, group: list[_Request]) -> list[torch.Tensor]:
         dtype, device = self.transformer.dtype, group[0].latent.device
-        hidden = torch.cat([r.latent for r in group]).to(dtype)  # (B, C, h, w)
-        text = torch.cat([r.text.embeds for r in group]).to(device, dtype)  # (B, n, D)
-        pooled = torch.cat([r.text.pooled for r in group]).to(device, dtype)  # (B, P)
+        sizes = [r.latent.shape[0] for r in group]
+        hidden = torch.cat([r.latent for r in group]).to(dtype)  # (B, C, h, w), B = sum of sizes
+        text = torch.cat([r.text.embeds.expand(n, -1, -1) for r, n in zip(group, sizes)]).to(device, dtype)  # (B, n, D)
+        pooled = torch.cat([r.text.pooled.expand(n, -1) for r, n in zip(group, sizes)]).to(device, dtype)  # (B, P)
         switch = self.attached.switch(group[0].tokens) if self.attached is not None else contextlib.nullcontext()
         with switch:
-            velocity = self.transformer(hidden_states=hidden, timestep=timestep.expand(len(group)).to(device),
+            velocity = self.transformer(hidden_states=hidden, timestep=timestep.expand(hidden.shape[0]).to(device),
                                         encoder_hidden_states=text, pooled_projections=pooled,
                                         return_dict=False)[0]  # (B, C, h, w)
         self.calls += 1
-        return list(velocity.float().split(1))
+        return list(velocity.float().split(sizes))
 
 
-def _noise(generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def _noise(generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w): one draw of ``like``'s shape (1, C, h, w) from each candidate's generator."""
     # drawn on the generator's device, so a CPU generator reproduces the same edit on any device
-    return torch.randn(like.shape, generator=generator, device=generator.device, dtype=torch.float32).to(like.device)
+    return torch.cat([torch.randn(like.shape, generator=g, device=g.device, dtype=torch.float32)
+                      for g in generators]).to(like.device)
 
 
 def _check_mask(mask: torch.Tensor | AutoMask | None, x_src: torch.Tensor) -> torch.Tensor | AutoMask | None:
@@ -388,16 +391,23 @@ def _check_mask(mask: torch.Tensor | AutoMask | None, x_src: torch.Tensor) -> to
 
 @torch.no_grad()
 def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, source: Branch, target: Branch,
-                     params: FlowEditParams, generator: torch.Generator, *, attached: Any | None = None,
+                     params: FlowEditParams, generator: torch.Generator | Sequence[torch.Generator], *,
+                     attached: Any | None = None,
                      source_velocities: MutableMapping[tuple[int, int], torch.Tensor] | None = None,
                      mask: torch.Tensor | AutoMask | None = None,
                      progress: ProgressCallback | None = None) -> FlowEditOutput:
     """Run FlowEdit from the source latents ``x_src`` (1, C, h, w); see the module docstring.
 
     transformer, scheduler: the SD3 pipeline's components (read only).
+    generator: where the noise comes from; a list of N generators runs N candidates of the same edit
+        in the batch dimension (one transformer call of 4N items per step and sample instead of N
+        calls of 4): candidate j draws its noise from generator j exactly as a single edit would, so
+        it equals the single edit with that generator (to batch-size rounding).
     attached: the ``AttachedTokens`` hooked into ``transformer``, required when a branch has tokens.
-    source_velocities: optional cache of v_src per (step index, sample index), read and filled.
-    mask: None (the whole image), a latent mask (1, 1, h, w) in [0, 1], or an ``AutoMask``.
+    source_velocities: optional cache of v_src per (step index, sample index), read and filled (one
+        candidate only: the cache is per seed).
+    mask: None (the whole image), a latent mask (1, 1, h, w) in [0, 1], or an ``AutoMask`` (one
+        region per candidate).
     progress: called with (steps done, total) after each executed step; total = n_max.
     """
     params.check()
@@ -405,6 +415,10 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
         raise ValueError("soft tokens requested for this edit but no tokens are attached to the transformer")
     if x_src.dim() != 4 or x_src.shape[0] != 1:
         raise ValueError(f"x_src must be one latent image (1, C, h, w), got shape {tuple(x_src.shape)}")
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    if not generators or (len(generators) > 1 and source_velocities is not None):
+        raise ValueError("give one generator per candidate, and no source_velocities cache with several "
+                         f"(got {len(generators)} generators)")
     T, n_max, n_min, n_avg = params.steps, params.n_max, params.n_min, params.n_avg
     x_src = x_src.float()
     mask = _check_mask(mask, x_src)
@@ -418,7 +432,7 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
     denoise = _Denoiser(transformer, attached)
     reused = 0
 
-    z_edit = x_src.clone()  # (1, C, h, w) float32
+    z_edit = x_src.repeat(len(generators), 1, 1, 1)  # (N, C, h, w) float32
     x_tar: torch.Tensor | None = None  # set when the last n_min steps start
     noise_plain: torch.Tensor | None = None  # the noise of the plain-sampling steps
     done = 0
@@ -428,17 +442,17 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
         t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
         if T - i > n_min:
             v_delta, hits = _velocity_difference(denoise, t, sigma, x_src, z_edit, source, target, n_avg, i,
-                                                 generator, source_velocities)
+                                                 generators, source_velocities)
             reused += hits
             if finder is not None and mask is None:
                 evidence.append(finder.score(v_delta))
                 if len(evidence) == finder.steps or T - i - 1 == n_min:  # enough evidence, or the last such step
-                    mask = finder.find(evidence)  # (1, 1, h, w)
+                    mask = finder.find(evidence)  # (N, 1, h, w)
                     z_edit = x_src + mask * (z_edit - x_src)  # the steps so far, masked after the fact
             z_edit = z_edit + (sigma_next - sigma) * (v_delta if mask is None else mask * v_delta)
         else:
             if x_tar is None:  # first plain-sampling step: put the edit at this noise level
-                noise_plain = _noise(generator, x_src)
+                noise_plain = _noise(generators, x_src)  # (N, C, h, w)
                 x_src_t = (1 - sigma) * x_src + sigma * noise_plain
                 x_tar = z_edit + x_src_t - x_src
             v_tar = target.guide(denoise(t, _requests(target, x_tar)))
@@ -458,14 +472,14 @@ def _requests(branch: Branch, z: torch.Tensor) -> list[_Request]:
 
 def _velocity_difference(denoise: _Denoiser, t: torch.Tensor, sigma: torch.Tensor, x_src: torch.Tensor,
                          z_edit: torch.Tensor, source: Branch, target: Branch, n_avg: int, i: int,
-                         generator: torch.Generator,
+                         generators: list[torch.Generator],
                          source_velocities: MutableMapping[tuple[int, int], torch.Tensor] | None
                          ) -> tuple[torch.Tensor, int]:
     """(v_delta of step i averaged over n_avg noise samples, samples whose v_src came from the cache)."""
-    v_delta = torch.zeros_like(x_src)
+    v_delta = torch.zeros_like(z_edit)  # (N, C, h, w)
     reused = 0
     for k in range(n_avg):
-        noise = _noise(generator, x_src)
+        noise = _noise(generators, x_src)
         z_src = (1 - sigma) * x_src + sigma * noise
         z_tar = z_edit + z_src - x_src
         v_src = source_velocities.get((i, k)) if source_velocities is not None else None

@@ -82,13 +82,13 @@ class AutoMask:
 
     @staticmethod
     def score(v_delta: torch.Tensor) -> torch.Tensor:
-        """One step's evidence: the channel mean of |v_delta| (1, C, h, w) -> (1, 1, h, w)."""
+        """One step's evidence: the channel mean of |v_delta| (N, C, h, w) -> (N, 1, h, w)."""
         return v_delta.abs().mean(dim=1, keepdim=True)
 
     def find(self, scores: list[torch.Tensor]) -> torch.Tensor:
-        """The binary region (1, 1, h, w) float32 from the per-step ``score`` maps."""
-        evidence = torch.stack(scores).mean(dim=0)  # (1, 1, h, w)
-        region = (evidence >= float(self.threshold) * evidence.amax()).float()
+        """The binary region (N, 1, h, w) float32 from the per-step ``score`` maps (each candidate its own)."""
+        evidence = torch.stack(scores).mean(dim=0)  # (N, 1, h, w): one map per candidate
+        region = (evidence >= float(self.threshold) * evidence.amax(dim=(2, 3), keepdim=True)).float()
         return dilate(region, self.dilate)
 
     def to_dict(self) -> dict[str, Any]:

@@ -287,3 +287,24 @@ def test_auto_mask_finds_the_changed_cell_on_the_shapes_model():
         outside = region == 0
         assert np.array_equal(np.asarray(result.image)[outside], np.asarray(pair["source_image"])[outside])
     assert top >= 3
+
+
+@pytest.mark.parametrize("mask", [None, "box", "auto"])
+def test_candidates_equal_single_edits_with_their_seeds(editor, mask):
+    """N seeds in one batched run: candidate j is the single edit with seed j (to batch-size rounding),
+    with one transformer call per step for all of them."""
+    image = picture(7)
+    region = {"box": box_mask(image.size, (0, 0, 16, 32)), "auto": AutoMask(steps=2), None: None}[mask]
+    params = FlowEditParams(**SMALL)
+    candidates = editor.edit_candidates(image, SRC, TAR, params, seeds=[11, 12, 13], mask=region)
+    assert [c.params.seed for c in candidates] == [11, 12, 13]
+    assert candidates[0].stats.transformer_calls == params.n_max  # one call of 12 items per step
+    for candidate in candidates:
+        single = editor.edit(image, SRC, TAR, params.replace(seed=candidate.params.seed), mask=region)
+        assert float((candidate.latents - single.latents).abs().max()) < 1e-4
+        assert (candidate.mask is None) == (single.mask is None)
+        if mask == "auto":
+            assert np.array_equal(candidate.mask.values, single.mask.values)
+    assert not torch.equal(candidates[0].latents, candidates[1].latents)
+    with pytest.raises(ValueError, match="seed"):
+        editor.edit_candidates(image, SRC, TAR, params, seeds=[1, -2])
