@@ -41,6 +41,36 @@ LABELS: dict[str, str] = {
     "max_side": "Max side (px)",
     "guidance": "Guidance convention",
     "token_branches": "Tokens on",
+    "mask_mode": "Mask",
+    "mask": "Mask image",
+    "mask_brush": "Paint the region to edit",
+}
+# the Mask control: none = the whole picture may change; drawn = only the region of the mask image
+# (painted with the brush or uploaded); auto = the region the edit itself finds (editing.masks.AutoMask)
+MASK_MODES = ("none", "drawn", "auto")
+# What each parameter of the /edit and /compare endpoints means (their docstrings are made from it:
+# app.components.describe_endpoint). Bounds are not restated: FlowEditParams.check and the app's caps
+# below refuse what is out of range, naming the control.
+API_HELP: dict[str, str] = {
+    "image": "the picture to edit (an image file; larger ones are downscaled to max_side and center-cropped)",
+    "source_prompt": "what the picture shows",
+    "target_prompt": "the same description with your change",
+    "use_tokens": "edit with the SoftREPA soft tokens (only when the app has tokens)",
+    "tar_cfg": "target guidance: higher follows the target prompt more closely",
+    "src_cfg": "source guidance",
+    "n_max": "edit strength: how many of the T steps edit (at most steps)",
+    "steps": "scheduler steps T over the whole noise range",
+    "n_min": "the last n_min editing steps sample the target plainly (at most n_max)",
+    "n_avg": "noise samples averaged per step (n_avg times slower, smoother)",
+    "seed": "the seed all noise comes from",
+    "randomize_seed": "draw a new seed (the one used is in the result's details)",
+    "max_side": "inputs larger than this (pixels, long side) are downscaled",
+    "guidance": "standard: u + w(c - u); authors: the SoftREPA code's c + w(c - u) on the target",
+    "token_branches": "both: soft tokens on both FlowEdit branches (the paper); target: the target branch only",
+    "mask_mode": "none: the whole picture may change; drawn: only the region of the mask image; auto: the "
+                 "region the edit itself finds (shown in the result)",
+    "mask": "with mask_mode 'drawn' only: an image of the same aspect as the picture, white (or, in a "
+            "transparent image, painted) = may change; refused with the other modes",
 }
 # the CFG sliders (the FlowEdit demo's go to 30); 0..1 is allowed (standard CFG 1 = conditional only)
 CFG_RANGE = (0.0, 30.0)
@@ -72,6 +102,7 @@ class EditControls:
     max_side: int = 1024
     guidance: str = "standard"
     token_branches: str = "both"
+    mask_mode: str = "none"  # one of MASK_MODES; the mask image itself is an input like the source image
 
 
 CONTROL_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EditControls))

@@ -27,11 +27,13 @@ from PIL import Image
 from app.controls import (LABELS, EditControls, UserInputError, controls_for_params, default_preset, parameter_message,
                           params_from_controls, preset_controls)
 from app.examples import OUTPUT_KEYS
+from app.masks import mask_message, mask_request, mask_summary, save_region
 from app.service import EditorService
 from editing.cli import safe_name
-from editing.editor import EditResult, FlowEditor
+from editing.editor import EditResult, FlowEditor, mask_path
 from editing.flowedit import FlowEditParams, ParameterError
 from editing.inputs import PreparedImage
+from editing.masks import AutoMask, MaskError
 from softrepa.images import ImageInputError, write_png
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ def reports_errors(fn: F) -> F:
             raise
         except EditCancelled:
             raise gr.Error("Edit cancelled.", title="Cancelled", print_exception=False) from None
+        except MaskError as exc:  # before ImageInputError, its base: headed by the mask control's label
+            raise gr.Error(mask_message(exc), title="Check the mask", print_exception=False) from None
         except (UserInputError, ImageInputError) as exc:
             raise gr.Error(str(exc), title="Check the inputs", print_exception=False) from None
         except ParameterError as exc:  # FlowEditParams.check, the one home of the parameter rules
@@ -131,9 +135,11 @@ def prepare_source(editor: FlowEditor, image: str | Path | Image.Image | None, m
 
 @dataclass
 class OutputImage:
-    path: str  # PNG with the edit's parameters in its metadata
+    path: str  # PNG with the edit's parameters (and its mask, if any) in its metadata
     use_tokens: bool
     label: str
+    mask_path: str | None = None  # the region the edit was restricted to, beside the PNG (white = edited)
+    region_path: str | None = None  # the input with that region tinted, for the page
 
 
 @dataclass
@@ -147,28 +153,35 @@ class EditOutcome:
     details: dict[str, Any]  # seed, parameters, timings, input preparation, model
     summary: str  # one markdown line
     notices: list[str] = field(default_factory=list)  # for gr.Info (input resized, prompt truncated for CLIP)
+    mask: str | None = None  # the mask image to restore with the entry (drawn: fitted to source_path)
 
     @property
     def final(self) -> OutputImage:
         """The image the before/after slider and the history show (with tokens in a comparison)."""
         return self.images[-1]
 
+    def files(self) -> list[str]:
+        """The PNG downloads: each result, then the mask saved beside it (masked edits)."""
+        return [path for image in self.images for path in (image.path, image.mask_path) if path]
+
 
 def tokens_label(use_tokens: bool) -> str:
     return "with soft tokens" if use_tokens else "without soft tokens"
 
 
-def _summary(mode: str, params: FlowEditParams, results: list[EditResult], prepared: PreparedImage) -> str:
+def _summary(mode: str, params: FlowEditParams, results: list[EditResult], prepared: PreparedImage,
+             mask_mode: str) -> str:
     seconds = " + ".join(f"{r.stats.seconds:.2f} s" for r in results)
     tokens = "tokens off vs on" if mode == "compare" else ("tokens on" if results[0].use_tokens else "tokens off")
     size = "x".join(map(str, prepared.report.final_size))
+    mask = mask_summary(mask_mode, results)
     return (f"**Done in {seconds}** · seed {params.seed} · T {params.steps}, n_max {params.n_max}, n_min "
             f"{params.n_min}, n_avg {params.n_avg}, src CFG {params.src_cfg:g}, tar CFG {params.tar_cfg:g} · "
-            f"{tokens} · {size} px")
+            f"{tokens} · {size} px" + (f" · {mask}" if mask else ""))
 
 
 def _run(service: EditorService, image: Any, controls: EditControls, token_states: list[bool], session: str,
-         progress: ProgressFn | None) -> EditOutcome:
+         progress: ProgressFn | None, mask: Any) -> EditOutcome:
     editor = service.editor()
     if any(token_states) and not editor.has_tokens:
         raise UserInputError("This app runs without soft tokens (none were given or they could not be loaded), so "
@@ -176,9 +189,11 @@ def _run(service: EditorService, image: Any, controls: EditControls, token_state
     notices = check_prompt(editor, "source_prompt", controls.source_prompt)
     notices += check_prompt(editor, "target_prompt", controls.target_prompt)
     params, max_side = params_from_controls(controls, editor)
+    region = mask_request(controls.mask_mode, mask)
     prepared = prepare_source(editor, image, max_side)
     notices += [f"The image was {note}." for note in prepared.report.notes]
-    results = _edit_each(service, editor, prepared, controls, params, token_states, session, progress)
+    results = _edit_each(service, editor, prepared, controls, params, token_states, session, progress, region)
+    notices += [_sentence(note) for note in (results[-1].mask_info or {}).get("notes", [])]  # e.g. mask resized
 
     mode = "compare" if len(token_states) > 1 else "edit"
     source_path, images = _save_images(service.session_dir(session), prepared, results, mode, controls.target_prompt)
@@ -188,20 +203,25 @@ def _run(service: EditorService, image: Any, controls: EditControls, token_state
         "seed": params.seed, "params": params.to_dict(), "max_side": max_side,
         "tokens": editor.tokens_info and {k: editor.tokens_info.get(k) for k in ("file", "sha256")},
         "input": prepared.report.to_dict(),
+        "mask_mode": controls.mask_mode, "mask": results[-1].mask_info,  # the editor's mask_info (None: no mask)
         "results": [{"use_tokens": r.use_tokens, "seconds": round(r.stats.seconds, 3),
                      "transformer_calls": r.stats.transformer_calls,
                      "source_latents_cached": r.stats.source_latents_cached,
-                     "source_velocities_reused": r.stats.source_velocities_reused} for r in results],
+                     "source_velocities_reused": r.stats.source_velocities_reused, "mask": r.mask_info}
+                    for r in results],
         "seconds": round(sum(r.stats.seconds for r in results), 3),
     }
     used = dataclasses.replace(controls, seed=params.seed, randomize_seed=False, max_side=max_side,
                                use_tokens=token_states[-1])
-    return EditOutcome(mode, source_path, images, used, details, _summary(mode, params, results, prepared), notices)
+    summary = _summary(mode, params, results, prepared, controls.mask_mode)
+    # a drawn mask is restored as saved beside the result: fitted to the restored input (source_path)
+    restore_mask = images[-1].mask_path if controls.mask_mode == "drawn" else None
+    return EditOutcome(mode, source_path, images, used, details, summary, notices, restore_mask)
 
 
 def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedImage, controls: EditControls,
-               params: FlowEditParams, token_states: list[bool], session: str,
-               progress: ProgressFn | None) -> list[EditResult]:
+               params: FlowEditParams, token_states: list[bool], session: str, progress: ProgressFn | None,
+               mask: bytes | Image.Image | AutoMask | None) -> list[EditResult]:
     """One edit per tokens state, on one progress bar; Cancel stops them between steps."""
     cancel = service.begin_edit(session)
     total = params.n_max * len(token_states)
@@ -218,8 +238,9 @@ def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedIma
 
             step(0, params.n_max)
             # the editor checks the parameters (FlowEditParams.check), once per edit
+            # the editor reads and fits a given mask (editing.masks), or finds the region (AutoMask)
             results.append(editor.edit(prepared, controls.source_prompt, controls.target_prompt, params,
-                                       use_tokens=use_tokens, progress=step))
+                                       use_tokens=use_tokens, mask=mask, progress=step))
     finally:
         service.end_edit(session, cancel)
     return results
@@ -227,29 +248,34 @@ def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedIma
 
 def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult], mode: str,
                  target_prompt: str) -> tuple[str, list[OutputImage]]:
-    """The prepared input (the "before") and each result as PNGs in the session's folder."""
+    """The prepared input (the "before") and each result as PNGs in the session's folder; a masked
+    result also gets its mask beside it (``EditResult.save``) and the input with the region tinted."""
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-{safe_name(target_prompt, 40)}"
     source_path = write_png(prepared.image, folder / f"{stem}-input.png")
     images = []
     for result in results:
         suffix = "tokens" if result.use_tokens else "no-tokens"
         path = result.save(folder / f"{stem}-{suffix}.png", extra={"app": {"mode": mode}})
-        images.append(OutputImage(str(path), result.use_tokens, tokens_label(result.use_tokens).capitalize()))
+        masked = result.mask is not None
+        images.append(OutputImage(str(path), result.use_tokens, tokens_label(result.use_tokens).capitalize(),
+                                  mask_path=str(mask_path(path)) if masked else None,
+                                  region_path=save_region(result, folder / f"{stem}-{suffix}.region.png")))
     return str(source_path), images
 
 
 @reports_errors
 def edit(service: EditorService, image: Any, controls: EditControls, session: str = "",
-         progress: ProgressFn | None = None) -> EditOutcome:
-    """One edit with the tokens state of ``controls.use_tokens``."""
-    return _run(service, image, controls, [bool(controls.use_tokens)], session, progress)
+         progress: ProgressFn | None = None, mask: Any = None) -> EditOutcome:
+    """One edit with the tokens state of ``controls.use_tokens``; ``mask``: the mask image for
+    ``controls.mask_mode`` "drawn" (``app.masks.mask_request``)."""
+    return _run(service, image, controls, [bool(controls.use_tokens)], session, progress, mask)
 
 
 @reports_errors
 def compare(service: EditorService, image: Any, controls: EditControls, session: str = "",
-            progress: ProgressFn | None = None) -> EditOutcome:
-    """The same edit (same seed) without and with soft tokens."""
-    return _run(service, image, controls, [False, True], session, progress)
+            progress: ProgressFn | None = None, mask: Any = None) -> EditOutcome:
+    """The same edit (same seed, same mask) without and with soft tokens."""
+    return _run(service, image, controls, [False, True], session, progress, mask)
 
 
 # ----------------------------------------------------------------------------- history
@@ -263,7 +289,9 @@ def add_to_history(history: list[EditOutcome] | None, outcome: EditOutcome, limi
 def history_gallery(history: list[EditOutcome]) -> list[tuple[str, str]]:
     """(image, caption) per entry for the history gallery."""
     return [(entry.final.path, f"{entry.controls.target_prompt[:60]} · seed {entry.controls.seed}"
-             + (" · compare" if entry.mode == "compare" else "")) for entry in history]
+             + (" · compare" if entry.mode == "compare" else "")
+             + (f" · {entry.controls.mask_mode} mask" if entry.controls.mask_mode != "none" else ""))
+            for entry in history]
 
 
 def history_entry(history: list[EditOutcome], index: Any) -> EditOutcome:
@@ -288,7 +316,9 @@ def select_example(service: EditorService, index: Any, base: EditControls) -> Ex
         raise UserInputError("That example is not available.")
     example = examples[index]
     has_tokens = service.has_tokens
-    base = dataclasses.replace(base, source_prompt=example.source_prompt, target_prompt=example.target_prompt)
+    # a new picture: a mask drawn on the previous one would not fit it
+    base = dataclasses.replace(base, source_prompt=example.source_prompt, target_prompt=example.target_prompt,
+                               mask_mode="none")
     if example.params is not None:
         controls = controls_for_params(FlowEditParams.from_dict(example.params), has_tokens, base)
     else:

@@ -1,11 +1,12 @@
 """The page: a ``gr.Blocks`` wired to ``app.handlers``, and ``launch``.
 
-Layout: inputs on the left (image, prompts, tokens, preset, the three main sliders, an Advanced
-accordion, Edit / Compare / Cancel), results on the right (before/after slider, the edit or the
-tokens-off / tokens-on pair, a summary line, PNG downloads, the parameters as JSON), then the
-examples and the session's history (``_layout``, which returns them as a ``Page``). Events are
-wired in ``_wire_*``. Public API endpoints: ``/edit`` and ``/compare`` (see docs/app.md); every
-other event is private to the page.
+Layout: inputs on the left (image, the Mask choice with its brush and mask image, prompts,
+tokens, preset, the three main sliders, an Advanced accordion, Edit / Compare / Cancel), results
+on the right (before/after slider, the edit or the tokens-off / tokens-on pair, the region edited,
+a summary line, PNG downloads, the parameters as JSON), then the examples and the session's
+history (``_layout``, which returns them as a ``Page``). Events are wired in ``_wire_*``; the
+mask's parts and events are in ``app/mask_controls.py``. Public API endpoints: ``/edit`` and
+``/compare`` (see docs/app.md); every other event is private to the page.
 
 Controls travel by name, never by position: ``ControlComponents`` has one component per
 ``EditControls`` field under the same name; events read and set them as {component: value}
@@ -19,7 +20,6 @@ events (presets, history, copy) skip the queue so they stay instant while an edi
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -28,10 +28,12 @@ from typing import Any, Callable
 import gradio as gr
 from gradio.components import Component
 
+from app.components import LIGHT_EVENT, describe_endpoint, inputs_for, session_of, unopened_image
 from app.controls import (CFG_RANGE, CONTROL_NAMES, LABELS, MAX_SEED, EditControls, default_preset, initial_controls,
                           preset_choices, preset_controls, slider_range)
 from app.handlers import (EditOutcome, add_to_history, compare, edit, example_rows, history_entry, history_gallery,
                           reports_errors, select_example)
+from app.mask_controls import MaskComponents, mask_inputs, region_image, wire_mask
 from app.service import EditorService
 from app.settings import AppSettings
 from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
@@ -39,7 +41,6 @@ from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
 log = logging.getLogger(__name__)
 
 DEVICE_QUEUE = "device"  # the concurrency id every edit shares: one edit at a time on the one device
-LIGHT_EVENT = dict(queue=False, api_visibility="private")  # presets, history, copy: instant, not in the API
 ZERO_GPU_SECONDS = 120  # the ZeroGPU slot an edit asks for (SD3 at 1024 px, compare: two edits)
 CSS = """
 #model-status {font-size: 0.9em}
@@ -49,7 +50,8 @@ CSS = """
 # Small models (the bundled one edits 64 px images): show pictures scaled up with sharp pixels
 # instead of a blurry thumbnail in a big empty box.
 SMALL_IMAGE_CSS = """
-#source-image img, #result img, #without-tokens img, #with-tokens img, #before-after img, #history img {
+#source-image img, #result img, #without-tokens img, #with-tokens img, #before-after img, #history img,
+#region img, #mask-image img {
     image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%;
 }
 """
@@ -72,35 +74,6 @@ def running_on_zero_gpu() -> bool:
     except ImportError:
         return False
     return True
-
-
-def source_image(**options: Any) -> gr.Image:
-    """A ``gr.Image`` that hands the uploaded file's path to the handler unopened.
-
-    The stock preprocessing opens the file with PIL, so a non-image sent through the API fails
-    there and the page shows a bare "Error". The handler opens it with
-    ``softrepa.images.load_rgb`` instead, which says what is wrong. Gradio has already checked
-    that the path is one of its own uploads before ``preprocess`` runs.
-
-    The instance's ``preprocess`` is replaced rather than subclassing ``gr.Image``: Gradio writes a
-    ``.pyi`` stub next to the source file of every component subclass.
-    """
-    image = gr.Image(type="filepath", image_mode=None, **options)
-    stock_preprocess = image.preprocess
-
-    def preprocess(payload: Any) -> str | None:
-        if payload is None:
-            return None
-        if payload.path is None:  # a pasted image sent as a data: URL
-            try:
-                return stock_preprocess(payload)
-            except Exception:  # noqa: BLE001 - any decoding failure means the same thing to a person
-                raise gr.Error("The pasted data is not an image this app can read (PNG, JPEG, WebP ...).",
-                               print_exception=False) from None
-        return str(payload.path)
-
-    image.preprocess = preprocess
-    return image
 
 
 # ----------------------------------------------------------------------------- the controls, by name
@@ -129,6 +102,7 @@ class ControlComponents:
     max_side: gr.Slider
     guidance: gr.Radio
     token_branches: gr.Radio
+    mask_mode: gr.Radio
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -161,19 +135,6 @@ class ControlComponents:
         return updates
 
 
-def inputs_for(fn: Callable, components: dict[str, Component]) -> list[Component]:
-    """An event's inputs for ``fn``: the component named like each of its parameters, in the
-    parameters' order (Gradio hands inputs over by position; the names decide the order).
-    Parameters no component is named for must have defaults: Gradio fills those (request, progress)."""
-    inputs = []
-    for name, parameter in inspect.signature(fn).parameters.items():
-        if name in components:
-            inputs.append(components[name])
-        elif parameter.default is inspect.Parameter.empty:
-            raise TypeError(f"{fn.__name__} takes {name!r} but no component is named so")
-    return inputs
-
-
 def _slider_in_range(name: str, value: float, steps: float, n_max: float) -> gr.Slider:
     """The slider of ``name`` (n_max or n_min) with FlowEdit's range for T and n_max, its value moved into it."""
     low, high = slider_range(name, int(steps), int(n_max))
@@ -185,10 +146,6 @@ def _progress_callback(progress: gr.Progress) -> Callable[[int, int], None]:
         progress((done, total), desc="Editing", unit="steps")
 
     return report
-
-
-def _session(request: gr.Request | None) -> str:
-    return (request.session_hash if request is not None else None) or "api"
 
 
 def _notify(outcome: EditOutcome) -> None:
@@ -205,6 +162,7 @@ class Page:
 
     controls: ControlComponents
     image: gr.Image
+    masks: MaskComponents
     copy_prompt: gr.Button
     preset: gr.Dropdown
     edit_button: gr.Button
@@ -228,21 +186,23 @@ class Page:
     def outcome_outputs(self) -> list[Component]:
         """The results area: what ``outcome_updates`` sets."""
         return [self.slider, self.result, self.without_tokens, self.with_tokens, self.files, self.summary,
-                self.details, self.compare_row]
+                self.details, self.compare_row, self.masks.region]
 
     def outcome_updates(self, outcome: EditOutcome | None) -> dict[Component, Any]:
         """What the results area shows for ``outcome``; None (an example without results) clears it."""
         if outcome is None:
             return {self.slider: None, self.result: None, self.without_tokens: None, self.with_tokens: None,
                     self.files: None, self.summary: "Press **Edit** or **Compare** to run this example.",
-                    self.details: None, self.compare_row: gr.Row(visible=False)}
+                    self.details: None, self.compare_row: gr.Row(visible=False),
+                    **self.masks.outcome_updates(None)}
         pair = outcome.mode == "compare"
         return {self.slider: (outcome.source_path, outcome.final.path),
                 self.result: gr.Image(value=None if pair else outcome.final.path, visible=not pair),
                 self.without_tokens: outcome.images[0].path if pair else None,
                 self.with_tokens: outcome.images[1].path if pair else None,
-                self.files: [image.path for image in outcome.images], self.summary: outcome.summary,
-                self.details: outcome.details, self.compare_row: gr.Row(visible=pair)}
+                self.files: outcome.files(), self.summary: outcome.summary,
+                self.details: outcome.details, self.compare_row: gr.Row(visible=pair),
+                **self.masks.outcome_updates(outcome)}
 
 
 def _layout(service: EditorService) -> Page:
@@ -259,14 +219,17 @@ def _layout(service: EditorService) -> Page:
         with gr.Column(scale=6, min_width=320):
             parts.update(_result_column())
     controls = ControlComponents(**{name: parts.pop(name) for name in CONTROL_NAMES})
+    parts["masks"] = MaskComponents(mask=parts.pop("mask"), brush=parts.pop("mask_brush"),
+                                    drawn=parts.pop("mask_drawn"), region=parts.pop("region"))
     parts.update(_examples_and_history(service, parts["image"], controls))
     parts["timer"] = gr.Timer(1.0, active=service.status().state == "loading")
     return Page(controls=controls, **parts)
 
 
 def _input_column(service: EditorService, init: EditControls) -> dict[str, Component]:
-    """Image, prompts, tokens, preset, the three main sliders, the Advanced accordion, the buttons."""
-    image = source_image(label=LABELS["image"], sources=["upload", "clipboard"], height=300, elem_id="source-image")
+    """Image, mask, prompts, tokens, preset, the three main sliders, the Advanced accordion, the buttons."""
+    image = unopened_image(label=LABELS["image"], sources=["upload", "clipboard"], height=300, elem_id="source-image")
+    masks = mask_inputs(init)
     source_prompt = gr.Textbox(label=LABELS["source_prompt"], lines=2, elem_id="source-prompt",
                                placeholder="what the picture shows, e.g. 'a cat sitting on a sofa'")
     target_prompt = gr.Textbox(label=LABELS["target_prompt"], lines=2, elem_id="target-prompt",
@@ -290,7 +253,7 @@ def _input_column(service: EditorService, init: EditControls) -> dict[str, Compo
         edit_button = gr.Button("Edit", variant="primary", elem_id="edit-button")
         compare_button = gr.Button("Compare tokens", interactive=service.has_tokens, elem_id="compare-button")
         cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
-    return dict(image=image, source_prompt=source_prompt, target_prompt=target_prompt, copy_prompt=copy_prompt,
+    return dict(image=image, **masks, source_prompt=source_prompt, target_prompt=target_prompt, copy_prompt=copy_prompt,
                 use_tokens=use_tokens, preset=preset, n_max=n_max, tar_cfg=tar_cfg, src_cfg=src_cfg, **advanced,
                 edit_button=edit_button, compare_button=compare_button, cancel_button=cancel_button)
 
@@ -326,14 +289,16 @@ def _result_column() -> dict[str, Component]:
     with gr.Row(visible=False) as compare_row:
         without_tokens = gr.Image(label="Without soft tokens", elem_id="without-tokens", **images)
         with_tokens = gr.Image(label="With soft tokens", elem_id="with-tokens", **images)
+    region = region_image()
     summary = gr.Markdown(label="Summary", show_label=False, elem_id="summary")
     files = gr.File(label="PNG files", file_count="multiple", interactive=False, elem_id="png-files")
-    gr.Markdown("The PNG files carry the prompts, seed and every parameter in their metadata "
-                "(`editing.editor.read_png_metadata`).", elem_classes=["hint"])
+    gr.Markdown("The PNG files carry the prompts, seed, every parameter and the mask in their metadata "
+                "(`editing.editor.read_png_metadata`); a masked edit's mask is also beside it (`.mask.png`, "
+                "white = edited).", elem_classes=["hint"])
     with gr.Accordion("Seed and parameters used (JSON)", open=False):
         details = gr.JSON(label="Parameters")
     return dict(slider=slider, result=result, compare_row=compare_row, without_tokens=without_tokens,
-                with_tokens=with_tokens, summary=summary, files=files, details=details)
+                with_tokens=with_tokens, region=region, summary=summary, files=files, details=details)
 
 
 def _examples_and_history(service: EditorService, image: gr.Image, controls: ControlComponents
@@ -361,6 +326,7 @@ def build_demo(service: EditorService) -> gr.Blocks:
         page = _layout(service)
         _wire_runs(page, service)
         _wire_controls(page, service)
+        wire_mask(page.masks, page.controls.mask_mode, page.image, service)
         _wire_examples_and_history(page, service)
         _wire_status(page, service, demo)
     return demo
@@ -372,58 +338,69 @@ def _wire_runs(page: Page, service: EditorService) -> None:
     @device_task
     def run_edit(image: str | None, source_prompt: str, target_prompt: str, use_tokens: bool, tar_cfg: float,
                  src_cfg: float, n_max: float, steps: float, n_min: float, n_avg: float, seed: float,
-                 randomize_seed: bool, max_side: float, guidance: str, token_branches: str,
-                 request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
-        """Edit the image from the source prompt to the target prompt (tokens on or off)."""
+                 randomize_seed: bool, max_side: float, guidance: str, token_branches: str, mask_mode: str,
+                 mask: str | None = None, request: gr.Request = None,
+                 progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=use_tokens,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
-                                token_branches=token_branches)
-        outcome = edit(service, image, controls, _session(request), _progress_callback(progress))
+                                token_branches=token_branches, mask_mode=mask_mode)
+        outcome = edit(service, image, controls, session_of(request), _progress_callback(progress), mask=mask)
         _notify(outcome)
         return {page.slider: (outcome.source_path, outcome.final.path), page.result: outcome.final.path,
-                page.files: [outcome.final.path], page.summary: outcome.summary, page.details: outcome.details,
-                page.last_outcome: outcome}
+                page.files: outcome.files(), page.summary: outcome.summary, page.details: outcome.details,
+                page.masks.region: outcome.final.region_path, page.last_outcome: outcome}
 
     @device_task
     def run_compare(image: str | None, source_prompt: str, target_prompt: str, tar_cfg: float, src_cfg: float,
                     n_max: float, steps: float, n_min: float, n_avg: float, seed: float, randomize_seed: bool,
-                    max_side: float, guidance: str, token_branches: str, request: gr.Request = None,
+                    max_side: float, guidance: str, token_branches: str, mask_mode: str,
+                    mask: str | None = None, request: gr.Request = None,
                     progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
-        """The same edit (same seed) without and with soft tokens."""
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=True,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
-                                token_branches=token_branches)
-        outcome = compare(service, image, controls, _session(request), _progress_callback(progress))
+                                token_branches=token_branches, mask_mode=mask_mode)
+        outcome = compare(service, image, controls, session_of(request), _progress_callback(progress), mask=mask)
         _notify(outcome)
         without, with_ = outcome.images
         return {page.slider: (outcome.source_path, with_.path), page.without_tokens: without.path,
-                page.with_tokens: with_.path, page.files: [without.path, with_.path], page.summary: outcome.summary,
-                page.details: outcome.details, page.last_outcome: outcome}
+                page.with_tokens: with_.path, page.files: outcome.files(), page.summary: outcome.summary,
+                page.details: outcome.details, page.masks.region: outcome.final.region_path,
+                page.last_outcome: outcome}
+
+    # mask=None above makes the mask optional in the API (Gradio reads the default; the image box has no value).
+    # The API's documentation of each endpoint: a summary and every parameter's meaning (API_HELP).
+    describe_endpoint(run_edit, "Edit the image from the source prompt to the target prompt (tokens on or off), "
+                                "optionally only inside a mask.")
+    describe_endpoint(run_compare, "The same edit (same seed, same mask) without and with soft tokens.")
 
     def finish(outcome: EditOutcome, history_entries: list[EditOutcome]) -> dict[Component, Any]:
-        """After a run: history, the seed actually used, which result area shows."""
+        """After a run: history, the seed actually used, which result areas show (not in the endpoints'
+        returns: an API client gets plain values, never visibility updates)."""
         entries = add_to_history(history_entries, outcome, service.settings.history_size)
         pair = outcome.mode == "compare"
         return {page.history: history_gallery(entries), page.history_state: entries,
                 page.controls.seed: outcome.controls.seed, page.result: gr.Image(visible=not pair),
-                page.compare_row: gr.Row(visible=pair)}
+                page.compare_row: gr.Row(visible=pair),
+                page.masks.region: gr.Image(visible=outcome.final.region_path is not None)}
 
-    named = {"image": page.image, **page.controls.by_name()}
-    finish_outputs = [page.history, page.history_state, page.controls.seed, page.result, page.compare_row]
+    named = {"image": page.image, "mask": page.masks.mask, **page.controls.by_name()}
+    finish_outputs = [page.history, page.history_state, page.controls.seed, page.result, page.compare_row,
+                      page.masks.region]
     runs = []
     for button, run, outputs, api_name in (
             (page.edit_button, run_edit, [page.result], "edit"),
             (page.compare_button, run_compare, [page.without_tokens, page.with_tokens], "compare")):
         event = button.click(run, inputs_for(run, named),
-                             [page.slider, *outputs, page.files, page.summary, page.details, page.last_outcome],
+                             [page.slider, *outputs, page.files, page.summary, page.details, page.masks.region,
+                              page.last_outcome],
                              api_name=api_name, concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
         event.success(finish, [page.last_outcome, page.history_state], finish_outputs, **LIGHT_EVENT)
         runs.append(event)
 
     def request_cancel(request: gr.Request = None) -> None:
-        if service.cancel(_session(request)):
+        if service.cancel(session_of(request)):
             gr.Info("Cancelling: the edit stops after its current step.")
 
     page.cancel_button.click(request_cancel, None, None, cancels=runs, **LIGHT_EVENT)
@@ -455,13 +432,14 @@ def _wire_controls(page: Page, service: EditorService) -> None:
 
 
 def _wire_examples_and_history(page: Page, service: EditorService) -> None:
-    """A click on an example or a history entry fills the inputs, the controls and the results."""
-    outputs = [page.image, *page.controls.as_outputs(), *page.outcome_outputs()]
+    """A click on an example or a history entry fills the inputs (the mask too), the controls and the results."""
+    outputs = [page.image, page.masks.mask, *page.controls.as_outputs(), *page.outcome_outputs()]
 
     @reports_errors
     def load_example(values: dict[Component, Any]) -> dict[Component, Any]:
         selection = select_example(service, values[page.examples], page.controls.read(values))
-        return {page.image: selection.image, **page.controls.updates(selection.controls, service.has_tokens),
+        return {page.image: selection.image, page.masks.mask: None,  # a new picture: no mask (mode none)
+                **page.controls.updates(selection.controls, service.has_tokens),
                 **page.outcome_updates(selection.outcome)}
 
     page.examples.click(load_example, {page.examples, *page.controls.as_set()}, outputs, **LIGHT_EVENT)
@@ -469,7 +447,8 @@ def _wire_examples_and_history(page: Page, service: EditorService) -> None:
     @reports_errors
     def restore(history_entries: list[EditOutcome], event: gr.SelectData) -> dict[Component, Any]:
         entry = history_entry(history_entries, event.index)
-        return {page.image: entry.source_path, **page.controls.updates(entry.controls, service.has_tokens),
+        return {page.image: entry.source_path, page.masks.mask: entry.mask,  # drawn: the mask it used
+                **page.controls.updates(entry.controls, service.has_tokens),
                 **page.outcome_updates(entry)}
 
     page.history.select(restore, [page.history_state], outputs, **LIGHT_EVENT)

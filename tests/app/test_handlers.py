@@ -20,7 +20,7 @@ from app.handlers import add_to_history, compare, edit, history_entry, history_g
 from app.service import EditorService, load_editor
 from app.settings import BUNDLED_MODEL_DIR, AppSettings, SettingsError, parse_args, resolve_settings
 from app.testing import TINY_MODEL_LABEL, fast_controls, tiny_app_service, tiny_loader, tiny_settings
-from editing.editor import read_png_metadata
+from editing.editor import mask_from_metadata, mask_path, read_png_metadata
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,107 @@ def test_unexpected_failures_become_a_short_message(caplog):
     assert "secret internals" in caplog.text  # the log keeps the details
 
 
+# ----------------------------------------------------------------------------- masks (local edits)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_a_drawn_mask_file_restricts_the_edit_and_is_shown_saved_and_restored(service, picture_path, app_dir):
+    # a transparent image at half the picture's size with the region painted (opaque: a hard mask)
+    layer = np.zeros((16, 24, 4), np.uint8)
+    layer[4:12, 6:18] = (255, 48, 48, 255)
+    mask_file = app_dir / "painted.png"
+    Image.fromarray(layer, "RGBA").save(mask_file)
+    outcome = edit(service, picture_path, fast_controls(mask_mode="drawn"), session="m1", mask=str(mask_file))
+
+    region = np.zeros((32, 48), bool)
+    region[8:24, 12:36] = True  # the painted region at the picture's size
+    changed = np.abs(pixels(outcome.final.path) - pixels(outcome.source_path)).max(axis=-1) > 0
+    assert changed[region].any() and not changed[~region].any()  # outside: the input, pasted back
+    saved = outcome.final.mask_path
+    assert outcome.files() == [outcome.final.path, saved] and saved == str(mask_path(outcome.final.path))
+    assert np.array_equal(np.asarray(Image.open(saved)) > 127, region)
+    metadata = read_png_metadata(outcome.final.path)
+    assert metadata["mask"]["coverage"] == pytest.approx(region.mean()) and metadata["mask"]["pasted_back"]
+    assert np.array_equal(np.asarray(mask_from_metadata(metadata)) > 127, region)
+    assert "drawn mask: 25.0 % of the image, pasted back" in outcome.summary
+    assert outcome.details["mask_mode"] == "drawn" and outcome.details["mask"]["mode"] == "given"
+    assert outcome.details["results"][0]["mask"]["coverage"] == pytest.approx(0.25)
+    assert "The mask was 24x16; resized to the image's 48x32." in outcome.notices  # a notice on the page
+    tinted = pixels(outcome.final.region_path)
+    assert (tinted[region] != pixels(outcome.source_path)[region]).any()
+    assert np.array_equal(tinted[~region], pixels(outcome.source_path)[~region])
+    # history: the entry restores the mode and a mask that fits its restored input
+    entry = history_entry(add_to_history([], outcome, limit=5), 0)
+    assert entry.controls.mask_mode == "drawn" and entry.mask == saved
+    assert history_gallery([entry])[0][1].endswith("drawn mask")
+
+
+def test_auto_mask_finds_and_shows_the_region(service, picture_path):
+    outcome = edit(service, picture_path, fast_controls(mask_mode="auto"), session="m2")
+    info = outcome.details["mask"]
+    assert info["mode"] == "auto" and info["auto"] is not None and 0 < info["coverage"] <= 1
+    assert Path(outcome.final.mask_path).is_file() and Path(outcome.final.region_path).is_file()
+    assert outcome.mask is None  # nothing to restore into the mask image: auto finds it again
+    assert "auto mask: " in outcome.summary
+
+
+def test_no_mask_shows_no_region(service, picture_path):
+    outcome = edit(service, picture_path, fast_controls(), session="m3")
+    assert outcome.files() == [outcome.final.path] and outcome.final.region_path is None
+    assert outcome.details["mask"] is None and "mask" not in outcome.summary
+
+
+def colour_image(path: Path) -> str:
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode, make_mask, expected", [
+    ("drawn", lambda d: Image.new("L", (32, 32), 255).save(d / "m.png") or str(d / "m.png"),
+     "Mask image: the mask is 32x32 but the image is 48x32, a different shape"),
+    ("drawn", lambda d: Image.new("L", (48, 32), 0).save(d / "m.png") or str(d / "m.png"),
+     "Mask image: the mask is empty (all black or transparent)"),
+    ("drawn", lambda d: Image.new("LA", (48, 32), (255, 0)).save(d / "m.png") or str(d / "m.png"),
+     "Mask image: the mask is empty"),
+    ("drawn", lambda d: (d / "m.png").write_text("not a picture") and str(d / "m.png"),
+     "Mask image: the mask is not an image"),
+    ("drawn", lambda d: colour_image(d / "m.png"), "is a colour (RGB) image with no transparency"),
+    ("drawn", lambda d: str(d / "gone.png"), "The mask image did not arrive"),
+    ("drawn", lambda d: None, "Mask is 'drawn' but there is no mask: paint the region"),
+    ("none", lambda d: colour_image(d / "m.png"), "was given but Mask is 'none': choose 'drawn'"),
+    ("auto", lambda d: colour_image(d / "m.png"), "('auto' finds the region itself)"),
+    ("brush", lambda d: None, "Mask must be one of none, drawn, auto"),
+], ids=["aspect", "all-black", "all-transparent", "not-an-image", "colour", "missing", "drawn-without",
+        "none-with", "auto-with", "unknown-mode"])
+def test_bad_masks_give_messages_naming_the_problem(service, picture_path, tmp_path, caplog, mode, make_mask,
+                                                    expected):
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, picture_path, fast_controls(mask_mode=mode), session="bad-mask", mask=make_mask(tmp_path))
+    message = error_message(excinfo)
+    assert expected in message
+    assert "Traceback" not in message and str(tmp_path) not in message  # no server paths in the page
+    assert not [record for record in caplog.records if record.exc_info]  # and no traceback in the log
+    assert excinfo.value.print_exception is False
+
+
+def test_brush_strokes_become_a_mask_file(tmp_path):
+    from app.masks import is_drawn_mask, painted_region, save_drawn_mask
+
+    layer = Image.new("RGBA", (12, 8), (0, 0, 0, 0))
+    layer.paste((255, 48, 48, 153), (2, 1, 6, 5))  # painted half-opaque: still "may change"
+    values = painted_region({"background": Image.new("RGB", (12, 8)), "layers": [layer], "composite": None})
+    assert values.dtype == np.float32 and values.sum() == 16 and values[1:5, 2:6].all()
+    path = save_drawn_mask(values, tmp_path)
+    assert is_drawn_mask(path) and not is_drawn_mask(str(tmp_path / "upload.png")) and not is_drawn_mask(None)
+    assert np.array_equal(np.asarray(Image.open(path)), (values * 255).astype(np.uint8))
+    assert painted_region({"background": None, "layers": [Image.new("RGBA", (12, 8))], "composite": None}) is None
+    assert painted_region(None) is None
+
+
 # ----------------------------------------------------------------------------- loading the model
 
 
@@ -302,8 +403,9 @@ def test_examples_without_precomputed_results_fill_the_inputs(service):
     examples = service.examples()  # built-in shapes scenes (no scikit-image) or photos
     assert examples and all(Path(e.image).is_file() for e in examples)
     assert all(Path(e.image).resolve().is_relative_to(service.settings.temp_dir.resolve()) for e in examples)
-    selection = select_example(service, 0, fast_controls())
+    selection = select_example(service, 0, fast_controls(mask_mode="drawn"))
     assert selection.outcome is None and selection.controls.target_prompt == examples[0].target_prompt
+    assert selection.controls.mask_mode == "none"  # a new picture: a mask drawn on the old one would not fit
     with pytest.raises(UserInputError):
         select_example(service, len(examples), fast_controls())
 
@@ -376,7 +478,7 @@ def test_flowedit_rules_reach_the_page_on_their_control(service, picture_path):
     assert error_message(excinfo) == "Detail steps (n_min): n_min must be between 0 and 3, got -1."
 
 
-def test_parameters_are_checked_once_per_edit_by_the_library(service, picture_path, monkeypatch):
+def test_parameters_are_checked_by_the_library_not_the_app(service, picture_path, monkeypatch):
     from editing.flowedit import FlowEditParams
 
     callers = []
@@ -388,11 +490,14 @@ def test_parameters_are_checked_once_per_edit_by_the_library(service, picture_pa
 
     monkeypatch.setattr(FlowEditParams, "check", counted)
     edit(service, picture_path, fast_controls(), session="once")
-    # the editor checks each edit before any work; flowedit_latents checks its own input; the app never
-    assert callers == ["editing.editor", "editing.flowedit"]
+    # the editor checks each edit before any work (its parameters, then each seed's candidate run:
+    # editing.editor.edit_candidates); flowedit_latents checks its own input; the app never
+    assert callers[0] == "editing.editor" and callers[-1] == "editing.flowedit"
+    assert set(callers) == {"editing.editor", "editing.flowedit"}
+    per_edit = len(callers)
     callers.clear()
     compare(service, picture_path, fast_controls(), session="once")
-    assert callers == ["editing.editor", "editing.flowedit"] * 2
+    assert set(callers) == {"editing.editor", "editing.flowedit"} and len(callers) == 2 * per_edit
 
 
 def test_the_token_file_is_read_and_hashed_once_per_app(tmp_path, monkeypatch):
@@ -420,8 +525,9 @@ def test_the_token_file_is_read_and_hashed_once_per_app(tmp_path, monkeypatch):
 
 
 def test_the_page_takes_controls_by_name():
+    from app.components import inputs_for
     from app.controls import CONTROL_NAMES
-    from app.ui import ControlComponents, inputs_for
+    from app.ui import ControlComponents
 
     assert [f.name for f in dataclasses.fields(ControlComponents)] == list(CONTROL_NAMES)
 
@@ -432,3 +538,17 @@ def test_the_page_takes_controls_by_name():
     assert inputs_for(run, components) == ["steps slider", "image box", "n_max slider"]
     with pytest.raises(TypeError, match="'steps'"):
         inputs_for(run, {"image": "image box", "n_max": "n_max slider"})
+
+
+def test_every_endpoint_parameter_is_documented_once():
+    from app.components import describe_endpoint
+    from app.controls import API_HELP, CONTROL_NAMES
+
+    assert set(API_HELP) == {"image", "mask", *CONTROL_NAMES}
+
+    def run(image, mask_mode, mask, request=None):
+        return None
+
+    doc = describe_endpoint(run, "Edit.").__doc__
+    assert doc.splitlines()[:3] == ["Edit.", "", "Parameters:"]
+    assert f"    mask: {API_HELP['mask']}" in doc and "request" not in doc
