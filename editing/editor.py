@@ -390,12 +390,12 @@ class FlowEditor:
         use_tokens = self.has_tokens if use_tokens is None else bool(use_tokens)
         params = self.default_params(use_tokens) if params is None else params
         self.check_inputs(source_prompt, target_prompt, params, use_tokens)
-        seeds = [params.seed] if seeds is None else list(seeds)
-        runs = [params.replace(seed=seed) for seed in seeds]
-        for run in runs:
-            run.check()  # a ParameterError names the seed field
+        runs = [params] if seeds is None else [params.replace(seed=seed) for seed in seeds]
         if not runs:
             raise ValueError("seeds is empty: give at least one seed")
+        if seeds is not None:
+            for run in runs:
+                run.check()  # the other seeds: a ParameterError names the seed field
         options = mask_options or MaskOptions()
         options.check()
         prepared = self.prepare(image, max_side)
