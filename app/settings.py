@@ -26,7 +26,7 @@ BUNDLED_MODEL_DIR = REPO_ROOT / "assets" / "shapes-sd3"  # == softrepa.models.SH
 BUNDLED_KIND = "shapes-sd3"
 BUNDLED_TOKENS = REPO_ROOT / "assets" / "shapes-sd3-softrepa.safetensors"
 EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
-NO_TOKENS_WORDS = ("", "none", "off", "no")  # SOFTREPA_TOKENS values that mean "no tokens"
+NO_TOKENS_WORDS = ("", "none", "off", "no")  # SOFTREPA_TOKENS (and _CAPTIONER, _REWRITER) values that mean "none"
 DEVICE_KINDS = ("sd3", "shapes-sd3")  # FlowEdit here runs on SD3-architecture (MM-DiT) pipelines only
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
@@ -47,6 +47,8 @@ ENV_VARS: dict[str, str] = {
     "queue_size": "SOFTREPA_QUEUE_SIZE",
     "max_file_size": "SOFTREPA_MAX_FILE_SIZE",
     "eager_load": "SOFTREPA_EAGER_LOAD",
+    "captioner": "SOFTREPA_CAPTIONER",
+    "rewriter": "SOFTREPA_REWRITER",
 }
 # what Gradio and Hugging Face Spaces themselves set for the server address (used when ours are unset)
 GRADIO_ENV_VARS: dict[str, str] = {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}
@@ -78,6 +80,11 @@ class AppSettings:
     max_file_size: upload limit, Gradio syntax ("20mb").
     eager_load: load the model before serving (ZeroGPU Spaces need this); otherwise the page is
         served at once and the model loads in the background with a visible status.
+    captioner: LLaVA checkpoint (Hub id or folder) that writes the source prompt from the image (the
+        Describe button, ``app/prompt_help.py``); None: no button, except on the shapes model, whose
+        describer needs no model. Loaded on first use, on ``device``.
+    rewriter: chat model (Hub id or folder) that turns a one-line instruction into the target prompt;
+        None: no instruction box, except on the shapes model. Loaded on first use, on ``device``.
     """
 
     model: str = str(BUNDLED_MODEL_DIR)
@@ -97,6 +104,8 @@ class AppSettings:
     history_size: int = 24
     outputs_max_age_s: float = 24 * 3600.0  # results older than this are deleted (a day of sessions)
     eager_load: bool = False
+    captioner: str | None = None
+    rewriter: str | None = None
     # (path, TokenFile / None / the read's error) once ``token_file`` has read ``tokens``
     _token_read: tuple[str | None, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -187,6 +196,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("--eager-load", action="store_const", const=True, default=None,
                         help=f"load the model before serving [{ENV_VARS['eager_load']}=1] (default: in the "
                              "background, on ZeroGPU Spaces before serving)")
+    helpers = parser.add_argument_group("prompt help (real models; the shapes model needs neither)")
+    helpers.add_argument("--captioner", metavar="MODEL",
+                         help=f"LLaVA Hub id or folder that writes the source prompt from the image (Describe "
+                              f"button; loaded on first use, on --device) [{ENV_VARS['captioner']}] (default: none, "
+                              "no button), e.g. llava-hf/llava-1.5-13b-hf")
+    helpers.add_argument("--rewriter", metavar="MODEL",
+                         help=f"chat model Hub id or folder that turns an instruction into the target prompt "
+                              f"(loaded on first use, on --device) [{ENV_VARS['rewriter']}] (default: none, no "
+                              "instruction box), e.g. meta-llama/Llama-3.1-8B-Instruct")
     return parser.parse_args(argv)
 
 
@@ -291,6 +309,10 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         value = pick(name)
         if value is not None:
             setattr(settings, name, Path(value).expanduser())
+    for name in ("captioner", "rewriter"):
+        value = pick(name)
+        if value is not None and value.strip().lower() not in NO_TOKENS_WORDS:
+            setattr(settings, name, value.strip())
     for name in ("no_t5", "eager_load"):
         flag = getattr(args, name, None)
         if flag is not None:
