@@ -16,37 +16,9 @@ from editing.flowedit import (FlowEditParams, encode_image, encode_prompt, flowe
 from editing.inputs import prepare_image
 from editing.masks import (AutoMask, MaskError, MaskOptions, PixelMask, fit_mask, latent_mask, paste_alpha,
                            paste_back, prepare_mask, read_mask)
-from softrepa.tiny import tiny_sd3_pipeline
-from softrepa.tokens import new_tokens
+from tests.editing.conftest import SMALL, picture
 
-SMALL = dict(steps=8, n_max=5, src_cfg=3.5, tar_cfg=7.0, seed=3)
 SRC, TAR = "a red circle", "a blue square"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_sd3_pipeline()
-
-
-@pytest.fixture(scope="module")
-def tokens(pipe):
-    torch.manual_seed(5)
-    tokens = new_tokens(pipe, "sd3", num_layers=2)
-    with torch.no_grad():
-        tokens.static.normal_(std=1.0)
-    return tokens
-
-
-@pytest.fixture
-def editor(pipe, tokens):
-    editor = FlowEditor(pipe, tokens)
-    yield editor
-    editor.close()
-
-
-def picture(seed: int = 0, size: tuple[int, int] = (32, 32)) -> Image.Image:
-    rng = np.random.RandomState(seed)
-    return Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8))
 
 
 def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
