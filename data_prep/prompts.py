@@ -1,5 +1,7 @@
 """The paper's prompts for the editing dataset, verbatim (SoftREPA paper, Appendix C "Prompt for
-Editing dataset"), and the stage-2 chat built from them.
+Editing dataset"), and the stage-2 chat built from them; also the instruction-aware variant of that
+chat (``build_instruction_chat``), for turning a person's one-line edit instruction into the target
+prompt (the web app's prompt help).
 
 Typography (curly quotes, em dash) is kept as printed in the paper.
 """
@@ -64,4 +66,43 @@ def build_rewrite_chat(caption: str) -> list[dict[str, str]]:
         {"role": "user", "content": f"Input: {REWRITE_EXAMPLE_INPUT}"},
         {"role": "assistant", "content": REWRITE_EXAMPLE_OUTPUT},
         {"role": "user", "content": f"Input: {caption}"},
+    ]
+
+
+# The instruction-aware rewrite (not in the paper): the person names the change, so the system
+# message keeps the paper's one-concept rules (its rules 1, 4 and 5, reworded only where they speak
+# of "replacing an object") and drops the ones about choosing a replacement (2, 3) and the ban on
+# colour changes (6), which a person's instruction may ask for.
+INSTRUCTED_REWRITE_INSTRUCTION = (
+    "You are an AI assistant for generating paired text prompts for real image editing tasks. "
+    "Your goal is to modify a given text description so that it describes the image after the given "
+    "edit instruction, while strictly following these rules:\n\n"
+    "\u2022 1) Modify only what the instruction asks for (i.e., a single meaningful concept such as an "
+    "object or one of its attributes).\n\n"
+    "\u2022 2) Preserve all other words exactly as they are. Do not change sentence structure, "
+    "introduce new elements, or modify additional details.\n\n"
+    "\u2022 3) Do not provide any additional words\u2014output only the modified text description."
+)
+# The paper's example, with the instruction that asks for its change.
+INSTRUCTED_EXAMPLE_INSTRUCTION = "replace the dog with a fox"
+
+
+def instruction_message(caption: str, instruction: str) -> str:
+    """The user turn of the instruction-aware chat: the instruction, then the caption to rewrite."""
+    return f"Instruction: {' '.join(instruction.split())}\nInput: {caption}"
+
+
+def build_instruction_chat(caption: str, instruction: str) -> list[dict[str, str]]:
+    """The chat that rewrites ``caption`` as ``instruction`` asks: the one-concept rules as the system
+    message (``INSTRUCTED_REWRITE_INSTRUCTION``), the paper's dog -> fox example as one user/assistant
+    exchange with the instruction that asks for it, then ``instruction`` and ``caption``.
+
+    Same shape as ``build_rewrite_chat``: the assistant turn is the rewritten description alone, so the
+    answer can be checked with ``data_prep.rewrite_check.check_rewrite``.
+    """
+    return [
+        {"role": "system", "content": INSTRUCTED_REWRITE_INSTRUCTION},
+        {"role": "user", "content": instruction_message(REWRITE_EXAMPLE_INPUT, INSTRUCTED_EXAMPLE_INSTRUCTION)},
+        {"role": "assistant", "content": REWRITE_EXAMPLE_OUTPUT},
+        {"role": "user", "content": instruction_message(caption, instruction)},
     ]

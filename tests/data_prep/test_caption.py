@@ -135,6 +135,26 @@ def test_rewrite_chat_carries_instruction_example_and_caption():
     assert chat[3]["content"] == "Input: A cat on a mat."
 
 
+def test_instruction_chat_carries_the_instruction_the_rules_and_the_papers_example():
+    chat = prompts.build_instruction_chat("A cat on a mat.", "  make the cat\na dog ")
+    assert [m["role"] for m in chat] == ["system", "user", "assistant", "user"]
+    assert chat[-1]["content"] == "Instruction: make the cat a dog\nInput: A cat on a mat."
+    assert chat[1]["content"] == (f"Instruction: {prompts.INSTRUCTED_EXAMPLE_INSTRUCTION}\n"
+                                  f"Input: {prompts.REWRITE_EXAMPLE_INPUT}")
+    assert chat[2]["content"] == prompts.REWRITE_EXAMPLE_OUTPUT
+    # the paper's rules 4 and 5, word for word; the colour ban (rule 6) is left to the instruction
+    system = chat[0]["content"]
+    for rule in ("Preserve all other words exactly as they are. Do not change sentence structure, introduce new "
+                 "elements, or modify additional details.",
+                 "Do not provide any additional words\u2014output only the modified text description."):
+        assert rule in system and rule in prompts.REWRITE_INSTRUCTION
+    assert "Do not change or add colors" not in system
+    # the example answer is a valid one-concept rewrite of its input, as the instruction asks
+    verdict = check_rewrite(prompts.REWRITE_EXAMPLE_INPUT, chat[2]["content"])
+    assert verdict.ok and (verdict.span.source, verdict.span.target) == ("dog", "fox")
+    assert prompts.build_rewrite_chat("A cat on a mat.")[0]["content"] == prompts.REWRITE_INSTRUCTION  # unchanged
+
+
 # ----------------------------------------------------------------------------- validator
 
 
