@@ -71,8 +71,10 @@ the latent's device; the transformer gets its own dtype; noise comes from the ca
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, MutableMapping, Sequence
@@ -83,6 +85,8 @@ from PIL import Image
 
 from editing.masks import AutoMask
 
+logger = logging.getLogger(__name__)
+
 GUIDANCE_MODES = ("standard", "authors")
 TOKEN_BRANCHES = ("both", "target")
 
@@ -90,6 +94,11 @@ ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
 
 
 # ----------------------------------------------------------------------------- parameters
+
+
+class NonFiniteError(ValueError):
+    """The edit's numbers overflowed (inf / NaN), with what to switch to: raised instead of returning
+    the black picture an overflow would decode to."""
 
 
 class ParameterError(ValueError):
@@ -291,9 +300,26 @@ def encode_image(vae: Any, image: Image.Image) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(vae: Any, latents: torch.Tensor) -> Image.Image:
-    """Latents (1, C, h, w) -> RGB image; inverse of ``encode_image``."""
+    """Latents (1, C, h, w) -> RGB image; inverse of ``encode_image``.
+
+    A VAE in float16 can overflow in its decoder (inf / NaN pixels, which a plain cast turns into a
+    black picture). Then the latents are decoded once more by a float32 copy of the VAE (the
+    pipeline's own VAE is left as it is); ``NonFiniteError`` if even that is not finite.
+    """
+    if not torch.isfinite(latents).all():
+        raise NonFiniteError("the latents to decode are not finite (inf or NaN): nothing sensible can be decoded")
     shift, scale = _vae_shift_scale(vae)
-    pixels = vae.decode((latents.float() / scale + shift).to(device=vae.device, dtype=vae.dtype)).sample
+
+    def decode(decoder: Any) -> torch.Tensor:
+        return decoder.decode((latents.float() / scale + shift).to(device=decoder.device, dtype=decoder.dtype)).sample
+
+    pixels = decode(vae)
+    if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
+        logger.warning("the VAE decode overflowed in %s; decoding again in float32", vae.dtype)
+        pixels = decode(copy.deepcopy(vae).float())
+    if not torch.isfinite(pixels).all():
+        raise NonFiniteError(f"the VAE decode gave inf or NaN pixels (VAE in {vae.dtype}, retried in float32): "
+                             "the latents are out of the VAE's range; try another seed or lower the target CFG")
     pixels = ((pixels[0].float() + 1.0) * 127.5).round().clamp(0, 255)  # (3, H, W)
     return Image.fromarray(pixels.permute(1, 2, 0).to("cpu", torch.uint8).numpy(), mode="RGB")
 
@@ -460,10 +486,25 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
             if mask is not None:  # outside the mask: the source, noised to the next level
                 x_tar = mask * x_tar + (1 - mask) * ((1 - sigma_next) * x_src + sigma_next * noise_plain)
         done += 1
+        _check_finite(x_tar if x_tar is not None else z_edit, done, n_max, transformer.dtype)
         if progress is not None:
             progress(done, n_max)
     return FlowEditOutput(latents=x_tar if x_tar is not None else z_edit, transformer_calls=denoise.calls,
                           source_velocities_reused=reused, mask=mask)
+
+
+def _check_finite(z: torch.Tensor, done: int, n_max: int, dtype: torch.dtype) -> None:
+    """Stop at the first step whose latents are not finite, saying which dtype overflowed."""
+    if torch.isfinite(z).all():
+        return
+    if dtype in (torch.float16, torch.bfloat16):
+        advice = ("float16 overflowed: load the model in bfloat16 (--dtype bfloat16) or float32"
+                  if dtype == torch.float16 else "switch to float32 (--dtype float32)")
+    else:
+        advice = "the model itself produced them (check its weights, or lower the CFG scales)"
+    raise NonFiniteError(f"the edit's latents became inf or NaN at editing step {done} of {n_max} with the "
+                         f"transformer in {str(dtype).replace('torch.', '')}: {advice}. Stopped instead of "
+                         "returning a black image.")
 
 
 def _requests(branch: Branch, z: torch.Tensor) -> list[_Request]:
