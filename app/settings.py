@@ -11,6 +11,7 @@ into the app's folder before Gradio is imported (Gradio reads some paths at impo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 import threading
@@ -49,6 +50,7 @@ ENV_VARS: dict[str, str] = {
     "eager_load": "SOFTREPA_EAGER_LOAD",
     "captioner": "SOFTREPA_CAPTIONER",
     "rewriter": "SOFTREPA_REWRITER",
+    "mcp": "SOFTREPA_MCP",
 }
 # what Gradio and Hugging Face Spaces themselves set for the server address (used when ours are unset)
 GRADIO_ENV_VARS: dict[str, str] = {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}
@@ -85,6 +87,8 @@ class AppSettings:
         describer needs no model. Loaded on first use, on ``device``.
     rewriter: chat model (Hub id or folder) that turns a one-line instruction into the target prompt;
         None: no instruction box, except on the shapes model. Loaded on first use, on ``device``.
+    mcp: also serve the API endpoints (/edit, /compare) as MCP tools for agents
+        (``launch(mcp_server=True)``: ``/gradio_api/mcp/``); needs the ``mcp`` package (the ``[mcp]`` extra).
     """
 
     model: str = str(BUNDLED_MODEL_DIR)
@@ -106,6 +110,7 @@ class AppSettings:
     eager_load: bool = False
     captioner: str | None = None
     rewriter: str | None = None
+    mcp: bool = False
     # (path, TokenFile / None / the read's error) once ``token_file`` has read ``tokens``
     _token_read: tuple[str | None, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -196,6 +201,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     server.add_argument("--eager-load", action="store_const", const=True, default=None,
                         help=f"load the model before serving [{ENV_VARS['eager_load']}=1] (default: in the "
                              "background, on ZeroGPU Spaces before serving)")
+    server.add_argument("--mcp", action="store_const", const=True, default=None,
+                        help=f"also serve the API as MCP tools for agents at /gradio_api/mcp/ [{ENV_VARS['mcp']}=1] "
+                             "(needs the mcp package: pip install -e '.[mcp]')")
     helpers = parser.add_argument_group("prompt help (real models; the shapes model needs neither)")
     helpers.add_argument("--captioner", metavar="MODEL",
                          help=f"LLaVA Hub id or folder that writes the source prompt from the image (Describe "
@@ -313,12 +321,15 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         value = pick(name)
         if value is not None and value.strip().lower() not in NO_TOKENS_WORDS:
             setattr(settings, name, value.strip())
-    for name in ("no_t5", "eager_load"):
+    for name in ("no_t5", "eager_load", "mcp"):
         flag = getattr(args, name, None)
         if flag is not None:
             setattr(settings, name, bool(flag))
         elif env.get(ENV_VARS[name]) is not None:
             setattr(settings, name, _env_bool(ENV_VARS[name], env[ENV_VARS[name]]))
+    if settings.mcp and importlib.util.find_spec("mcp") is None:  # Gradio would fail later, inside launch
+        raise SettingsError(f"--mcp / {ENV_VARS['mcp']}: the MCP server needs the mcp package; install it with "
+                            "pip install -e '.[mcp]' (or pip install 'mcp>=1.21,<2')")
     settings.temp_dir = settings.temp_dir.resolve()
     return settings
 
