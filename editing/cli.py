@@ -20,6 +20,7 @@ Device and dtype are decided here only: the library code follows the pipeline it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -36,9 +37,10 @@ from editing.inputs import DEFAULT_MAX_SIDE
 from editing.masks import AutoMask, MaskOptions
 from editing.presets import PRESETS, default_preset_name, get_preset
 from editing.token_file import TokenFile
+from softrepa.atomic import atomic_write_text
 from softrepa.images import ImageInputError
 from softrepa.models import KINDS, load_pipeline
-from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
+from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, process_device, process_state, resolve_dtype
 
 DEFAULT_MODEL = KINDS["sd3"].hub_id
 # command-line flag -> FlowEditParams field; None means "take the preset's value"
@@ -75,8 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                     "else sd3)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
     model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float16 on GPUs, float32 on CPU")
-    model.add_argument("--no-t5", action="store_true", help="do not load the T5 text encoder (saves ~9 GB; "
-                                                            "slightly worse prompt following)")
+    add_memory_args(parser)
     params = parser.add_argument_group("FlowEdit parameters (default: the preset's)")
     params.add_argument("--preset", default=None, choices=sorted(PRESETS),
                         help="named settings (default: sd3, or sd3-tokens with --tokens)")
@@ -308,6 +309,7 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    fatal: int = 0  # processes that could not start (model, tokens or parameters)
 
 
 def run_jobs(editor: FlowEditor, jobs: list[Job], params: FlowEditParams, use_tokens: bool, outputs: list[Path],
@@ -369,12 +371,9 @@ def plan_outputs(jobs: list[Job], out: Path, use_tokens: bool, single_file: bool
     return kept, paths, errors
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def log(*parts: Any, file=sys.stdout) -> None:
-        print(*parts, file=file, flush=True)
-
+def plan_jobs(args: argparse.Namespace, use_tokens: bool, log) -> tuple[list[Job], list[Path], list[str]]:
+    """The jobs (rows or the one edit), their outputs, and the errors found before any model loads
+    (bad rows, clashing names, missing images and masks)."""
     if args.batch is not None:
         jobs, errors = read_batch(args.batch)
     else:
@@ -383,47 +382,101 @@ def main(argv: list[str] | None = None) -> int:
                             job_name(Path(args.image), args.target), "command line").with_mask(mask)], []
     if args.batch is not None and args.auto_mask:
         jobs = [job if job.mask is not None else job.with_mask(AUTO_MASK) for job in jobs]
-    use_tokens = args.tokens is not None and not args.no_tokens
     out = Path(args.out)
     single_file = args.batch is None and out.suffix.lower() == ".png"
     if not single_file:
         out.mkdir(parents=True, exist_ok=True)
     jobs, outputs, plan_errors = plan_outputs(jobs, out, use_tokens, single_file)
     errors += plan_errors
-    # missing images are reported before the (slow) model load
     found = [job.image.is_file() and (not isinstance(job.mask, Path) or job.mask.is_file()) for job in jobs]
     errors += [f"{job.origin}: image file {job.image} does not exist" if not job.image.is_file() else
                f"{job.origin}: mask file {job.mask} does not exist" for job, ok in zip(jobs, found) if not ok]
-    jobs = [job for job, ok in zip(jobs, found) if ok]
-    outputs = [path for path, ok in zip(outputs, found) if ok]
-    for message in errors:
-        log(message, file=sys.stderr)
-    pending = [(job, path) for job, path in zip(jobs, outputs) if args.overwrite or not path.exists()]
-    if not pending:
-        log(f"nothing to do: {len(jobs)} outputs already exist, {len(errors)} failed")
-        return 1 if errors else 0
+    return ([job for job, ok in zip(jobs, found) if ok], [path for path, ok in zip(outputs, found) if ok], errors)
 
-    try:
-        # read and hashed once: the kind comes from it, the editor attaches it, the PNGs record its sha256
-        token_file = TokenFile.load(args.tokens) if use_tokens else None
-        kind = args.kind or (token_file.kind if token_file is not None else None)
-        params = params_from_args(args, kind or "sd3", use_tokens)
-        mask_options = mask_options_from_args(args)
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-        log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
-        pipe = load_pipeline(args.model, kind or "sd3", dtype, device, without_t5=True if args.no_t5 else None)
-        editor = FlowEditor(pipe, tokens=token_file, max_side=args.max_side,
-                            max_sequence_length=KINDS[kind or "sd3"].max_sequence_length,
-                            model_name=args.model)
-    except ParameterError as exc:  # FlowEditParams.check: the message goes with the flag that sets the field
-        log(f"error: {flag_of(exc.field)}: {exc}", file=sys.stderr)
+
+def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device, log
+                ) -> tuple[FlowEditor, FlowEditParams, MaskOptions]:
+    """The editor, the parameters and the mask options; ``ValueError`` / ``ParameterError`` / ``OSError``."""
+    # read and hashed once: the kind comes from it, the editor attaches it, the PNGs record its sha256
+    token_file = TokenFile.load(args.tokens) if use_tokens else None
+    kind = args.kind or (token_file.kind if token_file is not None else None) or "sd3"
+    params = params_from_args(args, kind, use_tokens)
+    mask_options = mask_options_from_args(args)
+    dtype = resolve_dtype(args.dtype, device)
+    memory = memory_from_args(args, device)
+    log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
+    pipe = load_pipeline(args.model, kind, dtype, device, without_t5=True if args.no_t5 else None, memory=memory)
+    editor = FlowEditor(pipe, tokens=token_file, max_side=args.max_side,
+                        max_sequence_length=KINDS[kind].max_sequence_length, model_name=args.model)
+    return editor, params, mask_options
+
+
+def _summary_path(out: Path, rank: int) -> Path:
+    folder = out.parent if out.suffix.lower() == ".png" else out
+    return folder / f".softrepa-edit-summary.{rank}.json"
+
+
+def merged_summary(state, out: Path, mine: Summary) -> Summary:
+    """Every process's ``Summary`` summed (each writes its own file; all read them after a barrier)."""
+    atomic_write_text(_summary_path(out, state.process_index), json.dumps(dataclasses.asdict(mine)))
+    state.wait_for_everyone()
+    total = Summary()
+    for rank in range(state.num_processes):
+        part = json.loads(_summary_path(out, rank).read_text())
+        total = Summary(**{name: getattr(total, name) + part[name] for name in part})
+    state.wait_for_everyone()  # everyone has read every file before the main process removes them
+    if state.is_main_process:
+        for rank in range(state.num_processes):
+            _summary_path(out, rank).unlink(missing_ok=True)
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One edit, or a batch split across the processes of ``accelerate launch -m editing --batch ...``:
+    each process loads the model once and edits its share into the one output folder."""
+    args = parse_args(argv)
+    state = process_state(args.device)
+    rank = f"[process {state.process_index}] " if state.num_processes > 1 else ""
+
+    def log(*parts: Any, file=sys.stdout) -> None:
+        print(rank + " ".join(map(str, parts)), file=file, flush=True)
+
+    use_tokens = args.tokens is not None and not args.no_tokens
+    jobs, outputs, errors = plan_jobs(args, use_tokens, log)
+    if state.is_main_process:
+        for message in errors:
+            log(message, file=sys.stderr)
+    pending = [(job, path) for job, path in zip(jobs, outputs) if args.overwrite or not path.exists()]
+    if not pending:  # the same in every process: none writes before all have listed them
+        if state.is_main_process:
+            log(f"nothing to do: {len(jobs)} outputs already exist, {len(errors)} failed")
+        return 1 if errors else 0
+    state.wait_for_everyone()  # every process lists the pending rows before any process writes one
+    # an image's rows stay together, in file order, in every run: each process's caches then hit the
+    # same way a single process's do, so the files are the same bytes however many processes run
+    by_image: dict[Path, list[tuple[Job, Path]]] = {}
+    for job, path in pending:
+        by_image.setdefault(job.image.resolve(), []).append((job, path))
+    with state.split_between_processes(list(by_image.values())) as share:
+        mine = [row for rows in share for row in rows]
+    summary = Summary(skipped=len(jobs) - len(pending) if state.is_main_process else 0)
+    if mine:
+        try:
+            editor, params, mask_options = load_editor(args, use_tokens, process_device(args.device, state), log)
+            summary = dataclasses.replace(run_jobs(editor, [job for job, _ in mine], params, use_tokens,
+                                                   [path for _, path in mine], overwrite=args.overwrite, log=log,
+                                                   mask_options=mask_options), skipped=summary.skipped)
+        except ParameterError as exc:  # FlowEditParams.check: the message goes with the flag that sets the field
+            log(f"error: {flag_of(exc.field)}: {exc}", file=sys.stderr)
+            summary.fatal = 1
+        except (ValueError, OSError, RuntimeError) as exc:
+            log(f"error: {exc}", file=sys.stderr)
+            summary.fatal = 1
+    total = merged_summary(state, Path(args.out), summary)
+    if total.fatal:
         return 2
-    except (ValueError, OSError, RuntimeError) as exc:
-        log(f"error: {exc}", file=sys.stderr)
-        return 2
-    summary = run_jobs(editor, jobs, params, use_tokens, outputs, overwrite=args.overwrite, log=log,
-                       mask_options=mask_options)
-    log(f"done: {summary.done} written, {summary.skipped} skipped (exist), "
-        f"{summary.failed + len(errors)} failed")
-    return 1 if summary.failed or errors else 0
+    if state.is_main_process:
+        processes = f" by {state.num_processes} processes" if state.num_processes > 1 else ""
+        log(f"done{processes}: {total.done} written, {total.skipped} skipped (exist), "
+            f"{total.failed + len(errors)} failed")
+    return 1 if total.failed or errors else 0

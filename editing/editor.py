@@ -53,7 +53,7 @@ from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import write_png
-from softrepa.models import check_compatible
+from softrepa.models import check_compatible, execution_device
 from softrepa.tokens import SoftTokens
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class LRU(Generic[K, V]):
 
 @dataclass
 class _Source:
-    x_src: torch.Tensor  # (1, C, h, w) float32 on the transformer's device
+    x_src: torch.Tensor  # (1, C, h, w) float32 on the device the transformer runs on
     velocity_sets: LRU  # velocity key -> {(step, sample): v_src}
 
 
@@ -292,7 +292,8 @@ class FlowEditor:
         cached = self._sources.get(key)
         if cached is not None:
             return cached, True
-        x_src = encode_image(self.pipe.vae, prepared.image).to(self.pipe.transformer.device)  # (1, C, h, w)
+        device = execution_device(self.pipe)
+        x_src = encode_image(self.pipe.vae, prepared.image, device).to(device)  # (1, C, h, w)
         return self._sources.put(key, _Source(x_src, LRU(self.velocity_sets_per_source))), False
 
     # editing -----------------------------------------------------------------
@@ -422,7 +423,7 @@ class FlowEditor:
             finished = []  # (image, region, mask info) per candidate
             for j in range(len(runs)):
                 found = None if out.mask is None else out.mask[j if out.mask.shape[0] > 1 else 0][None]  # (1, 1, h, w)
-                edited = decode_latents(self.pipe.vae, out.latents[j:j + 1])
+                edited = decode_latents(self.pipe.vae, out.latents[j:j + 1], source.x_src.device)
                 finished.append(_restrict(edited, prepared, given, mask, found, vae_factor, options))
             stats = EditStats(seconds=time.perf_counter() - start, transformer_calls=out.transformer_calls,
                               prompts_encoded=encoded[0], source_latents_cached=latents_cached,

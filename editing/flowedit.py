@@ -84,6 +84,7 @@ import torch
 from PIL import Image
 
 from editing.masks import AutoMask
+from softrepa.models import execution_device
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +276,8 @@ def source_and_target(src_cond: PromptEmbeds, src_uncond: PromptEmbeds, tar_cond
 @torch.no_grad()
 def encode_prompt(pipe: Any, prompt: str, max_sequence_length: int = 256) -> PromptEmbeds:
     """Encode one prompt with the pipeline's public ``encode_prompt`` (all its text encoders)."""
-    encoder = pipe.text_encoder if pipe.text_encoder is not None else pipe.transformer
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_3=None, device=encoder.device,
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_3=None,
+                                              device=execution_device(pipe),
                                               num_images_per_prompt=1, do_classifier_free_guidance=False,
                                               max_sequence_length=max_sequence_length)
     return PromptEmbeds(embeds=embeds, pooled=pooled)
@@ -288,19 +289,22 @@ def _vae_shift_scale(vae: Any) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def encode_image(vae: Any, image: Image.Image) -> torch.Tensor:
-    """RGB image (sides multiples of the model factor) -> x_src (1, C, H/f, W/f), float32."""
+def encode_image(vae: Any, image: Image.Image, device: torch.device | str | None = None) -> torch.Tensor:
+    """RGB image (sides multiples of the model factor) -> x_src (1, C, H/f, W/f), float32.
+
+    device: where the VAE runs (default: its weights' device; an offloaded pipeline's
+    ``softrepa.models.execution_device``)."""
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))  # (H, W, 3) in 0..255
     pixels = (pixels / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) in [-1, 1]
-    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    pixels = pixels.to(device=device or vae.device, dtype=vae.dtype)
     shift, scale = _vae_shift_scale(vae)
     latents = vae.encode(pixels).latent_dist.mode()  # the mode, not a sample: the source is deterministic
     return (latents.float() - shift) * scale
 
 
 @torch.no_grad()
-def decode_latents(vae: Any, latents: torch.Tensor) -> Image.Image:
-    """Latents (1, C, h, w) -> RGB image; inverse of ``encode_image``.
+def decode_latents(vae: Any, latents: torch.Tensor, device: torch.device | str | None = None) -> Image.Image:
+    """Latents (1, C, h, w) -> RGB image; inverse of ``encode_image`` (``device`` as there).
 
     A VAE in float16 can overflow in its decoder (inf / NaN pixels, which a plain cast turns into a
     black picture). Then the latents are decoded once more by a float32 copy of the VAE (the
@@ -311,12 +315,13 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> Image.Image:
     shift, scale = _vae_shift_scale(vae)
 
     def decode(decoder: Any) -> torch.Tensor:
-        return decoder.decode((latents.float() / scale + shift).to(device=decoder.device, dtype=decoder.dtype)).sample
+        z = (latents.float() / scale + shift).to(device=device or decoder.device, dtype=decoder.dtype)
+        return decoder.decode(z).sample
 
     pixels = decode(vae)
     if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
         logger.warning("the VAE decode overflowed in %s; decoding again in float32", vae.dtype)
-        pixels = decode(copy.deepcopy(vae).float())
+        pixels = decode(copy.deepcopy(vae).float().to(device or vae.device))
     if not torch.isfinite(pixels).all():
         raise NonFiniteError(f"the VAE decode gave inf or NaN pixels (VAE in {vae.dtype}, retried in float32): "
                              "the latents are out of the VAE's range; try another seed or lower the target CFG")

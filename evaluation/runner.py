@@ -29,7 +29,6 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,7 +41,7 @@ from evaluation.region_metrics import (REGION_METRICS, REGION_ORDER, build_regio
 from evaluation.results import (ScoreStore, SettingsMismatch, check_or_write_settings, mean, missing_keys,
                                 package_versions, read_jsonl, write_json_atomically, write_jsonl_atomically)
 from evaluation.tables import plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
-from softrepa.runtime import SingleProcess
+from softrepa.runtime import process_state
 from softrepa.runtime import process_device as resolve_device
 from softrepa.runtime import resolve_dtype
 from softrepa.tokens import file_sha256
@@ -50,7 +49,6 @@ from softrepa.tokens import file_sha256
 logger = logging.getLogger("evaluation")
 
 SCORE_CHUNK = 64  # items scored between two appends to the shard (what a crash can lose)
-BARRIER_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass
@@ -157,19 +155,6 @@ class Task(ABC):
 
 
 # ----------------------------------------------------------------------------- process state
-
-
-def process_state(device_spec: str = "auto"):
-    """accelerate's ``PartialState`` (one per process under ``accelerate launch`` / ``torchrun``).
-    Without CUDA (or with --device cpu) it is asked for CPU processes, which accelerate otherwise
-    leaves unconnected, so each would do all the work."""
-    try:
-        from accelerate import PartialState
-    except ImportError:
-        return SingleProcess()
-    # a generous barrier timeout: a resumed run can leave one process more images or scores to
-    # make than the others, and the default (10 min for NCCL) would then abort the slower ones
-    return PartialState(cpu=device_spec == "cpu" or not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
 
 
 def free_memory() -> None:

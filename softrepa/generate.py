@@ -28,7 +28,7 @@ from PIL import Image
 from softrepa.hooks import attach_tokens
 from softrepa.images import write_png
 from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
-from softrepa.runtime import DTYPES, resolve_device, resolve_dtype
+from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, resolve_device, resolve_dtype
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens
 
 # Generated PNGs (here and in evaluation/t2i.py): each parameter in its own text chunk for image
@@ -143,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-sequence-length", type=int, default=None,
                         help="SD3-family T5 length (default: the kind's, 256; shapes-sd3: 8)")
     parser.add_argument("--progress", action="store_true")
+    add_memory_args(parser)
     return parser.parse_args(argv)
 
 
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         device = resolve_device(args.device)
         source, kind = resolve_model(args.model, args.kind)
-        pipe = load_pipeline(source, kind, resolve_dtype(args.dtype, device), device, progress_bar=False)
+        pipe = load_pipeline(source, kind, resolve_dtype(args.dtype, device), device, progress_bar=False,
+                             without_t5=True if args.no_t5 else None, memory=memory_from_args(args, device))
         tokens = load_tokens(args.tokens, model=pipe) if args.tokens else None
         spec = get_kind(kind)
         common = {"model": args.model, "kind": kind, "steps": args.steps or spec.steps,

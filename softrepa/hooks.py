@@ -65,9 +65,10 @@ class AttachedTokens:
         self.tokens = tokens
         self.enabled = enabled
         self._timestep: torch.Tensor | None = None
-        # tokens live where the model lives; they stay float32 (cast per call to the stream's dtype)
+        # tokens live where the model lives (the CPU when an offloaded model's weights are not
+        # materialized there); they stay float32 and are cast per call to the stream's device and dtype
         device = next(self.denoiser.parameters()).device
-        tokens.to(device=device)
+        tokens.to(device=device if device.type != "meta" else torch.device("cpu"))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         model_signature = inspect.signature(self.denoiser.forward)
         self._handles.append(self.denoiser.register_forward_pre_hook(
@@ -98,7 +99,10 @@ class AttachedTokens:
                 raise RuntimeError("soft tokens: the hooked block got no encoder_hidden_states")
             if self._timestep is None:
                 raise RuntimeError("soft tokens: no timestep captured; call the denoiser itself, not its blocks")
-            tokens = self.tokens(layer, self._timestep, batch_size=text.shape[0]).to(text.dtype)  # (B, m, d)
+            home = self.tokens.static.device  # an offloaded model runs elsewhere than its tokens rest
+            timestep = self._timestep.to(home) if isinstance(self._timestep, torch.Tensor) else self._timestep
+            tokens = self.tokens(layer, timestep, batch_size=text.shape[0])
+            tokens = tokens.to(device=text.device, dtype=text.dtype)  # (B, m, d); no copy when already there
             if kwargs.get("encoder_attention_mask") is not None:
                 # the UNet hands blocks a precomputed bias; widening it is not supported (pipelines pass None)
                 raise NotImplementedError("soft tokens with an encoder_attention_mask are not supported")

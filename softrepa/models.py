@@ -205,15 +205,48 @@ def _absent_components(source: str) -> dict[str, None]:
     return {name: None for name, value in config.items() if not name.startswith("_") and value in (None, [None, None])}
 
 
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """Ways to fit a model in less accelerator memory (diffusers' own switches; docs/benchmarks.md).
+
+    offload: "model" keeps each component on the CPU and moves it to ``device`` while it runs
+        (``enable_model_cpu_offload``: about the size of the largest component on the device, a
+        little slower); "sequential" does it per layer (``enable_sequential_cpu_offload``: the
+        least memory, much slower).
+    vae_tiling: encode / decode large images in overlapping tiles (``AutoencoderKL.enable_tiling``).
+    The T5 encoder is dropped with ``load_pipeline(without_t5=True)``.
+    """
+
+    offload: str = "none"
+    vae_tiling: bool = False
+
+    def check(self) -> None:
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {self.offload!r}")
+
+
+def execution_device(pipe: Any) -> torch.device:
+    """Where ``pipe``'s models run: their device, or the accelerator an offloaded pipeline moves
+    them to while the weights rest on the CPU (diffusers' ``_execution_device``)."""
+    device = getattr(pipe, "_execution_device", None)
+    return torch.device(device) if device is not None else denoiser_of(pipe, kind_of_pipeline(pipe)).device
+
+
 def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu", without_t5: bool | None = None, progress_bar: bool = True):
+                  device: torch.device | str = "cpu", without_t5: bool | None = None, progress_bar: bool = True,
+                  memory: MemoryOptions | None = None):
     """Load a diffusers pipeline of ``kind`` from a Hub id or local folder (default: the kind's model).
 
     The frozen model is cast to ``dtype``; soft tokens attached later stay float32.
     without_t5: SD3 family: skip the T5 encoder (None: the kind's default). Folders saved without
     a component load with it as None. progress_bar: False silences the pipeline's own per-call
-    bars (callers that draw their own).
+    bars (callers that draw their own). memory: offloading and VAE tiling (``MemoryOptions``).
     """
+    memory = memory or MemoryOptions()
+    memory.check()
     import diffusers
 
     spec = get_kind(kind)
@@ -228,7 +261,15 @@ def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float
         raise RuntimeError(f"could not load a {spec.pipeline_class} from {source!r} ({exc}). Give a local diffusers "
                            "folder or a Hub id you have access to (run `huggingface-cli login` for gated models).") from exc
     pipe.set_progress_bar_config(disable=not progress_bar)
-    return pipe.to(device)
+    if memory.vae_tiling:
+        pipe.vae.enable_tiling()
+    if memory.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)  # the weights stay on the CPU between uses
+    elif memory.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
+    return pipe
 
 
 def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:

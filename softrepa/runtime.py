@@ -1,5 +1,5 @@
-"""Runtime utilities for command-line entry points: device and dtype resolution, and the
-single-process stand-in for accelerate's process state.
+"""Runtime utilities for command-line entry points: device and dtype resolution, the low-memory
+flags, and the single-process stand-in for accelerate's process state.
 
 Library code never picks a device or dtype; every CLI resolves ``--device`` / ``--dtype`` here,
 once, and passes the result down.
@@ -7,9 +7,13 @@ once, and passes the result down.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+from datetime import timedelta
 
 import torch
+
+from softrepa.models import OFFLOAD_MODES, MemoryOptions
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,6 +52,42 @@ def resolve_dtype(name: str | None, device: torch.device, accelerator_dtype: tor
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def add_memory_args(parser: argparse.ArgumentParser) -> None:
+    """The low-memory flags (--no-t5, --offload, --vae-tiling) every entry point that loads SD3 shares."""
+    group = parser.add_argument_group("memory (docs/benchmarks.md#what-gpu-do-i-need)")
+    group.add_argument("--no-t5", action="store_true", help="do not load the T5 text encoder (SD3: about 9 GB "
+                                                            "less in float16; prompts read by the CLIP encoders only)")
+    group.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                       help="keep weights on the CPU and move them to the GPU while they run: model (one "
+                            "component at a time, a little slower) or sequential (layer by layer, least memory, "
+                            "much slower)")
+    group.add_argument("--vae-tiling", action="store_true", help="encode/decode large images in tiles")
+
+
+def memory_from_args(args: argparse.Namespace, device: torch.device) -> MemoryOptions:
+    """``MemoryOptions`` from ``add_memory_args``'s flags; offloading needs an accelerator to offload from."""
+    if args.offload != "none" and device.type == "cpu":
+        raise ValueError(f"--offload {args.offload} moves weights between the CPU and a GPU, but the device is "
+                         "the CPU: drop --offload, or use --device cuda")
+    return MemoryOptions(offload=args.offload, vae_tiling=args.vae_tiling)
+
+
+BARRIER_TIMEOUT = timedelta(hours=6)
+
+
+def process_state(device_spec: str = "auto"):
+    """accelerate's ``PartialState`` (one per process under ``accelerate launch`` / ``torchrun``).
+    Without CUDA (or with --device cpu) it is asked for CPU processes, which accelerate otherwise
+    leaves unconnected, so each would do all the work."""
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        return SingleProcess()
+    # a generous barrier timeout: a resumed run can leave one process more work than the others,
+    # and the default (10 min for NCCL) would then abort the slower ones
+    return PartialState(cpu=device_spec == "cpu" or not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
 
 
 class SingleProcess:

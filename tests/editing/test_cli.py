@@ -237,3 +237,50 @@ def test_batch_mask_column_and_bad_masks(workspace, tmp_path, capsys):
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png") if not p.name.endswith(".mask.png"))
     assert len(names) == 3 and sum(n.endswith("__mask.png") for n in names) == 1
     assert sum(n.endswith("__automask.png") for n in names) == 1
+
+
+def test_offload_on_the_cpu_is_refused_with_advice(workspace, tmp_path, capsys):
+    argv = ["--image", str(workspace["images"] / "pic0.png"), "--source", "a", "--target", "b",
+            "--model", workspace["model"], "--out", str(tmp_path), "--offload", "model", *FAST]
+    assert cli.main(argv) == 2
+    assert "--offload model moves weights between the CPU and a GPU, but the device is the CPU" in capsys.readouterr().err
+
+
+def test_two_processes_split_a_batch_and_write_what_one_process_writes(workspace, tmp_path):
+    """Two real processes set up as `accelerate launch --num_processes 2 -m editing --batch ...` sets
+    them up (WORLD_SIZE, RANK, ...; gloo on the CPU): each edits its share into the one folder, a bad row
+    fails only itself, the summary counts every process's rows, and the files are byte for byte the
+    ones a single process writes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pictures = [workspace["images"] / "pic0.png", workspace["images"] / "pic1.png", tmp_path / "pic2.png"]
+    Image.open(pictures[1]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(pictures[2])
+    rows = [{"image": str(pictures[k % 3]), "source_prompt": "a red circle",
+             "target_prompt": f"a blue square number {k}"} for k in range(6)]
+    rows.append({"image": str(workspace["images"] / "notes.png"), "source_prompt": "a", "target_prompt": "b"})
+    batch = tmp_path / "rows.jsonl"
+    batch.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    assert cli.main(["--batch", str(batch), "--model", workspace["model"], "--out", str(tmp_path / "one"), *FAST]) == 1
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "editing", "--batch", str(batch), "--model", workspace["model"],
+               "--out", str(tmp_path / "two"), *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [1, 1], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    logs = outputs[0][0] + outputs[1][0]
+    assert "[process 0] wrote" in logs and "[process 1] wrote" in logs  # both did a share (2 images each)
+    assert "done by 2 processes: 6 written, 0 skipped (exist), 1 failed" in outputs[0][0]
+    one = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.png")) == one and len(one) == 6
+    for name in one:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert not list((tmp_path / "two").glob(".softrepa-edit-summary*"))
