@@ -44,6 +44,8 @@ LABELS: dict[str, str] = {
     "mask_mode": "Mask",
     "mask": "Mask image",
     "mask_brush": "Paint the region to edit",
+    "variations": "Variations",
+    "replay": "Replay a result",
 }
 # the Mask control: none = the whole picture may change; drawn = only the region of the mask image
 # (painted with the brush or uploaded); auto = the region the edit itself finds (editing.masks.AutoMask)
@@ -71,6 +73,9 @@ API_HELP: dict[str, str] = {
                  "region the edit itself finds (shown in the result)",
     "mask": "with mask_mode 'drawn' only: an image of the same aspect as the picture, white (or, in a "
             "transparent image, painted) = may change; refused with the other modes",
+    "variations": "how many candidates (1 to 8) to make in one batched run: seeds seed, seed + 1, ... (random "
+                  "ones with randomize_seed); png_files holds each candidate's PNG, details['candidates'] their "
+                  "seeds",
 }
 # the CFG sliders (the FlowEdit demo's go to 30); 0..1 is allowed (standard CFG 1 = conditional only)
 CFG_RANGE = (0.0, 30.0)
@@ -78,6 +83,9 @@ MAX_STEPS = 100  # the app's caps: what one press may cost on the shared device
 MAX_N_AVG = 8
 APP_CAPS: dict[str, float] = {"steps": MAX_STEPS, "n_avg": MAX_N_AVG, "src_cfg": CFG_RANGE[1], "tar_cfg": CFG_RANGE[1]}
 MAX_SEED = 2**31 - 1  # what the seed box holds and random seeds are drawn from; the API may send up to 2**63 - 1
+# Variations: candidates of one edit made in one batched run (FlowEditor.edit_candidates); each costs
+# about one edit's memory and a share of its time, so the app caps them like the other costs
+VARIATIONS_RANGE = (1, 8)
 
 
 class UserInputError(ValueError):
@@ -103,6 +111,7 @@ class EditControls:
     guidance: str = "standard"
     token_branches: str = "both"
     mask_mode: str = "none"  # one of MASK_MODES; the mask image itself is an input like the source image
+    variations: int = 1  # candidates with seeds seed, seed + 1, ... (Edit only; Compare makes one of each)
 
 
 CONTROL_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EditControls))
@@ -186,19 +195,54 @@ def _max_side(controls: EditControls, editor: FlowEditor) -> int:
     return min(max_side, largest)
 
 
-def params_from_controls(controls: EditControls, editor: FlowEditor) -> tuple[FlowEditParams, int]:
-    """(FlowEdit parameters, max side) from the controls; ``UserInputError`` naming the control to fix.
+@dataclass
+class RunValues:
+    """What the controls ask one press to run, as typed values."""
 
-    The parameters are not checked here: the editor checks them once per edit
-    (``FlowEditParams.check``), and the app shows a ``ParameterError`` on its control.
+    params: FlowEditParams  # with the first candidate's seed
+    max_side: int
+    seeds: list[int]  # one per candidate (Variations), the first = params.seed
+    notes: list[str]  # what was changed on the way, e.g. a fractional seed rounded (a notice on the page)
+
+
+def _seed(controls: EditControls, notes: list[str]) -> int:
+    """The seed box's value as a whole number: a fractional one is rounded (half up), with a note."""
+    value = controls.seed
+    if isinstance(value, float) and math.isfinite(value) and value != math.floor(value):
+        rounded = math.floor(value + 0.5)
+        notes.append(f"{LABELS['seed']} {value:g} was rounded to {rounded}: seeds are whole numbers.")
+        return rounded
+    return _whole_number("seed", value)
+
+
+def variations_from_controls(controls: EditControls) -> int:
+    low, high = VARIATIONS_RANGE
+    count = _whole_number("variations", controls.variations)
+    if not low <= count <= high:
+        raise UserInputError(f"{LABELS['variations']} must be between {low} and {high}, got {count}: each "
+                             "candidate costs about one more edit's memory.")
+    return count
+
+
+def params_from_controls(controls: EditControls, editor: FlowEditor) -> RunValues:
+    """What to run from the controls; ``UserInputError`` naming the control to fix.
+
+    The parameters are not checked here: the editor checks them once per edit and each candidate's
+    seed (``FlowEditParams.check``), and the app shows a ``ParameterError`` on its control.
     """
     counts = {name: _whole_number(name, getattr(controls, name)) for name in ("steps", "n_max", "n_min", "n_avg")}
     cfgs = {name: _number(name, getattr(controls, name)) for name in ("src_cfg", "tar_cfg")}
     _check_app_caps({**counts, **cfgs}, counts["steps"], counts["n_max"])
-    seed = secrets.randbelow(MAX_SEED + 1) if controls.randomize_seed else _whole_number("seed", controls.seed)
-    params = FlowEditParams(**counts, **cfgs, seed=seed, guidance=controls.guidance,
+    variations = variations_from_controls(controls)
+    notes: list[str] = []
+    if controls.randomize_seed:
+        seeds = [secrets.randbelow(MAX_SEED + 1) for _ in range(variations)]
+    else:
+        first = _seed(controls, notes)
+        seeds = [first + index for index in range(variations)]
+    params = FlowEditParams(**counts, **cfgs, seed=seeds[0], guidance=controls.guidance,
                             token_branches=controls.token_branches)
-    return params, _max_side(controls, editor)
+    return RunValues(params, _max_side(controls, editor), seeds, notes)
 
 
 # ----------------------------------------------------------------------------- presets

@@ -24,8 +24,8 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from app.controls import (LABELS, EditControls, UserInputError, controls_for_params, default_preset, parameter_message,
-                          params_from_controls, preset_controls)
+from app.controls import (LABELS, EditControls, RunValues, UserInputError, controls_for_params, default_preset,
+                          parameter_message, params_from_controls, preset_controls)
 from app.examples import OUTPUT_KEYS
 from app.masks import mask_message, mask_request, mask_summary, save_region
 from app.service import EditorService
@@ -46,7 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class EditCancelled(Exception):
-    """The person pressed Cancel: raised from the progress callback to stop the edit between steps."""
+    """Cancel was pressed (or the client went away): raised from the progress callback to stop the
+    edit between steps. Not an error: ``reports_errors`` lets it through, the page says "Cancelled"."""
 
 
 def reports_errors(fn: F) -> F:
@@ -60,10 +61,8 @@ def reports_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except (gr.Error, EditCancelled):
             raise
-        except EditCancelled:
-            raise gr.Error("Edit cancelled.", title="Cancelled", print_exception=False) from None
         except MaskError as exc:  # before ImageInputError, its base: headed by the mask control's label
             raise gr.Error(mask_message(exc), title="Check the mask", print_exception=False) from None
         except (UserInputError, ImageInputError) as exc:
@@ -140,6 +139,15 @@ class OutputImage:
     label: str
     mask_path: str | None = None  # the region the edit was restricted to, beside the PNG (white = edited)
     region_path: str | None = None  # the input with that region tinted, for the page
+    seed: int | None = None  # the seed that made it (None: a precomputed example's)
+
+    def files(self) -> list[str]:
+        """Its downloads: the PNG, then the mask saved beside it (masked edits)."""
+        return [path for path in (self.path, self.mask_path) if path]
+
+
+def _new_key() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 @dataclass
@@ -148,36 +156,77 @@ class EditOutcome:
 
     mode: str  # "edit" or "compare"
     source_path: str  # the prepared input, PNG (the "before" of the slider)
-    images: list[OutputImage]  # one for edit; without then with tokens for compare
+    images: list[OutputImage]  # edit: one per candidate (Variations), in seed order; compare: without, with tokens
     controls: EditControls  # as to restore them (the seed actually used, randomize off)
     details: dict[str, Any]  # seed, parameters, timings, input preparation, model
     summary: str  # one markdown line
     notices: list[str] = field(default_factory=list)  # for gr.Info (input resized, prompt truncated for CLIP)
     mask: str | None = None  # the mask image to restore with the entry (drawn: fitted to source_path)
+    chosen: int = 0  # the candidate shown as the result (edit); see ``choose_candidate``
+    key: str = field(default_factory=_new_key)  # names the outcome in the history and in a chain (Edit again)
+    parent: dict[str, Any] | None = None  # the result this run's source image was (Edit again), see ``parent_of``
 
     @property
     def final(self) -> OutputImage:
-        """The image the before/after slider and the history show (with tokens in a comparison)."""
-        return self.images[-1]
+        """The result: the chosen candidate of an edit, the tokens-on image of a comparison (what the
+        before/after slider and the history show)."""
+        return self.images[-1] if self.mode == "compare" else self.images[self.chosen]
+
+    @property
+    def candidates(self) -> list[OutputImage]:
+        """The candidates to pick from (empty unless an edit made several)."""
+        return self.images if self.mode == "edit" and len(self.images) > 1 else []
 
     def files(self) -> list[str]:
-        """The PNG downloads: each result, then the mask saved beside it (masked edits)."""
-        return [path for image in self.images for path in (image.path, image.mask_path) if path]
+        """The result's PNG downloads: each image of a comparison, the chosen candidate of an edit."""
+        shown = self.images if self.mode == "compare" else [self.final]
+        return [path for image in shown for path in image.files()]
+
+    def all_files(self) -> list[str]:
+        """Every image's downloads (what the API returns: each candidate's PNG, in seed order)."""
+        return [path for image in self.images for path in image.files()]
 
 
 def tokens_label(use_tokens: bool) -> str:
     return "with soft tokens" if use_tokens else "without soft tokens"
 
 
-def _summary(mode: str, params: FlowEditParams, results: list[EditResult], prepared: PreparedImage,
+def _summary(mode: str, values: RunValues, results: list[EditResult], prepared: PreparedImage,
              mask_mode: str) -> str:
-    seconds = " + ".join(f"{r.stats.seconds:.2f} s" for r in results)
+    params = values.params
+    runs = results if mode == "compare" else results[:1]  # candidates share one batched run
+    seconds = " + ".join(f"{r.stats.seconds:.2f} s" for r in runs)
     tokens = "tokens off vs on" if mode == "compare" else ("tokens on" if results[0].use_tokens else "tokens off")
+    seeds = (f"{len(values.seeds)} variations, seeds {', '.join(map(str, values.seeds))}" if len(values.seeds) > 1
+             else f"seed {params.seed}")
     size = "x".join(map(str, prepared.report.final_size))
-    mask = mask_summary(mask_mode, results)
-    return (f"**Done in {seconds}** · seed {params.seed} · T {params.steps}, n_max {params.n_max}, n_min "
+    mask = mask_summary(mask_mode, results)  # per candidate: an automatic region differs between seeds
+    return (f"**Done in {seconds}** · {seeds} · T {params.steps}, n_max {params.n_max}, n_min "
             f"{params.n_min}, n_avg {params.n_avg}, src CFG {params.src_cfg:g}, tar CFG {params.tar_cfg:g} · "
             f"{tokens} · {size} px" + (f" · {mask}" if mask else ""))
+
+
+def _details(service: EditorService, editor: FlowEditor, mode: str, controls: EditControls, values: RunValues,
+             prepared: PreparedImage, results: list[EditResult], notices: list[str]) -> dict[str, Any]:
+    runs = results if mode == "compare" else results[:1]
+    return {
+        "mode": mode, "model": editor.model_name, "kind": service.settings.kind,
+        "source_prompt": controls.source_prompt, "target_prompt": controls.target_prompt,
+        "seed": values.params.seed, "params": values.params.to_dict(), "max_side": values.max_side,
+        "variations": len(values.seeds),
+        "tokens": editor.tokens_info and {k: editor.tokens_info.get(k) for k in ("file", "sha256")},
+        "input": prepared.report.to_dict(),
+        # the result's mask_info (the editor's; None: no mask): the first candidate's, the tokens-on edit's
+        "mask_mode": controls.mask_mode, "mask": (results[0] if mode == "edit" else results[-1]).mask_info,
+        "results": [{"use_tokens": r.use_tokens, "seed": r.params.seed, "seconds": round(r.stats.seconds, 3),
+                     "transformer_calls": r.stats.transformer_calls,
+                     "source_latents_cached": r.stats.source_latents_cached,
+                     "source_velocities_reused": r.stats.source_velocities_reused, "mask": r.mask_info}
+                    for r in results],
+        "seconds": round(sum(r.stats.seconds for r in runs), 3),
+        "notices": list(notices),  # what was changed on the way (also shown as notices)
+        "parent": None,  # Edit again: the result this source image was (with_parent)
+    }
 
 
 def _run(service: EditorService, image: Any, controls: EditControls, token_states: list[bool], session: str,
@@ -188,41 +237,37 @@ def _run(service: EditorService, image: Any, controls: EditControls, token_state
                              "it can only edit with tokens off: untick 'Soft tokens'. Compare needs tokens.")
     notices = check_prompt(editor, "source_prompt", controls.source_prompt)
     notices += check_prompt(editor, "target_prompt", controls.target_prompt)
-    params, max_side = params_from_controls(controls, editor)
+    values = params_from_controls(controls, editor)
+    notices += values.notes
     region = mask_request(controls.mask_mode, mask)
-    prepared = prepare_source(editor, image, max_side)
+    prepared = prepare_source(editor, image, values.max_side)
     notices += [f"The image was {note}." for note in prepared.report.notes]
-    results = _edit_each(service, editor, prepared, controls, params, token_states, session, progress, region)
+    results = _edit_each(service, editor, prepared, controls, values, token_states, session, progress, region)
     notices += [_sentence(note) for note in (results[-1].mask_info or {}).get("notes", [])]  # e.g. mask resized
 
     mode = "compare" if len(token_states) > 1 else "edit"
-    source_path, images = _save_images(service.session_dir(session), prepared, results, mode, controls.target_prompt)
-    details = {
-        "mode": mode, "model": editor.model_name, "kind": service.settings.kind,
-        "source_prompt": controls.source_prompt, "target_prompt": controls.target_prompt,
-        "seed": params.seed, "params": params.to_dict(), "max_side": max_side,
-        "tokens": editor.tokens_info and {k: editor.tokens_info.get(k) for k in ("file", "sha256")},
-        "input": prepared.report.to_dict(),
-        "mask_mode": controls.mask_mode, "mask": results[-1].mask_info,  # the editor's mask_info (None: no mask)
-        "results": [{"use_tokens": r.use_tokens, "seconds": round(r.stats.seconds, 3),
-                     "transformer_calls": r.stats.transformer_calls,
-                     "source_latents_cached": r.stats.source_latents_cached,
-                     "source_velocities_reused": r.stats.source_velocities_reused, "mask": r.mask_info}
-                    for r in results],
-        "seconds": round(sum(r.stats.seconds for r in results), 3),
-    }
-    used = dataclasses.replace(controls, seed=params.seed, randomize_seed=False, max_side=max_side,
+    source_path, images = _save_images(service.session_dir(session), prepared, results, mode, controls.target_prompt,
+                                       values.max_side)
+    details = _details(service, editor, mode, controls, values, prepared, results, notices)
+    if mode == "edit" and len(results) > 1:
+        details["candidates"] = [{"seed": image.seed, "file": Path(image.path).name} for image in images]
+    used = dataclasses.replace(controls, seed=values.params.seed, randomize_seed=False, max_side=values.max_side,
                                use_tokens=token_states[-1])
-    summary = _summary(mode, params, results, prepared, controls.mask_mode)
+    summary = _summary(mode, values, results, prepared, controls.mask_mode)
     # a drawn mask is restored as saved beside the result: fitted to the restored input (source_path)
     restore_mask = images[-1].mask_path if controls.mask_mode == "drawn" else None
     return EditOutcome(mode, source_path, images, used, details, summary, notices, restore_mask)
 
 
 def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedImage, controls: EditControls,
-               params: FlowEditParams, token_states: list[bool], session: str, progress: ProgressFn | None,
+               values: RunValues, token_states: list[bool], session: str, progress: ProgressFn | None,
                mask: bytes | Image.Image | AutoMask | None) -> list[EditResult]:
-    """One edit per tokens state, on one progress bar; Cancel stops them between steps."""
+    """One edit per tokens state (Compare), or the candidates of one edit in one batched run
+    (Variations), on one progress bar; Cancel stops them between steps.
+
+    ``progress`` may raise ``EditCancelled`` itself (the page's client went away): the edit then
+    stops the same way."""
+    params = values.params
     cancel = service.begin_edit(session)
     total = params.n_max * len(token_states)
     results: list[EditResult] = []
@@ -237,45 +282,106 @@ def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedIma
                     progress(offset + done, total)
 
             step(0, params.n_max)
-            # the editor checks the parameters (FlowEditParams.check), once per edit
-            # the editor reads and fits a given mask (editing.masks), or finds the region (AutoMask)
-            results.append(editor.edit(prepared, controls.source_prompt, controls.target_prompt, params,
-                                       use_tokens=use_tokens, mask=mask, progress=step))
+            # the editor checks the parameters (FlowEditParams.check), once per edit, and each candidate's seed;
+            # it reads and fits a given mask (editing.masks), or finds the region (AutoMask)
+            if len(values.seeds) > 1:
+                results += editor.edit_candidates(prepared, controls.source_prompt, controls.target_prompt, params,
+                                                  seeds=values.seeds, use_tokens=use_tokens, mask=mask, progress=step)
+            else:
+                results.append(editor.edit(prepared, controls.source_prompt, controls.target_prompt, params,
+                                           use_tokens=use_tokens, mask=mask, progress=step))
     finally:
         service.end_edit(session, cancel)
     return results
 
 
 def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult], mode: str,
-                 target_prompt: str) -> tuple[str, list[OutputImage]]:
+                 target_prompt: str, max_side: int) -> tuple[str, list[OutputImage]]:
     """The prepared input (the "before") and each result as PNGs in the session's folder; a masked
-    result also gets its mask beside it (``EditResult.save``) and the input with the region tinted."""
+    result also gets its mask beside it (``EditResult.save``) and the input with the region tinted.
+    Each PNG names its input file and the max side in its metadata ("app"), so a replay finds both."""
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-{safe_name(target_prompt, 40)}"
     source_path = write_png(prepared.image, folder / f"{stem}-input.png")
+    app_record = {"mode": mode, "input_file": source_path.name, "max_side": max_side}
     images = []
     for result in results:
-        suffix = "tokens" if result.use_tokens else "no-tokens"
-        path = result.save(folder / f"{stem}-{suffix}.png", extra={"app": {"mode": mode}})
+        suffix = ("tokens" if result.use_tokens else "no-tokens") + (f"-seed{result.params.seed}"
+                                                                     if len(results) > 1 and mode == "edit" else "")
+        path = result.save(folder / f"{stem}-{suffix}.png", extra={"app": app_record})
         masked = result.mask is not None
-        images.append(OutputImage(str(path), result.use_tokens, tokens_label(result.use_tokens).capitalize(),
+        label = tokens_label(result.use_tokens).capitalize() + (f" · seed {result.params.seed}" if mode == "edit"
+                                                               else "")
+        images.append(OutputImage(str(path), result.use_tokens, label,
                                   mask_path=str(mask_path(path)) if masked else None,
-                                  region_path=save_region(result, folder / f"{stem}-{suffix}.region.png")))
+                                  region_path=save_region(result, folder / f"{stem}-{suffix}.region.png"),
+                                  seed=result.params.seed))
     return str(source_path), images
 
 
 @reports_errors
 def edit(service: EditorService, image: Any, controls: EditControls, session: str = "",
          progress: ProgressFn | None = None, mask: Any = None) -> EditOutcome:
-    """One edit with the tokens state of ``controls.use_tokens``; ``mask``: the mask image for
-    ``controls.mask_mode`` "drawn" (``app.masks.mask_request``)."""
+    """One edit with the tokens state of ``controls.use_tokens``, or ``controls.variations``
+    candidates of it (seeds seed, seed + 1, ...; random ones with ``randomize_seed``) in one
+    batched run; ``mask``: the mask image for ``controls.mask_mode`` "drawn" (``app.masks.mask_request``).
+    ``EditCancelled`` when Cancel stopped it."""
     return _run(service, image, controls, [bool(controls.use_tokens)], session, progress, mask)
 
 
 @reports_errors
 def compare(service: EditorService, image: Any, controls: EditControls, session: str = "",
             progress: ProgressFn | None = None, mask: Any = None) -> EditOutcome:
-    """The same edit (same seed, same mask) without and with soft tokens."""
-    return _run(service, image, controls, [False, True], session, progress, mask)
+    """The same edit (same seed, same mask) without and with soft tokens (one candidate of each)."""
+    return _run(service, image, dataclasses.replace(controls, variations=1), [False, True], session, progress, mask)
+
+
+# ----------------------------------------------------------------------------- picking, chaining
+
+
+def choose_candidate(outcome: EditOutcome | None, index: Any) -> EditOutcome:
+    """``outcome`` with candidate ``index`` as its result: the slider, the PNG, the seed (the
+    controls then rerun exactly it) and the details follow. The same key: it is the same run."""
+    if outcome is None or not outcome.candidates:
+        raise UserInputError("There are no variations to pick from: set Variations above 1 and press Edit.")
+    if not isinstance(index, int) or not 0 <= index < len(outcome.images):
+        raise UserInputError("That variation is no longer available.")
+    image = outcome.images[index]
+    details = {**outcome.details, "seed": image.seed, "params": {**outcome.details["params"], "seed": image.seed},
+               "mask": outcome.details["results"][index]["mask"], "chosen": index}
+    return dataclasses.replace(outcome, chosen=index, controls=dataclasses.replace(outcome.controls, seed=image.seed),
+                               details=details)
+
+
+def parent_of(outcome: EditOutcome) -> dict[str, Any]:
+    """What a chained run records about the result its source image was (Edit again)."""
+    return {"key": outcome.key, "file": Path(outcome.final.path).name, "source_prompt": outcome.controls.source_prompt,
+            "target_prompt": outcome.controls.target_prompt, "seed": outcome.final.seed}
+
+
+def with_parent(outcome: EditOutcome, parent: dict[str, Any] | None) -> EditOutcome:
+    """``outcome`` knowing the result it started from (None: a picture of its own)."""
+    if parent is None:
+        return outcome
+    return dataclasses.replace(outcome, parent=parent, details={**outcome.details, "parent": parent})
+
+
+@dataclass
+class EditAgain:
+    """The inputs that edit a result further: its image as the source, its target prompt as the
+    source prompt (the target prompt stays, to edit from), its mask for a drawn one."""
+
+    image: str
+    source_prompt: str
+    target_prompt: str
+    mask: str | None
+    parent: dict[str, Any]
+
+
+def edit_again(outcome: EditOutcome | None) -> EditAgain:
+    if outcome is None:
+        raise UserInputError("There is no result to edit again yet: press Edit first (or pick a history entry).")
+    return EditAgain(outcome.final.path, outcome.controls.target_prompt, outcome.controls.target_prompt,
+                     outcome.mask, parent_of(outcome))
 
 
 # ----------------------------------------------------------------------------- history
@@ -290,8 +396,19 @@ def history_gallery(history: list[EditOutcome]) -> list[tuple[str, str]]:
     """(image, caption) per entry for the history gallery."""
     return [(entry.final.path, f"{entry.controls.target_prompt[:60]} · seed {entry.controls.seed}"
              + (" · compare" if entry.mode == "compare" else "")
-             + (f" · {entry.controls.mask_mode} mask" if entry.controls.mask_mode != "none" else ""))
+             + (f" · {len(entry.images)} variations" if entry.candidates else "")
+             + (f" · {entry.controls.mask_mode} mask" if entry.controls.mask_mode != "none" else "")
+             + (" · edited again" if entry.parent else ""))
             for entry in history]
+
+
+def replace_in_history(history: list[EditOutcome] | None, outcome: EditOutcome) -> list[EditOutcome]:
+    """The history with the entry of ``outcome``'s run (same key) replaced by it (a picked candidate)."""
+    return [outcome if entry.key == outcome.key else entry for entry in history or []]
+
+
+def in_history(history: list[EditOutcome] | None, outcome: EditOutcome) -> bool:
+    return any(entry.key == outcome.key for entry in history or [])
 
 
 def history_entry(history: list[EditOutcome], index: Any) -> EditOutcome:

@@ -22,7 +22,7 @@ import gradio as gr
 from gradio.components import Component
 from PIL import Image
 
-from app.components import LIGHT_EVENT, session_of, unopened_image
+from app.components import LIGHT_EVENT, checked_by_the_app, session_of, unopened_image
 from app.controls import LABELS, MASK_MODES, EditControls
 from app.handlers import EditOutcome, reports_errors
 from app.masks import is_drawn_mask, painted_region, save_drawn_mask
@@ -74,8 +74,9 @@ def painter_on(image_path: str | None) -> gr.ImageEditor:
 
 def mask_inputs(init: EditControls) -> dict[str, Component]:
     """The Mask choice, then (shown for drawn) the brush on the source image and the mask image."""
-    mask_mode = gr.Radio(list(MASK_MODES), value=init.mask_mode, label=LABELS["mask_mode"], info=MASK_MODE_INFO,
-                         elem_id="mask-mode")
+    # an endpoint input: app.masks.mask_request checks the mode, naming the control (checked_by_the_app)
+    mask_mode = checked_by_the_app(gr.Radio(list(MASK_MODES), value=init.mask_mode, label=LABELS["mask_mode"],
+                                            info=MASK_MODE_INFO, elem_id="mask-mode"))
     with gr.Column(visible=init.mask_mode == "drawn") as drawn:
         painter = gr.ImageEditor(
             label=LABELS["mask_brush"], type="pil", sources=(), transforms=(), layers=False, interactive=True,

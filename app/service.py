@@ -193,6 +193,11 @@ class EditorService:
         event.set()
         return True
 
+    def running(self) -> int:
+        """How many edits are running now (each holds its session's cancel switch until it ends)."""
+        with self._cancel_lock:
+            return len(self._cancel)
+
     def end_edit(self, session: str, event: threading.Event) -> None:
         with self._cancel_lock:
             if self._cancel.get(session) is event:

@@ -8,14 +8,16 @@ empty, non-image and oversized files). Here: downscale so the long side is at mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from softrepa.images import MAX_PIXELS, ImageInputError, load_rgb
+from softrepa.images import BACKGROUND, MAX_PIXELS, ImageInputError, load_rgb
 
 DEFAULT_MAX_SIDE = 1024  # SD3's training resolution
 MIN_PATCHES = 4  # per side; smaller images are refused (too little for the model to work with)
@@ -68,6 +70,40 @@ def model_max_side(pipe: Any) -> int | None:
     return int(max_size) * model_factor(pipe) if max_size else None
 
 
+def _conversion_notes(source: str | os.PathLike | bytes | Image.Image) -> list[str]:
+    """What ``load_rgb`` changed that a person would not expect: transparent pixels flattened on
+    white, an animated image cut to its first frame. Read from the file's header (and, for an image
+    with an alpha channel, the alpha itself: a fully opaque one loses nothing). ``load_rgb`` has
+    already opened ``source``, so a file it refused never reaches here; any other surprise gives no note."""
+    try:
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, Image.Image):
+                image = source
+            else:
+                opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+                image = stack.enter_context(opened)
+            notes = []
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"reduced to its first frame (an animated image of {frames} frames)")
+            if _has_transparency(image):
+                colour = "white" if BACKGROUND == (255, 255, 255) else f"the colour {BACKGROUND}"
+                notes.append(f"flattened on {colour} (its transparent pixels are now {colour})")
+            return notes
+    except Exception:  # noqa: BLE001 - a note is a courtesy; load_rgb has said whether the image is usable
+        return []
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    """Whether any pixel of ``image`` (its first frame) is not fully opaque."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return False
+    low, _ = image.getchannel("A").getextrema()
+    return low < 255
+
+
 def prepare_image(source: str | os.PathLike | bytes | Image.Image, *, max_side: int = DEFAULT_MAX_SIDE,
                   multiple: int = 16, min_side: int | None = None,
                   max_pixels: int = MAX_PIXELS) -> PreparedImage:
@@ -82,7 +118,7 @@ def prepare_image(source: str | os.PathLike | bytes | Image.Image, *, max_side: 
     image = load_rgb(source, max_pixels=max_pixels)
     original = image.size
     width, height = original
-    notes: list[str] = []
+    notes: list[str] = _conversion_notes(source)
     if min(width, height) < min_side:
         raise ImageInputError(f"the image is {_size(original)}; both sides must be at least {min_side} px "
                               f"for this model")

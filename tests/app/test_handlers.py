@@ -16,7 +16,8 @@ from PIL import Image
 
 from app.controls import UserInputError, initial_controls, preset_controls
 from app.examples import Example, manifest_path, produced_by, write_manifest
-from app.handlers import add_to_history, compare, edit, history_entry, history_gallery, reports_errors, select_example
+from app.handlers import (EditCancelled, add_to_history, choose_candidate, compare, edit, edit_again, history_entry,
+                          history_gallery, replace_in_history, reports_errors, select_example, with_parent)
 from app.service import EditorService, load_editor
 from app.settings import BUNDLED_MODEL_DIR, AppSettings, SettingsError, parse_args, resolve_settings
 from app.testing import TINY_MODEL_LABEL, fast_controls, tiny_app_service, tiny_loader, tiny_settings
@@ -108,9 +109,8 @@ def test_cancel_stops_the_edit_between_steps(service, picture_path):
         if done == 1:
             assert service.cancel("s5")
 
-    with pytest.raises(gr.Error) as excinfo:
+    with pytest.raises(EditCancelled):  # not an error: the page says "Cancelled"
         edit(service, picture_path, fast_controls(), session="s5", progress=press_cancel)
-    assert "cancelled" in error_message(excinfo).lower()
     assert not service.cancel("s5")  # nothing running any more
     edit(service, picture_path, fast_controls(), session="s5")  # an old Cancel does not stop the next edit
 
@@ -552,3 +552,129 @@ def test_every_endpoint_parameter_is_documented_once():
     doc = describe_endpoint(run, "Edit.").__doc__
     assert doc.splitlines()[:3] == ["Edit.", "", "Parameters:"]
     assert f"    mask: {API_HELP['mask']}" in doc and "request" not in doc
+
+
+# ----------------------------------------------------------------------------- variations, edit again, replay
+
+
+def test_variations_are_candidates_of_one_run_and_picking_one_makes_it_the_result(service, picture_path):
+    outcome = edit(service, picture_path, fast_controls(seed=7, variations=3), session="v")
+    assert [image.seed for image in outcome.candidates] == [7, 8, 9] and outcome.final.seed == 7
+    assert [read_png_metadata(image.path)["params"]["seed"] for image in outcome.images] == [7, 8, 9]
+    assert outcome.files() == [outcome.images[0].path] and len(outcome.all_files()) == 3
+    assert "3 variations, seeds 7, 8, 9" in outcome.summary and outcome.details["seed"] == 7
+    picked = choose_candidate(outcome, 2)
+    assert picked.key == outcome.key and picked.final.seed == 9 and picked.controls.seed == 9
+    assert picked.details["seed"] == picked.details["params"]["seed"] == 9 and picked.files() == [picked.images[2].path]
+    history = replace_in_history(add_to_history([], outcome, limit=5), picked)
+    assert history[0].final.seed == 9 and "3 variations" in history_gallery(history)[0][1]
+    with pytest.raises(UserInputError, match="no longer available"):
+        choose_candidate(outcome, 3)
+    single = edit(service, picture_path, fast_controls(seed=9), session="v")  # the picked one, run alone
+    assert np.abs(pixels(single.final.path) - pixels(picked.final.path)).max() <= 2  # to batch-size rounding
+    randomized = edit(service, picture_path, fast_controls(randomize_seed=True, variations=2), session="v")
+    assert len({image.seed for image in randomized.images}) == 2
+    with pytest.raises(UserInputError, match="There are no variations"):
+        choose_candidate(single, 0)
+
+
+@pytest.mark.parametrize("variations, expected", [(0, "between 1 and 8, got 0"), (9, "between 1 and 8, got 9"),
+                                                  (2.5, "Variations must be a whole number")])
+def test_variations_out_of_range(service, picture_path, variations, expected):
+    with pytest.raises(gr.Error) as excinfo:
+        edit(service, picture_path, fast_controls(variations=variations), session="v")
+    assert expected in error_message(excinfo)
+
+
+def test_a_fractional_seed_is_rounded_with_a_note(service, picture_path):
+    outcome = edit(service, picture_path, fast_controls(seed=2.5), session="seed")
+    assert outcome.details["seed"] == 3 and outcome.controls.seed == 3
+    assert "Seed 2.5 was rounded to 3: seeds are whole numbers." in outcome.notices
+    assert outcome.details["notices"] == outcome.notices
+
+
+def test_transparent_and_animated_pictures_are_changed_with_a_note(service, tmp_path):
+    gif = tmp_path / "moving.gif"
+    frames = [Image.new("RGB", (48, 32), colour) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    outcome = edit(service, str(gif), fast_controls(), session="notes")
+    assert "The image was reduced to its first frame (an animated image of 3 frames)." in outcome.notices
+    rgba = tmp_path / "cut-out.png"
+    picture = Image.new("RGBA", (48, 32), (200, 30, 30, 255))
+    picture.paste((0, 0, 0, 0), (0, 0, 10, 10))
+    picture.save(rgba)
+    outcome = edit(service, str(rgba), fast_controls(), session="notes")
+    assert "The image was flattened on white (its transparent pixels are now white)." in outcome.notices
+    assert outcome.details["input"]["notes"] == ["flattened on white (its transparent pixels are now white)"]
+    assert pixels(outcome.source_path)[0, 0].tolist() == [255, 255, 255]
+    opaque = tmp_path / "opaque.png"
+    Image.new("RGBA", (48, 32), (200, 30, 30, 255)).save(opaque)
+    assert edit(service, str(opaque), fast_controls(), session="notes").notices == []  # nothing lost: no note
+
+
+def test_edit_again_chains_results_and_the_history_keeps_the_chain(service, picture_path):
+    first = edit(service, picture_path, fast_controls(), session="chain")
+    again = edit_again(first)
+    assert again.image == first.final.path and again.source_prompt == again.target_prompt == first.controls.target_prompt
+    second = with_parent(edit(service, again.image, fast_controls(source_prompt=again.source_prompt,
+                                                                  target_prompt="a green circle on a white background"),
+                              session="chain"), again.parent)
+    assert second.parent["key"] == first.key and second.details["parent"]["file"] == Path(first.final.path).name
+    assert np.array_equal(pixels(second.source_path), pixels(first.final.path))  # the result became the source
+    history = add_to_history(add_to_history([], first, limit=5), second, limit=5)
+    assert history_gallery(history)[0][1].endswith("edited again") and history[1].parent is None
+    with pytest.raises(UserInputError, match="no result to edit again"):
+        edit_again(None)
+
+
+def test_replay_restores_the_controls_mask_and_input_of_an_app_result(service, picture_path, app_dir):
+    from app.replay import replay
+
+    mask = np.zeros((32, 48), np.uint8)
+    mask[4:20, 8:30] = 255
+    Image.fromarray(mask).save(app_dir / "replay-mask.png")
+    controls = fast_controls(seed=11, n_max=4, tar_cfg=6.5, guidance="authors", mask_mode="drawn", max_side=48)
+    outcome = edit(service, picture_path, controls, session="replay", mask=str(app_dir / "replay-mask.png"))
+    base = fast_controls(source_prompt="", target_prompt="", seed=1, variations=4)
+    result = replay(outcome.final.path, base, service.settings, True, TINY_MODEL_LABEL, app_dir)
+    restored = result.controls
+    assert (restored.source_prompt, restored.target_prompt) == (controls.source_prompt, controls.target_prompt)
+    assert (restored.seed, restored.n_max, restored.tar_cfg, restored.guidance) == (11, 4, 6.5, "authors")
+    assert (restored.mask_mode, restored.max_side, restored.variations, restored.use_tokens) == ("drawn", 48, 1, True)
+    assert np.array_equal(np.asarray(Image.open(result.mask)) > 127, mask > 127)
+    assert result.image == outcome.source_path and result.notes == []
+    without_tokens = replay(outcome.final.path, base, service.settings, False, "another-model", app_dir)
+    assert without_tokens.controls.use_tokens is False
+    assert any("does not have" in note for note in without_tokens.notes)
+    assert any("another-model" in note for note in without_tokens.notes)
+
+
+def test_replay_of_a_cli_result_and_of_foreign_pngs(service, tmp_path):
+    from app.replay import replay
+
+    picture = service.settings.temp_dir / "cli-input.png"  # inside the app's folder: it may be shown
+    Image.fromarray((np.random.RandomState(3).rand(32, 32, 3) * 255).astype(np.uint8)).save(picture)
+    editor = service.editor()
+    params = editor.default_params(False).replace(steps=6, n_max=2, seed=21)
+    result = editor.edit(str(picture), "a red square", "a blue square", params, use_tokens=False)
+    out = result.save(tmp_path / "cli.png", extra={"input_image": str(picture)})  # as editing.cli.run_jobs saves
+    base = fast_controls()
+    replayed = replay(out, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+    assert replayed.image == str(picture) and replayed.controls.seed == 21 and replayed.controls.n_max == 2
+    assert replayed.controls.mask_mode == "none" and replayed.controls.use_tokens is False
+    elsewhere = result.save(tmp_path / "cli-elsewhere.png", extra={"input_image": "/etc/hosts"})
+    outside = replay(elsewhere, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+    assert outside.image is None and "outside the folders this app serves" in outside.notes[0]
+
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (16, 16)).save(plain)
+    with pytest.raises(UserInputError, match="this PNG was not written by softrepa-edit: no 'softrepa_edit' metadata"):
+        replay(plain, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (16, 16)).save(jpeg)
+    with pytest.raises(UserInputError, match="this is a JPEG image, not a PNG written by softrepa-edit"):
+        replay(jpeg, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    with pytest.raises(UserInputError, match="Replay a result: the file is not an image"):
+        replay(text, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -11,23 +17,36 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from app.controls import API_HELP
 from app.testing import FAST_CONTROLS, free_port, tiny_app_service
 from app.ui import create_app
 from editing.editor import read_png_metadata
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "app.md"
+
 MAX_FILE_SIZE = "300kb"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    temp_dir = tmp_path_factory.mktemp("app-server")
-    settings, service = tiny_app_service(temp_dir, port=free_port(), max_file_size=MAX_FILE_SIZE)
+@contextlib.contextmanager
+def serving(temp_dir: Path, **overrides):
+    """(URL, settings, service) of the tiny app served on a free port until the block ends."""
+    settings, service = tiny_app_service(temp_dir, port=free_port(), **overrides)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(settings.uploads_dir))  # create_app sets it; restored afterwards
         web = create_app(settings, service)
         url = web.launch(block=False)
-        yield url, settings
-        web.close()
+        try:
+            yield url, settings, service
+        finally:
+            web.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # the shapes model's kind: its preset's T is 28, so the page's n_max slider starts with 28 at its top,
+    # which the API must not hold against a request that sends steps 50 and n_max 30 (docs/app.md)
+    with serving(tmp_path_factory.mktemp("app-server"), kind="shapes-sd3", max_file_size=MAX_FILE_SIZE) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +73,12 @@ def test_api_lists_the_named_endpoints(client):
     # the whole API, in order: the page matches components to these names, so none may move
     controls = ["tar_cfg", "src_cfg", "n_max", "steps", "n_min", "n_avg", "seed", "randomize_seed", "max_side",
                 "guidance", "token_branches", "mask_mode", "mask"]  # the mask's two last: old positional calls work
-    assert names == ["image", "source_prompt", "target_prompt", "use_tokens", *controls]
+    # new parameters come last, so calls that pass the others by position still work
+    assert names == ["image", "source_prompt", "target_prompt", "use_tokens", *controls, "variations"]
     assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == ["image", "source_prompt",
                                                                                  "target_prompt", *controls]
     defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/edit"]["parameters"]}
-    assert defaults["mask_mode"] == "none" and defaults["mask"] is None
+    assert defaults["mask_mode"] == "none" and defaults["mask"] is None and defaults["variations"] == 1
 
 
 def test_edit_returns_the_image_and_its_parameters(client, picture, server):
@@ -125,7 +145,7 @@ def test_errors_reach_the_client_as_messages_and_the_server_keeps_serving(client
 
 
 def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
-    url, _ = server
+    url = server[0]
     big = np.random.RandomState(0).randint(0, 255, (400, 400, 3), dtype=np.uint8)  # ~480 kB as PNG
     path = tmp_path / "big.png"
     Image.fromarray(big).save(path)
@@ -135,7 +155,7 @@ def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
 
 
 def test_zero_gpu_decorator_is_a_no_op_without_spaces():
-    from app.ui import device_task, running_on_zero_gpu
+    from app.runs import device_task, running_on_zero_gpu
 
     def work():
         return 1
@@ -143,3 +163,152 @@ def test_zero_gpu_decorator_is_a_no_op_without_spaces():
     if running_on_zero_gpu():
         pytest.skip("the spaces package is installed here")
     assert device_task(work) is work
+
+
+# ----------------------------------------------------------------------------- the API's values, checked by the app
+
+
+def docs_api_example() -> str:
+    """The first Python block of docs/app.md's API section, as a reader copies it."""
+    section = DOCS.read_text().split("\n## API\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_docs_api_example_runs_as_written(server, tmp_path, monkeypatch):
+    url = server[0]
+    code = docs_api_example()
+    assert 'Client("http://127.0.0.1:7860/")' in code and "n_max=30" in code
+    monkeypatch.chdir(tmp_path)  # the example's cat.png and cat-mask.png, 64 px like the shapes model's pictures
+    Image.fromarray((np.random.RandomState(2).rand(64, 64, 3) * 255).astype(np.uint8)).save("cat.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 8:40] = 255
+    Image.fromarray(mask).save("cat-mask.png")
+    exec(compile(code.replace("http://127.0.0.1:7860/", url), "docs/app.md", "exec"), {})
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(src_cfg=-5), "Source CFG: src_cfg must be a finite number >= 0, got -5"),
+    (dict(tar_cfg=-5), "Target CFG: tar_cfg must be a finite number >= 0, got -5"),
+    (dict(tar_cfg=31), "Target CFG must be between 0 and 30, got 31."),
+    (dict(steps=28, n_max=30), "Edit strength (n_max): n_max is 30 but there are only 28 steps (T)"),
+    (dict(n_max="lots"), "Edit strength (n_max) must be a whole number, got 'lots'."),
+    (dict(steps=101), "Steps (T) must be between 1 and 100, got 101."),
+    (dict(seed=-5), "Seed: seed must be between 0 and"),
+    (dict(max_side=100_000), "Max side (px) must be between"),
+    (dict(guidance="mine"), "Guidance convention: guidance must be one of standard, authors, got 'mine'."),
+    (dict(token_branches=3), "Tokens on: token_branches must be one of both, target, got 3."),
+    (dict(mask_mode="brush"), "Mask must be one of none, drawn, auto, got 'brush'."),
+    (dict(variations=9), "Variations must be between 1 and 8, got 9"),
+], ids=["src-cfg", "tar-cfg", "cfg-cap", "n_max>T", "n_max-text", "steps-cap", "seed", "max-side", "guidance",
+        "token-branches", "mask-mode", "variations"])
+def test_refused_values_name_their_control_and_leave_no_traceback(client, picture, capfd, overrides, expected):
+    capfd.readouterr()
+    with pytest.raises(AppError) as excinfo:
+        client.predict(image=handle_file(picture), **PROMPTS, **{**FAST_CONTROLS, **overrides}, api_name="/edit")
+    message = str(excinfo.value)
+    assert expected in message
+    assert "minimum value" not in message and "maximum value" not in message and "type:" not in message
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err  # a person's mistake is not a server error
+
+
+def test_values_beyond_the_sliders_start_pass_and_a_fractional_seed_is_rounded_with_a_note(client, picture):
+    # the n_max slider starts at the shapes preset's T 28; steps 31 makes n_max 30 valid
+    *_, details, region = client.predict(image=handle_file(picture), **PROMPTS,
+                                         **dict(FAST_CONTROLS, steps=31, n_max=30, n_min=28, seed=3.6),
+                                         api_name="/edit")
+    assert details["params"]["n_max"] == 30 and details["seed"] == 4
+    assert "Seed 3.6 was rounded to 4: seeds are whole numbers." in details["notices"]
+
+
+def test_a_transparent_animated_picture_is_changed_with_a_note(client, tmp_path):
+    frames = [Image.new("RGBA", (32, 32), (200, 30, 30, 255)), Image.new("RGBA", (32, 32), (30, 30, 200, 255))]
+    frames[0].putpixel((0, 0), (0, 0, 0, 0))
+    path = tmp_path / "animated.png"
+    frames[0].save(path, save_all=True, append_images=frames[1:])  # an animated PNG with a transparent pixel
+    details = client.predict(image=handle_file(str(path)), **PROMPTS, **FAST_CONTROLS, api_name="/edit")[4]
+    assert "The image was reduced to its first frame (an animated image of 2 frames)." in details["notices"]
+    assert "The image was flattened on white (its transparent pixels are now white)." in details["notices"]
+    assert len(details["input"]["notes"]) == 2
+
+
+# ----------------------------------------------------------------------------- variations
+
+
+def test_variations_are_one_batched_run_with_a_seed_each(client, picture):
+    single = client.predict(image=handle_file(picture), **PROMPTS, **dict(FAST_CONTROLS, seed=5),
+                            api_name="/edit")[4]
+    before_after, edited, files, summary, details, region = client.predict(
+        image=handle_file(picture), **PROMPTS, **dict(FAST_CONTROLS, seed=5), variations=3, api_name="/edit")
+    assert [c["seed"] for c in details["candidates"]] == [5, 6, 7] and details["variations"] == 3
+    assert [read_png_metadata(path)["params"]["seed"] for path in files] == [5, 6, 7]  # each candidate's PNG
+    assert [Path(path).name for path in files] == [c["file"] for c in details["candidates"]]
+    assert Path(edited).name == details["candidates"][0]["file"] and details["seed"] == 5
+    # one run: the same transformer calls as a single edit (the candidates ride in the batch)
+    assert {r["transformer_calls"] for r in details["results"]} == {single["results"][0]["transformer_calls"]}
+    assert "3 variations, seeds 5, 6, 7" in summary
+
+
+# ----------------------------------------------------------------------------- cancel and disconnect
+
+LONG_EDIT = dict(FAST_CONTROLS, steps=100, n_max=100, n_avg=4)  # many seconds: it must be stopped, not end
+
+
+def wait_until(condition, timeout: float) -> float:
+    """Seconds until ``condition()`` held (polled); fails after ``timeout``."""
+    start = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - start > timeout:
+            pytest.fail(f"still not so after {timeout} s")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def test_a_cancelled_job_frees_the_server_within_two_seconds(server, client, picture):
+    service = server[2]
+    job = client.submit(image=handle_file(picture), **PROMPTS, **LONG_EDIT, api_name="/edit")
+    wait_until(lambda: service.running() == 1, timeout=30)
+    time.sleep(0.5)  # a few steps in
+    assert job.cancel()
+    stopped = wait_until(lambda: service.running() == 0, timeout=2)
+    start = time.perf_counter()
+    edited = client.predict(image=handle_file(picture), **PROMPTS, **FAST_CONTROLS, api_name="/edit")[1]
+    assert Path(edited).is_file()
+    print(f"cancelled edit stopped {stopped:.2f} s after cancel; the next edit took {time.perf_counter() - start:.2f} s")
+
+
+def test_a_client_that_goes_away_stops_its_edit(server, picture):
+    url, _, service = server
+    script = textwrap.dedent(f"""
+        import time
+        from gradio_client import Client, handle_file
+        Client({url!r}, verbose=False).submit(image=handle_file({picture!r}), **{dict(PROMPTS, **LONG_EDIT)!r},
+                                              api_name="/edit")
+        time.sleep(120)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        wait_until(lambda: service.running() == 1, timeout=60)
+        time.sleep(0.5)
+    finally:
+        child.kill()
+        child.wait()
+    wait_until(lambda: service.running() == 0, timeout=5)
+
+
+# ----------------------------------------------------------------------------- MCP
+
+
+def test_the_mcp_schema_lists_the_edit_tool_with_its_parameters(tmp_path):
+    with serving(tmp_path, mcp=True) as (url, _, _):
+        response = httpx.get(f"{url}gradio_api/mcp/schema", timeout=30)
+    assert response.status_code == 200
+    tools = {tool["name"]: tool for tool in response.json()}
+    assert set(tools) == {"edit", "compare"}  # the two public endpoints, nothing private
+    edit = tools["edit"]
+    assert edit["description"].startswith("Edit the image from the source prompt to the target prompt")
+    properties = edit["inputSchema"]["properties"]
+    for name in ("source_prompt", "target_prompt", "n_max", "tar_cfg", "seed", "mask_mode", "variations"):
+        assert properties[name]["description"] == API_HELP[name], name
+    assert "between" not in str(properties["n_max"])  # no range from the page's slider: the app checks
+    assert properties["mask_mode"]["enum"] == ["none", "drawn", "auto"]

@@ -1,0 +1,187 @@
+"""The page's runs: Edit and Compare (the two public API endpoints), Cancel, and picking one of an
+edit's candidates (Variations).
+
+Edits share one concurrency slot ("device") and wait in a bounded queue. A run stops between
+steps when Cancel is pressed on its page (``EditorService.cancel``) or when its client goes away
+(``app.components.client_gone``: ``gradio_client``'s ``job.cancel()``, a closed tab), so the
+device is free for the next edit within a step. A cancelled run is not an error: the page says
+"Cancelled" and the controls stay as they were.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gradio as gr
+from gradio.components import Component
+
+from app.components import LIGHT_EVENT, client_gone, describe_endpoint, inputs_for, session_of
+from app.controls import EditControls
+from app.handlers import (EditCancelled, EditOutcome, add_to_history, choose_candidate, compare, edit, history_gallery,
+                          in_history, replace_in_history, reports_errors, with_parent)
+from app.page import Page, candidates_gallery
+from app.service import EditorService
+
+DEVICE_QUEUE = "device"  # the concurrency id every edit shares: one edit at a time on the one device
+ZERO_GPU_SECONDS = 120  # the ZeroGPU slot an edit asks for (SD3 at 1024 px, compare: two edits)
+CANCELLED = ("**Cancelled.** The edit stops after its current step; the results shown are from before it, and "
+             "the controls are ready for the next edit.")
+CANCELLED_QUEUED = "**Cancelled.** The edit waiting for the device was dropped before it started."
+
+
+def device_task(fn: Callable) -> Callable:
+    """``spaces.GPU`` on Hugging Face ZeroGPU Spaces (the ``spaces`` package exists there): the GPU is
+    attached only while ``fn`` runs. Elsewhere ``fn`` itself."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=ZERO_GPU_SECONDS)(fn)
+
+
+def running_on_zero_gpu() -> bool:
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _progress_callback(progress: gr.Progress) -> Callable[[int, int], None]:
+    """The edit's progress bar, which also stops the edit (between steps) once its client is gone."""
+    def report(done: int, total: int) -> None:
+        if client_gone():
+            raise EditCancelled()
+        progress((done, total), desc="Editing", unit="steps")
+
+    return report
+
+
+def _notify(outcome: EditOutcome) -> None:
+    for notice in outcome.notices:
+        gr.Info(notice)
+
+
+def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
+    """Edit, Compare (their parameters are the API's), the history after each, Cancel, picking a candidate."""
+
+    @device_task
+    def run_edit(image: str | None, source_prompt: str, target_prompt: str, use_tokens: bool, tar_cfg: float,
+                 src_cfg: float, n_max: float, steps: float, n_min: float, n_avg: float, seed: float,
+                 randomize_seed: bool, max_side: float, guidance: str, token_branches: str, mask_mode: str,
+                 mask: str | None = None, variations: float = 1, request: gr.Request = None,
+                 progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
+        controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=use_tokens,
+                                tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
+                                seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
+                                token_branches=token_branches, mask_mode=mask_mode, variations=variations)
+        try:
+            outcome = edit(service, image, controls, session_of(request), _progress_callback(progress), mask=mask)
+        except EditCancelled:
+            return {page.summary: CANCELLED}  # the rest as it was (the finish step then skips)
+        _notify(outcome)
+        # the API's returns: every candidate's PNG (the page then shows the chosen one's, see finish)
+        return {page.slider: (outcome.source_path, outcome.final.path), page.result: outcome.final.path,
+                page.files: outcome.all_files(), page.summary: outcome.summary, page.details: outcome.details,
+                page.masks.region: outcome.final.region_path, page.shown_outcome: outcome}
+
+    @device_task
+    def run_compare(image: str | None, source_prompt: str, target_prompt: str, tar_cfg: float, src_cfg: float,
+                    n_max: float, steps: float, n_min: float, n_avg: float, seed: float, randomize_seed: bool,
+                    max_side: float, guidance: str, token_branches: str, mask_mode: str,
+                    mask: str | None = None, request: gr.Request = None,
+                    progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
+        controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=True,
+                                tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
+                                seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
+                                token_branches=token_branches, mask_mode=mask_mode)
+        try:
+            outcome = compare(service, image, controls, session_of(request), _progress_callback(progress), mask=mask)
+        except EditCancelled:
+            return {page.summary: CANCELLED}
+        _notify(outcome)
+        without, with_ = outcome.images
+        return {page.slider: (outcome.source_path, with_.path), page.without_tokens: without.path,
+                page.with_tokens: with_.path, page.files: outcome.files(), page.summary: outcome.summary,
+                page.details: outcome.details, page.masks.region: outcome.final.region_path,
+                page.shown_outcome: outcome}
+
+    # mask=None and variations=1 above make them optional in the API (Gradio reads the defaults), and
+    # they come last, so calls that pass the others by position still work. The API's documentation
+    # of each endpoint (the API page, the MCP tools): a summary and every parameter's meaning (API_HELP).
+    describe_endpoint(run_edit, "Edit the image from the source prompt to the target prompt (tokens on or off), "
+                                "optionally only inside a mask, optionally as several candidates (variations).",
+                      name="edit")
+    describe_endpoint(run_compare, "The same edit (same seed, same mask) without and with soft tokens.",
+                      name="compare")
+    runs = _wire_buttons(page, service, run_edit, run_compare)
+    _wire_cancel(page, service, demo, runs)
+    _wire_pick(page)
+
+
+def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_compare: Callable) -> list[Any]:
+    """Each button's run (a public endpoint), then a private step that files it in the history."""
+
+    def finish(outcome: EditOutcome | None, history_entries: list[EditOutcome],
+               parent: dict[str, Any] | None) -> dict[Component, Any]:
+        """After a run: the history (with the chain: Edit again's parent), the seed actually used, which
+        result areas show, the chosen candidate's files (not in the endpoints' returns: an API client
+        gets plain values, never visibility updates). Nothing after a cancelled run."""
+        if outcome is None or in_history(history_entries, outcome):
+            return {}
+        outcome = with_parent(outcome, parent)
+        entries = add_to_history(history_entries, outcome, service.settings.history_size)
+        pair = outcome.mode == "compare"
+        return {page.history: history_gallery(entries), page.history_state: entries,
+                page.controls.seed: outcome.controls.seed, page.result: gr.Image(visible=not pair),
+                page.compare_row: gr.Row(visible=pair), page.candidates: gr.Gallery(**candidates_gallery(outcome)),
+                page.files: outcome.files(), page.details: outcome.details, page.shown_outcome: outcome,
+                page.masks.region: gr.Image(visible=outcome.final.region_path is not None)}
+
+    named = {"image": page.image, "mask": page.masks.mask, **page.controls.by_name()}
+    finish_outputs = [page.history, page.history_state, page.controls.seed, page.result, page.compare_row,
+                      page.candidates, page.files, page.details, page.shown_outcome, page.masks.region]
+    runs = []
+    for button, run, outputs, api_name in (
+            (page.edit_button, run_edit, [page.result], "edit"),
+            (page.compare_button, run_compare, [page.without_tokens, page.with_tokens], "compare")):
+        event = button.click(run, inputs_for(run, named),
+                             [page.slider, *outputs, page.files, page.summary, page.details, page.masks.region,
+                              page.shown_outcome],
+                             api_name=api_name, concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+        event.success(finish, [page.shown_outcome, page.history_state, page.parent], finish_outputs,
+                      **LIGHT_EVENT)
+        runs.append(event)
+    return runs
+
+
+def _wire_cancel(page: Page, service: EditorService, demo: gr.Blocks, runs: list[Any]) -> None:
+    """Cancel: Gradio drops the session's waiting edit and lets go of its running one (``cancels``);
+    the service stops the running one after its current step; the summary says so."""
+
+    def request_cancel(request: gr.Request = None) -> Any:
+        session = session_of(request)
+        if service.cancel(session):
+            return CANCELLED
+        waiting = getattr(demo, "_queue", None) and demo._queue.pending_event_ids_session.get(session)
+        return CANCELLED_QUEUED if waiting else gr.skip()  # nothing to cancel: the summary stays
+
+    page.cancel_button.click(request_cancel, None, [page.summary], cancels=runs, **LIGHT_EVENT)
+
+
+def _wire_pick(page: Page) -> None:
+    """A click on a candidate makes it the result: slider, image, PNG, details, the seed box, the history entry."""
+
+    @reports_errors
+    def pick(outcome: EditOutcome | None, history_entries: list[EditOutcome],
+             event: gr.SelectData) -> dict[Component, Any]:
+        chosen = choose_candidate(outcome, event.index)
+        entries = replace_in_history(history_entries, chosen)
+        updates = page.outcome_updates(chosen)
+        del updates[page.candidates]  # already showing the choice
+        return {**updates, page.history: history_gallery(entries), page.history_state: entries,
+                page.controls.seed: chosen.controls.seed}
+
+    outputs = [o for o in page.outcome_outputs() if o is not page.candidates]
+    page.candidates.select(pick, [page.shown_outcome, page.history_state],
+                           [*outputs, page.history, page.history_state, page.controls.seed], **LIGHT_EVENT)
