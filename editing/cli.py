@@ -73,8 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tokens = model.add_mutually_exclusive_group()
     tokens.add_argument("--tokens", help="soft-token file (.safetensors, python -m softrepa.tokens)")
     tokens.add_argument("--no-tokens", action="store_true", help="edit without soft tokens (the default)")
-    model.add_argument("--kind", default=None, help="model kind for the default preset (default: the tokens' kind, "
-                                                    "else sd3)")
+    model.add_argument("--kind", default=None, help="model kind, for loading and the default preset: "
+                       f"{', '.join(k for k, spec in KINDS.items() if spec.arch == 'mmdit')} "
+                       "(default: the tokens' kind, else sd3)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
     model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float16 on GPUs, float32 on CPU")
     add_memory_args(parser)

@@ -1,7 +1,8 @@
 """Named FlowEdit settings (a registry), and which one a model kind uses by default.
 
-The SD3 numbers come from FlowEdit (Kulikov et al.) and the SoftREPA paper (Tab. 5-6), see
-FlowEdit (Kulikov et al., arXiv:2412.08629; github.com/fallenshock/FlowEdit). The paper's soft-token setting "n_max 30, tar CFG 9" was produced with the authors'
+The SD3 numbers come from FlowEdit (Kulikov et al., arXiv:2412.08629; github.com/fallenshock/FlowEdit)
+and the SoftREPA paper (Tab. 5-6). SD3.5 (medium, large) has no published FlowEdit settings: its
+presets start from the SD3 ones and are labelled not tuned. The paper's soft-token setting "n_max 30, tar CFG 9" was produced with the authors'
 target guidance ``c + w (c - u)``; in the standard convention used everywhere else here that is
 tar CFG 10. Two presets carry it: ``sd3-tokens`` (standard, 10) and ``sd3-tokens-paper`` (the
 authors' convention, 9) for a literal reproduction. Both compute the same velocities.
@@ -32,6 +33,19 @@ PRESETS: dict[str, Preset] = {
                                               guidance="authors"),
                                use_tokens=True, description="the paper's setting verbatim: n_max 30, tar 9 with "
                                                             "the authors' target guidance c + w (c - u)"),
+    # SD3.5 (medium, large): nothing is published for FlowEdit on SD3.5 (FlowEdit gives SD3 and FLUX
+    # settings; SoftREPA has no SD3.5 results), so these are FlowEdit's SD3 settings (and the SD3
+    # tokens setting) as a starting point: NOT TUNED for SD3.5. Replace them once measured.
+    "sd3.5-medium": Preset(FlowEditParams(steps=50, n_max=33, n_min=0, n_avg=1, src_cfg=3.5, tar_cfg=13.5, seed=42),
+                           use_tokens=False, description="SD3.5 medium: FlowEdit's SD3 settings, not tuned for SD3.5"),
+    "sd3.5-medium-tokens": Preset(FlowEditParams(steps=50, n_max=30, src_cfg=3.5, tar_cfg=10.0, seed=42),
+                                  use_tokens=True, description="SD3.5 medium with tokens: the sd3-tokens settings, "
+                                                               "not tuned for SD3.5"),
+    "sd3.5-large": Preset(FlowEditParams(steps=50, n_max=33, n_min=0, n_avg=1, src_cfg=3.5, tar_cfg=13.5, seed=42),
+                          use_tokens=False, description="SD3.5 large: FlowEdit's SD3 settings, not tuned for SD3.5"),
+    "sd3.5-large-tokens": Preset(FlowEditParams(steps=50, n_max=30, src_cfg=3.5, tar_cfg=10.0, seed=42),
+                                 use_tokens=True, description="SD3.5 large with tokens: the sd3-tokens settings, "
+                                                              "not tuned for SD3.5"),
     # Bundled shapes model (assets/shapes-sd3, 64 px): settings from benchmarks/shapes_alignment.py
     # (48 held-out pairs): at n_max 20, success / preservation 0.52 / 0.965 at tar 5 and 0.63 / 0.958
     # at tar 7.5; at tar 7.5, n_max 14 edits too little (0.23) and n_max 24 keeps too little (0.896)
@@ -45,6 +59,10 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESETS: dict[tuple[str, bool], str] = {
     ("sd3", False): "sd3",
     ("sd3", True): "sd3-tokens",
+    ("sd3.5-medium", False): "sd3.5-medium",
+    ("sd3.5-medium", True): "sd3.5-medium-tokens",
+    ("sd3.5-large", False): "sd3.5-large",
+    ("sd3.5-large", True): "sd3.5-large-tokens",
     ("shapes-sd3", False): "shapes",
     ("shapes-sd3", True): "shapes-tokens",
 }

@@ -173,6 +173,21 @@ KINDS: dict[str, ModelKind] = {
 }
 
 
+# Stable Diffusion 3.5 (Stability AI's published diffusers configs, checked against the Hugging Face
+# SD3.5 release notes): the same MM-DiT blocks as SD3 with QK RMS-norm; medium adds a second,
+# image-only attention in blocks 0-12 (``dual_attention_layers``, pos_embed_max_size 384), large is
+# 38 blocks of 38 heads x 64 = 2432 wide (caption_projection_dim 2432). The text stream is handled
+# as in SD3, so tokens attach at the same points. No SoftREPA tokens are published for SD3.5: m 4,
+# L 5 are SD3's, a starting point, not tuned. Sampling defaults are the model cards' (medium:
+# 40 steps, CFG 4.5; large: 28 steps, CFG 3.5).
+KINDS["sd3.5-medium"] = ModelKind(arch="mmdit", hub_id="stabilityai/stable-diffusion-3.5-medium",
+                                  pipeline_class="StableDiffusion3Pipeline", denoiser_attr="transformer",
+                                  num_tokens=4, num_layers=5, dweight=0.0, steps=40, cfg=4.5, resolution=1024)
+KINDS["sd3.5-large"] = ModelKind(arch="mmdit", hub_id="stabilityai/stable-diffusion-3.5-large",
+                                 pipeline_class="StableDiffusion3Pipeline", denoiser_attr="transformer",
+                                 num_tokens=4, num_layers=5, dweight=0.0, steps=28, cfg=3.5, resolution=1024)
+
+
 # The bundled shapes-world model (shapes/model.py): SD3 architecture, no T5, 64 px.
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-sd3"
 KINDS["shapes-sd3"] = ModelKind(arch="mmdit", hub_id=str(SHAPES_MODEL_DIR), pipeline_class="StableDiffusion3Pipeline",

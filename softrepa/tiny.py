@@ -1,7 +1,7 @@
 """Tiny, seeded, random-weight diffusers pipelines built from configs: no downloads.
 
-Tests and benchmarks run the real code paths (the same functions that drive SD3, SD1.5 and
-SDXL) on these. The tokenizer is a real ``CLIPTokenizer`` built from the CLIP BPE vocabulary
+Tests and benchmarks run the real code paths (the same functions that drive SD3, SD3.5, SD1.5
+and SDXL) on these. The tokenizer is a real ``CLIPTokenizer`` built from the CLIP BPE vocabulary
 shipped in ``assets/clip-bpe`` (MIT, from open_clip), so prompts tokenize exactly as on the real
 models.
 """
@@ -86,23 +86,40 @@ def tiny_vae(seed: int, block_out_channels=(8, 16), latent_channels: int = 4, sh
 
 
 def tiny_sd3_transformer(seed: int = 0, num_layers: int = 3, caption_projection_dim: int = 32,
-                         sample_size: int = 16):
+                         sample_size: int = 16, dual_attention_layers: tuple[int, ...] = (),
+                         qk_norm: str | None = None):
+    """SD3's transformer at toy size; ``dual_attention_layers`` / ``qk_norm`` give SD3.5's block variants."""
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(seed)
     return SD3Transformer2DModel(sample_size=sample_size, patch_size=1, in_channels=4, out_channels=4,
                                  num_layers=num_layers, attention_head_dim=8, num_attention_heads=4,
                                  caption_projection_dim=caption_projection_dim, joint_attention_dim=64,
-                                 pooled_projection_dim=64, pos_embed_max_size=32).eval()
+                                 pooled_projection_dim=64, pos_embed_max_size=32,
+                                 dual_attention_layers=tuple(dual_attention_layers), qk_norm=qk_norm).eval()
 
 
-def tiny_sd3_pipeline(seed: int = 0, num_layers: int = 3):
-    """SD3 architecture at toy size: two CLIP encoders (32 wide each), no T5, 3 joint blocks, 2x VAE."""
+# SD3.5's block variants at toy size (softrepa.models: the published configs): medium has QK RMS-norm
+# and dual attention in its first blocks (0-12 of 24; here 0-1 of 3), large QK RMS-norm only
+SD35_TINY_VARIANTS: dict[str, dict] = {
+    "sd3.5-medium": dict(dual_attention_layers=(0, 1), qk_norm="rms_norm"),
+    "sd3.5-large": dict(dual_attention_layers=(), qk_norm="rms_norm"),
+}
+
+
+def tiny_sd3_pipeline(seed: int = 0, num_layers: int = 3, variant: str | None = None):
+    """SD3 architecture at toy size: two CLIP encoders (32 wide each), no T5, 3 joint blocks, 2x VAE.
+
+    variant: "sd3.5-medium" / "sd3.5-large" builds that SD3.5 transformer variant (``SD35_TINY_VARIANTS``).
+    """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
+    if variant is not None and variant not in SD35_TINY_VARIANTS:
+        raise ValueError(f"unknown SD3 variant {variant!r}; choose one of {sorted(SD35_TINY_VARIANTS)}")
+    blocks = SD35_TINY_VARIANTS.get(variant, {})
     tokenizer = clip_tokenizer()
     return StableDiffusion3Pipeline(
-        transformer=tiny_sd3_transformer(seed, num_layers=num_layers),
+        transformer=tiny_sd3_transformer(seed, num_layers=num_layers, **blocks),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=tiny_vae(seed + 1, shift_factor=0.0609, scaling_factor=1.5305),
         text_encoder=tiny_clip_text_encoder(seed + 2), tokenizer=tokenizer,
@@ -149,7 +166,16 @@ def tiny_sdxl_pipeline(seed: int = 0):
                                      tokenizer_2=tokenizer, force_zeros_for_empty_prompt=True)
 
 
-TINY_PIPELINES = {"sd3": tiny_sd3_pipeline, "sd15": tiny_sd15_pipeline, "sdxl": tiny_sdxl_pipeline}
+def tiny_sd35_medium_pipeline(seed: int = 0):
+    return tiny_sd3_pipeline(seed, variant="sd3.5-medium")
+
+
+def tiny_sd35_large_pipeline(seed: int = 0):
+    return tiny_sd3_pipeline(seed, variant="sd3.5-large")
+
+
+TINY_PIPELINES = {"sd3": tiny_sd3_pipeline, "sd3.5-medium": tiny_sd35_medium_pipeline,
+                  "sd3.5-large": tiny_sd35_large_pipeline, "sd15": tiny_sd15_pipeline, "sdxl": tiny_sdxl_pipeline}
 
 
 def tiny_pipeline(kind: str, seed: int = 0):
