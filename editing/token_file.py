@@ -7,6 +7,7 @@ with). Each reading the path for itself meant three reads and three hashes of th
 ``TokenFile`` is read and hashed once and passed along.
 
     token_file = TokenFile.load("tokens.safetensors")   # safetensors only, shapes checked
+    TokenFile.load("user/repo")                          # or a Hub reference (softrepa.tokens.resolve_tokens_path)
     token_file.kind, token_file.sha256
     FlowEditor(pipe, tokens=token_file)                 # checks that the tokens fit this model
 """
@@ -17,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from softrepa.tokens import SoftTokens, file_sha256, load_tokens
+from softrepa.tokens import SoftTokens, file_sha256, load_tokens, resolve_tokens_path
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,17 @@ class TokenFile:
     (safetensors, never a pickle; tensor shapes match the config). Whether they fit a model is
     checked where they are attached (``FlowEditor.set_tokens``)."""
 
-    path: Path
+    path: Path  # the local file read (for a Hub reference: its file in the huggingface_hub cache)
     tokens: SoftTokens
     sha256: str  # of the file's bytes
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenFile":
-        """Read and check ``path`` once and hash it once; ``OSError`` / ``ValueError`` say what is wrong."""
-        tokens = load_tokens(path)  # raises before the file is hashed when it is not a token file
-        return cls(path=Path(path), tokens=tokens, sha256=file_sha256(path))
+        """Read and check ``path`` (a file, or a Hub reference fetched once) and hash it once;
+        ``OSError`` / ``ValueError`` say what is wrong."""
+        local = resolve_tokens_path(path)
+        tokens = load_tokens(local)  # raises before the file is hashed when it is not a token file
+        return cls(path=local, tokens=tokens, sha256=file_sha256(local))
 
     @property
     def name(self) -> str:

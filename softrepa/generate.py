@@ -29,7 +29,7 @@ from softrepa.hooks import attach_tokens
 from softrepa.images import write_png
 from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
 from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, resolve_device, resolve_dtype
-from softrepa.tokens import SoftTokens, file_sha256, load_tokens
+from softrepa.tokens import SoftTokens, file_sha256, load_tokens, resolve_tokens_path
 
 # Generated PNGs (here and in evaluation/t2i.py): each parameter in its own text chunk for image
 # viewers, and all of them as JSON under "parameters" for programs (``softrepa.images.write_png``).
@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m softrepa.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="sd3", help="a kind (sd3, sd15, sdxl, ...) or a Hub id / diffusers folder")
     parser.add_argument("--kind", default=None, help="model kind when --model is an id or folder")
-    parser.add_argument("--tokens", default=None, help="soft-token .safetensors file (omit: the base model)")
+    parser.add_argument("--tokens", default=None, help="soft-token .safetensors file, or a Hub reference user/repo[@rev] "
+                        "or user/repo/file.safetensors (omit: the base model)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts", default=None, help="a text file, one prompt per line")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
@@ -157,16 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(jobs)} images, {len(jobs) - len(todo)} already there, {len(todo)} to make")
         if not todo:
             return 0
+        token_path = resolve_tokens_path(args.tokens) if args.tokens else None  # a Hub reference: fetched once
         device = resolve_device(args.device)
         source, kind = resolve_model(args.model, args.kind)
         pipe = load_pipeline(source, kind, resolve_dtype(args.dtype, device), device, progress_bar=False,
                              without_t5=True if args.no_t5 else None, memory=memory_from_args(args, device))
-        tokens = load_tokens(args.tokens, model=pipe) if args.tokens else None
+        tokens = load_tokens(token_path, model=pipe) if token_path else None
         spec = get_kind(kind)
         common = {"model": args.model, "kind": kind, "steps": args.steps or spec.steps,
                   "cfg": spec.cfg if args.cfg is None else args.cfg, "negative_prompt": args.negative_prompt,
                   "tokens": str(args.tokens) if args.tokens else "none",
-                  "tokens_sha256": file_sha256(args.tokens) if args.tokens else "none",
+                  "tokens_sha256": file_sha256(token_path) if token_path else "none",
                   "software": "softrepa-edit"}
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start:start + args.batch_size]

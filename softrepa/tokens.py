@@ -19,6 +19,12 @@ attaches them.
 CLI:
     python -m softrepa.tokens info FILE
     python -m softrepa.tokens convert --static dc_tokens.pth [--time dc_t_tokens.pth] --kind sd3 --out FILE
+    python -m softrepa.tokens push FILE user/repo [--revision BRANCH] [--private] [--figures JSON]
+
+Token files on the Hugging Face Hub: ``resolve_tokens_path`` turns ``user/repo[@rev]`` or
+``user/repo/file.safetensors[@rev]`` into a cached local file (``load_tokens`` and every
+``--tokens`` flag go through it; a local path that exists wins); ``push_tokens`` uploads a file
+with a model card (``model_card``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,8 +277,10 @@ def read_token_file(path: str | os.PathLike) -> tuple[SoftTokensConfig, dict[str
 
 
 def load_tokens(path: str | os.PathLike, model: nn.Module | None = None,
-                device: torch.device | str | None = None) -> SoftTokens:
-    """Load a token file; when ``model`` (a denoiser or a pipeline) is given, check that it fits."""
+                device: torch.device | str | None = None, revision: str | None = None) -> SoftTokens:
+    """Load a token file (a local path or a Hub reference, ``resolve_tokens_path``); when ``model``
+    (a denoiser or a pipeline) is given, check that it fits."""
+    path = resolve_tokens_path(path, revision=revision)
     config, tensors, _ = read_token_file(path)
     if model is not None:
         check_compatible(config, model, source=str(path))
@@ -290,6 +299,138 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the Hub
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # one part of a Hub repo id (user, repo)
+
+
+def parse_hub_reference(ref: str, revision: str | None = None) -> tuple[str, str | None, str | None] | None:
+    """(repo_id, file in the repo or None, revision) for ``user/repo[@rev]`` or
+    ``user/repo/file.safetensors[@rev]``; None when ``ref`` does not have that shape."""
+    parts = str(ref).split("/")
+    if len(parts) < 2 or str(ref).startswith((".", "/", "~")) or "\\" in str(ref):
+        return None
+    name, _, rev = parts[1].partition("@")
+    filename = "/".join(parts[2:]) or None
+    if filename is not None and "@" in parts[-1]:
+        if rev:
+            raise ValueError(f"{ref!r}: give the revision once (user/repo@rev/file or user/repo/file@rev)")
+        filename, _, rev = filename.rpartition("@")
+    if not (_HUB_NAME.match(parts[0]) and _HUB_NAME.match(name)):
+        return None
+    if filename is not None and not filename.endswith(".safetensors"):
+        return None
+    if rev and revision and rev != revision:
+        raise ValueError(f"{ref!r} names revision {rev!r} but revision={revision!r} was also given; give one")
+    return f"{parts[0]}/{name}", filename, rev or revision
+
+
+def _hub_token_files(repo_id: str, revision: str | None) -> list[str]:
+    """The .safetensors files of a Hub repo: from the Hub, or from the local cache when offline."""
+    from huggingface_hub import HfApi, is_offline_mode, snapshot_download
+
+    files = None
+    if not is_offline_mode():
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            files = HfApi().list_repo_files(repo_id, revision=revision)
+        except HfHubHTTPError:  # the Hub answered (no such repo, revision, access): say so
+            raise
+        except (OSError, ConnectionError):  # no network: the cache, as hf_hub_download does
+            files = None
+    if files is None:  # the cached snapshot of that revision (huggingface_hub resolves refs/<revision> itself)
+        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    return sorted(f for f in files if f.endswith(".safetensors"))
+
+
+def resolve_tokens_path(ref: str | os.PathLike, revision: str | None = None) -> Path:
+    """The local file for a ``--tokens`` value: every entry point calls this before reading one.
+
+    A path that exists is returned as is (a local file always wins). Otherwise a Hub reference
+    ``user/repo`` (the repo's one .safetensors file), ``user/repo/file.safetensors``, with an
+    optional revision (``user/repo@rev`` or ``revision=``), is fetched with ``hf_hub_download``
+    into the huggingface_hub cache (``HF_HUB_CACHE``; with ``HF_HUB_OFFLINE=1`` only the cache is read).
+    """
+    path = Path(ref)
+    if path.exists():
+        return path
+    hub = parse_hub_reference(str(ref), revision) if not isinstance(ref, Path) else None
+    if hub is None:
+        return path  # read_token_file says that it does not exist
+    repo_id, filename, rev = hub
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    where = f"{repo_id}" + (f" at revision {rev}" if rev else "")
+    try:
+        if filename is None:
+            files = _hub_token_files(repo_id, rev)
+            if len(files) != 1:
+                found = ", ".join(files) if files else "none"
+                raise ValueError(f"tokens {ref!r}: the Hub repo {where} holds {len(files)} .safetensors files "
+                                 f"({found}); name one: {repo_id}/<file>.safetensors")
+            filename = files[0]
+        return Path(hf_hub_download(repo_id, filename, revision=rev))
+    except (EntryNotFoundError, HfHubHTTPError, OSError) as exc:  # LocalEntryNotFoundError: not in an offline cache
+        raise FileNotFoundError(f"tokens {ref!r}: no local file of that name, and {filename or 'a token file'} of "
+                                f"the Hub repo {where} could not be fetched ({type(exc).__name__}: {exc}). Check the "
+                                "name (user/repo or user/repo/file.safetensors), log in for private repos "
+                                "(`hf auth login`), or unset HF_HUB_OFFLINE to download.") from exc
+
+
+def model_card(config: SoftTokensConfig, metadata: dict[str, str], repo_id: str, filename: str,
+               figures: dict[str, Any] | None = None) -> str:
+    """The README.md pushed beside a token file: what the tokens are, how to use them, and what was
+    measured (``figures``), written only from the file's metadata and the figures given."""
+    base = config.base_model or get_kind(config.kind).hub_id
+    hub_base = "/" in base and not base.startswith((".", "/", "~"))  # a Hub id, not a local folder
+    lines = ["---", "tags:", "- soft-tokens", "- softrepa", "- text-to-image",
+             *([f"base_model: {base}"] if hub_base else []), "---", "",
+             f"# SoftREPA soft tokens for `{base}`", "",
+             f"{count_parameters(config):,} trainable parameters: m = {config.num_tokens} tokens on L = "
+             f"{config.num_layers} layers, width {config.width}, model kind `{config.kind}`"
+             + (f", {config.time_bins} time bins." if config.use_time else ", no time part."), "",
+             "## Use", "", "```bash",
+             f"python -m editing --kind {config.kind} --tokens {repo_id}/{filename} --image in.png --source ... --target ...",
+             f"python -m softrepa.generate --model {config.kind} --tokens {repo_id}/{filename} --prompts prompts.txt",
+             "```", "", "## Configuration", "", "| field | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in dataclasses.asdict(config).items()]
+    extra = {k: v for k, v in sorted(metadata.items()) if k not in (METADATA_KEY, "format_version")}
+    if extra:
+        lines += ["", "## Training", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in extra.items()]
+    lines += ["", "## Measured", ""]
+    if figures:
+        lines += ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in figures.items()]
+    else:
+        lines += ["Nothing measured was given with this upload."]
+    return "\n".join(lines) + "\n"
+
+
+def push_tokens(path: str | os.PathLike, repo_id: str, *, revision: str | None = None, private: bool = False,
+                figures: dict[str, Any] | None = None, api: Any = None) -> str:
+    """Upload a token file and its model card to ``repo_id`` (created if missing); returns the
+    reference to load it by. ``api``: an ``HfApi`` (default: a new one, with the login's token)."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    path = Path(path)
+    config, _, metadata = read_token_file(path)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    card = model_card(config, metadata, repo_id, path.name, figures)
+    message = f"soft tokens {path.name} ({config.kind}, m {config.num_tokens}, L {config.num_layers})"
+    api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id, revision=revision,
+                    commit_message=message)
+    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, revision=revision,
+                    commit_message=f"model card for {path.name}")
+    return f"{repo_id}/{path.name}" + (f"@{revision}" if revision else "")
 
 
 # ----------------------------------------------------------------------------- legacy import
@@ -367,7 +508,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     conv.add_argument("--kind", required=True, help="model kind the tokens belong to (sd3, sd15, sdxl)")
     conv.add_argument("--base-model", default="", help="Hub id the tokens were trained on")
     conv.add_argument("--out", required=True, help="output .safetensors file")
+    push = sub.add_parser("push", help="upload a token file and a model card written from its metadata to the Hub")
+    push.add_argument("file")
+    push.add_argument("repo", help="Hub repo id, user/repo (created if missing)")
+    push.add_argument("--revision", default=None, help="branch to push to (created if missing; default: main)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--figures", default=None, help="measured figures for the card: a JSON object or a .json file")
     return parser.parse_args(argv)
+
+
+def read_figures(value: str | None) -> dict[str, Any] | None:
+    """``--figures``: a JSON object given inline or as a file."""
+    if value is None:
+        return None
+    text = Path(value).read_text() if value.endswith(".json") and Path(value).is_file() else value
+    try:
+        figures = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--figures must be a JSON object or a .json file holding one ({exc})") from exc
+    if not isinstance(figures, dict):
+        raise ValueError(f"--figures must be a JSON object (name: value), got {type(figures).__name__}")
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in sorted(metadata.items()):
                 if key != METADATA_KEY:
                     print(f"  meta.{key}: {value}")
+        elif args.command == "push":
+            reference = push_tokens(args.file, args.repo, revision=args.revision, private=args.private,
+                                    figures=read_figures(args.figures))
+            print(f"pushed {args.file} with a model card; load it with --tokens {reference}")
         elif args.command == "convert":
             tokens = convert_legacy(args.static, args.time, args.kind, args.base_model)
             out = save_tokens(tokens, args.out, extra_metadata={"converted_from": Path(args.static).name})
