@@ -10,6 +10,14 @@ Edit: missing precomputed results degrade to "click, then run".
 Built-in examples: shapes-world edits (``shapes.world.make_edit_pairs``: a rendered scene, its
 caption, and the caption with one attribute changed) for the shapes model; photos shipped with
 scikit-image (``skimage.data``), when it is installed, for SD3.
+
+A manifest example may also carry a ``caption`` (what it shows, e.g. "tokens needed: the star's fill,
+outline to solid succeeds only with tokens (without them the fill does not change)"), ``source`` (where it comes from: the shapes world's split, seed and
+pair index, so its results can be judged again), ``checks`` (the shapes classifier's verdict on each
+precomputed result, written by ``app/make_examples.py``) and a local-edit mask (``mask_mode``
+"drawn" with the ``mask`` image, or "auto"). ``load_examples`` lists masked examples only for a
+caller that says it applies their mask (``with_masks=True``): one that does not would show a masked
+result next to inputs that edit without the mask.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from softrepa.images import write_png
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "examples.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: caption, source, checks, mask_mode, mask (1 still reads)
 OUTPUT_KEYS = ("without_tokens", "with_tokens")  # precomputed results per tokens state
 SHAPES_EXAMPLE_COUNT = 6
 SHAPES_EXAMPLE_SEED = 0
@@ -53,10 +61,19 @@ class Example:
     target_prompt: str
     params: dict[str, Any] | None = None  # FlowEditParams.to_dict() of the precomputed results (None: the preset's)
     outputs: dict[str, str] = field(default_factory=dict)  # OUTPUT_KEYS -> PNG path
+    caption: str = ""  # what the example shows, in words
+    source: dict[str, Any] | None = None  # e.g. {"world": "shapes", "split": "val", "seed": 0, "index": 7}
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # OUTPUT_KEYS -> the classifier's verdict
+    mask_mode: str = "none"  # "none", "drawn" (with ``mask``) or "auto": how the results were edited
+    mask: str | None = None  # PNG path of a drawn mask (white = may change)
 
     @property
     def has_outputs(self) -> bool:
         return bool(self.outputs)
+
+    @property
+    def is_masked(self) -> bool:
+        return self.mask_mode != "none"
 
 
 def shapes_examples(folder: Path, count: int = SHAPES_EXAMPLE_COUNT, seed: int = SHAPES_EXAMPLE_SEED) -> list[Example]:
@@ -125,6 +142,7 @@ def write_manifest(examples: list[Example], path: Path, producer: dict[str, str 
         row = asdict(example)
         row["image"] = relative(example.image)
         row["outputs"] = {key: relative(value) for key, value in example.outputs.items()}
+        row["mask"] = relative(example.mask) if example.mask else None
         rows.append(row)
     return atomic_write_text(path, json.dumps({"version": MANIFEST_VERSION, "produced_by": producer,
                                                "examples": rows}, indent=1, ensure_ascii=False))
@@ -140,6 +158,8 @@ def read_manifest(path: Path) -> tuple[list[Example], dict[str, Any]]:
             example = Example(**row)
             example.image = str((path.parent / example.image).resolve())
             example.outputs = {key: str((path.parent / value).resolve()) for key, value in example.outputs.items()}
+            if example.mask:
+                example.mask = str((path.parent / example.mask).resolve())
             examples.append(example)
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not a valid examples manifest ({exc})") from exc
@@ -147,9 +167,12 @@ def read_manifest(path: Path) -> tuple[list[Example], dict[str, Any]]:
 
 
 def load_examples(examples_dir: Path, kind: str, producer: dict[str, str | None],
-                  fallback_folder: Path) -> list[Example]:
+                  fallback_folder: Path, with_masks: bool = False) -> list[Example]:
     """The gallery for this model: the manifest's examples (with results when ``producer`` matches),
-    else the built-in ones without results. Never raises for missing or stale files."""
+    else the built-in ones without results. Never raises for missing or stale files.
+
+    with_masks: also the examples edited with a mask (their ``mask_mode`` and ``mask``); a caller
+    that does not apply an example's mask must leave them out."""
     path = manifest_path(examples_dir, kind)
     if path.is_file():
         try:
@@ -163,8 +186,11 @@ def load_examples(examples_dir: Path, kind: str, producer: dict[str, str | None]
                          producer)
             kept = []
             for example in examples:
-                if not Path(example.image).is_file():
-                    log.warning("example %s: image %s is missing; skipped", example.name, example.image)
+                if example.is_masked and not with_masks:
+                    continue
+                missing = [p for p in (example.image, example.mask) if p and not Path(p).is_file()]
+                if missing:
+                    log.warning("example %s: %s missing; skipped", example.name, ", ".join(missing))
                     continue
                 if not matches or not all(Path(p).is_file() for p in example.outputs.values()):
                     example.outputs = {}

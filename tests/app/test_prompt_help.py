@@ -5,8 +5,6 @@ flag without a traceback."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
@@ -16,8 +14,16 @@ from app.prompt_help import (InstructionRewriter, LlavaDescriber, LlmInstructor,
 from app.settings import ENV_VARS, parse_args, resolve_settings
 from shapes.describe import describe_scene_image
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "examples" / "shapes-sd3" / "shapes-00-fill.png"
 SOURCE = "A brown dog sits on a red sofa next to a window."
+
+
+def example_image() -> Image.Image:
+    """A held-out shapes-world picture: a large solid orange circle and a solid purple square (val pair 0,
+    seed 0; rendered here, as the gallery no longer ships it)."""
+    from shapes.scenes import Scene
+    from shapes.world import make_edit_pair, render
+
+    return render(Scene.from_dict(make_edit_pair(0, 0, split="val")["source_labels"]), 64)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,7 @@ def test_the_shapes_model_always_gets_its_own_helpers_and_others_only_when_confi
 
 
 def test_shapes_describer_writes_the_classifiers_reading():
-    image = Image.open(EXAMPLE)
+    image = example_image()
     text = ShapesDescriber().describe(image)
     assert text == describe_scene_image(image.convert("RGB"))
     assert text.startswith("a large solid orange circle in the top left") and text.endswith("background")
@@ -81,7 +87,7 @@ def test_shapes_describer_writes_the_classifiers_reading():
 
 
 def test_shapes_instructor_writes_a_one_change_target_against_the_description():
-    image = Image.open(EXAMPLE)
+    image = example_image()
     described = ShapesDescriber().describe(image)
     result = ShapesInstructor().rewrite("make the square an outline", "a circle and a square", image)
     assert result.ok and result.source == described and result.source_changed
