@@ -17,6 +17,11 @@ from app.controls import API_HELP
 
 # presets, history, copy, the mask's helpers: instant (no queue) and not part of the API
 LIGHT_EVENT = dict(queue=False, api_visibility="private")
+# Edit again, replay, picking a candidate, prompt help: quick and private too, off the device queue,
+# but queued: only a queued event's gr.Error reaches the page as its message (an unqueued one fails
+# its HTTP request, and the page shows a bare "Error" on each output), and only it can gr.Info
+HELPER_EVENT = dict(queue=True, concurrency_id="helpers", concurrency_limit=None, api_visibility="private",
+                    show_progress="hidden")
 C = TypeVar("C", bound=Component)
 
 

@@ -46,6 +46,7 @@ LABELS: dict[str, str] = {
     "mask_brush": "Paint the region to edit",
     "variations": "Variations",
     "replay": "Replay a result",
+    "instruction": "Instruction",
 }
 # the Mask control: none = the whole picture may change; drawn = only the region of the mask image
 # (painted with the brush or uploaded); auto = the region the edit itself finds (editing.masks.AutoMask)

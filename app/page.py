@@ -17,6 +17,7 @@ from gradio.components import Component
 from app.controls import CONTROL_NAMES, EditControls, slider_range
 from app.handlers import EditOutcome
 from app.mask_controls import MaskComponents
+from app.prompt_controls import PromptHelpComponents
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Page:
     controls: ControlComponents
     image: gr.Image
     masks: MaskComponents
+    prompt_help: PromptHelpComponents  # Describe, Instruction (hidden without a helper)
     copy_prompt: gr.Button
     preset: gr.Dropdown
     edit_button: gr.Button

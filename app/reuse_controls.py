@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
-from app.components import LIGHT_EVENT, session_of
+from app.components import HELPER_EVENT, session_of
 from app.controls import LABELS
 from app.handlers import EditOutcome, edit_again, reports_errors
 from app.page import Page
@@ -55,8 +55,8 @@ def wire_reuse(page: Page, service: EditorService) -> None:
 
     page.edit_again.click(again, [page.shown_outcome],
                           [page.image, controls.source_prompt, controls.target_prompt, page.masks.mask, page.parent,
-                           page.replay_note], **LIGHT_EVENT)
-    page.image.input(lambda: None, None, [page.parent], **LIGHT_EVENT)  # the person's own picture: a new chain
+                           page.replay_note], **HELPER_EVENT)
+    page.image.input(lambda: None, None, [page.parent], **HELPER_EVENT)  # the person's own picture: a new chain
 
     @reports_errors
     def replay_png(values: dict[Component, Any], request: gr.Request = None) -> dict[Component, Any]:
@@ -65,10 +65,11 @@ def wire_reuse(page: Page, service: EditorService) -> None:
             return {}
         result = replay(path, controls.read(values), service.settings, service.has_tokens,
                         service.settings.model_label, service.session_dir(session_of(request)))
+        # the box empties, ready for the next PNG; the note says which one came back
         return {page.image: result.image if result.image is not None else gr.skip(), page.masks.mask: result.mask,
                 **controls.updates(result.controls, service.has_tokens), page.parent: None,
-                page.replay_note: replay_note(result, Path(path).name)}
+                page.replay_note: replay_note(result, Path(path).name), page.replay: None}
 
     page.replay.upload(replay_png, {page.replay, *controls.as_set()},
-                       [page.image, page.masks.mask, *controls.as_outputs(), page.parent, page.replay_note],
-                       **LIGHT_EVENT)
+                       [page.image, page.masks.mask, *controls.as_outputs(), page.parent, page.replay_note,
+                        page.replay], **HELPER_EVENT)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import gradio as gr
 from gradio.components import Component
 
-from app.components import LIGHT_EVENT, client_gone, describe_endpoint, inputs_for, session_of
+from app.components import HELPER_EVENT, LIGHT_EVENT, client_gone, describe_endpoint, inputs_for, session_of
 from app.controls import EditControls
 from app.handlers import (EditCancelled, EditOutcome, add_to_history, choose_candidate, compare, edit, history_gallery,
                           in_history, replace_in_history, reports_errors, with_parent)
@@ -24,8 +24,8 @@ from app.service import EditorService
 
 DEVICE_QUEUE = "device"  # the concurrency id every edit shares: one edit at a time on the one device
 ZERO_GPU_SECONDS = 120  # the ZeroGPU slot an edit asks for (SD3 at 1024 px, compare: two edits)
-CANCELLED = ("**Cancelled.** The edit stops after its current step; the results shown are from before it, and "
-             "the controls are ready for the next edit.")
+CANCELLED = ("**Cancelled.** The edit stops after its current step and keeps nothing (anything shown is from "
+             "before it); the controls are ready for the next edit.")
 CANCELLED_QUEUED = "**Cancelled.** The edit waiting for the device was dropped before it started."
 
 
@@ -184,4 +184,4 @@ def _wire_pick(page: Page) -> None:
 
     outputs = [o for o in page.outcome_outputs() if o is not page.candidates]
     page.candidates.select(pick, [page.shown_outcome, page.history_state],
-                           [*outputs, page.history, page.history_state, page.controls.seed], **LIGHT_EVENT)
+                           [*outputs, page.history, page.history_state, page.controls.seed], **HELPER_EVENT)

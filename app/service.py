@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -25,6 +25,9 @@ from editing.cli import safe_name
 from editing.editor import FlowEditor
 from softrepa.models import KINDS, load_pipeline
 from softrepa.runtime import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from app.prompt_help import Describer, Instructor
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,11 @@ class EditorService:
     """Owns the model (loaded once, in the background or before serving), the cancel switches of the
     sessions and the folder results are written to. One per app; handlers receive it."""
 
-    def __init__(self, settings: AppSettings, loader: Callable[[AppSettings], LoadedModel] = load_editor):
+    def __init__(self, settings: AppSettings, loader: Callable[[AppSettings], LoadedModel] = load_editor,
+                 prompt_helpers: tuple[Describer | None, Instructor | None] | None = None):
+        """``prompt_helpers``: (describer, instructor) instead of the settings' (``app.prompt_help``)."""
         self.settings = settings
+        self._prompt_helpers = prompt_helpers
         self._loader = loader
         self._loaded: LoadedModel | None = None
         self._error: str | None = None
@@ -217,6 +223,18 @@ class EditorService:
         folder = root / safe_name(session or "anonymous", 64)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    # prompt help -------------------------------------------------------------
+
+    def prompt_helpers(self) -> tuple[Describer | None, Instructor | None]:
+        """The Describe and Instruction helpers for the settings (``app.prompt_help``: the shapes
+        model's own, or the models named by --captioner / --rewriter, loaded on first use), picked
+        once; None hides its control."""
+        if self._prompt_helpers is None:
+            from app.prompt_help import pick_describer, pick_instructor  # data_prep and shapes: only when asked
+
+            self._prompt_helpers = (pick_describer(self.settings), pick_instructor(self.settings))
+        return self._prompt_helpers
 
     # examples ----------------------------------------------------------------
 

@@ -1,13 +1,13 @@
 """The page: a ``gr.Blocks`` wired to ``app.handlers``, and ``launch``.
 
-Layout: inputs on the left (image, the Mask choice with its brush and mask image, prompts,
-tokens, preset, the three main sliders, an Advanced accordion, Variations, Edit / Compare /
+Layout: inputs on the left (image, the Mask choice with its brush and mask image, prompts with
+Describe and Instruction when the app has helpers for them, tokens, preset, the three main sliders, an Advanced accordion, Variations, Edit / Compare /
 Cancel, the replay box), results on the right (before/after slider, the edit or the tokens-off /
 tokens-on pair, the candidates, the region edited, a summary line, Edit again, PNG downloads, the
 parameters as JSON), then the examples and the session's history (``_layout``, which returns them
 as a ``Page``, ``app/page.py``). Events: the runs (Edit, Compare, Cancel, picking a candidate) in
 ``app/runs.py``, Edit again and Replay in ``app/reuse_controls.py``, the mask's parts in
-``app/mask_controls.py``, the rest in ``_wire_*`` here. Public API endpoints: ``/edit`` and
+``app/mask_controls.py``, prompt help in ``app/prompt_controls.py``, the rest in ``_wire_*`` here. Public API endpoints: ``/edit`` and
 ``/compare`` (see docs/app.md); every other event is private to the page.
 
 Controls travel by name, never by position: ``ControlComponents`` has one component per
@@ -38,6 +38,7 @@ from app.controls import (CFG_RANGE, CONTROL_NAMES, LABELS, MAX_SEED, VARIATIONS
 from app.handlers import EditOutcome, example_rows, history_entry, reports_errors, select_example
 from app.mask_controls import MaskComponents, mask_inputs, region_image, wire_mask
 from app.page import ControlComponents, Page, slider_in_range
+from app.prompt_controls import PromptHelpComponents, describe_button, instruction_inputs, wire_prompt_help
 from app.reuse_controls import edit_again_button, replay_inputs, wire_reuse
 from app.runs import running_on_zero_gpu, wire_runs
 from app.service import EditorService
@@ -97,6 +98,8 @@ def _layout(service: EditorService) -> Page:
     controls = ControlComponents(**{name: parts.pop(name) for name in CONTROL_NAMES})
     parts["masks"] = MaskComponents(mask=parts.pop("mask"), brush=parts.pop("mask_brush"),
                                     drawn=parts.pop("mask_drawn"), region=parts.pop("region"))
+    parts["prompt_help"] = PromptHelpComponents(describe=parts.pop("describe"), instruction=parts.pop("instruction"),
+                                                write_target=parts.pop("write_target"), note=parts.pop("prompt_note"))
     parts.update(_examples_and_history(service, parts["image"], controls))
     parts["timer"] = gr.Timer(1.0, active=service.status().state == "loading")
     return Page(controls=controls, **parts)
@@ -106,11 +109,14 @@ def _input_column(service: EditorService, init: EditControls) -> dict[str, Compo
     """Image, mask, prompts, tokens, preset, the three main sliders, the Advanced accordion, the buttons."""
     image = unopened_image(label=LABELS["image"], sources=["upload", "clipboard"], height=300, elem_id="source-image")
     masks = mask_inputs(init)
+    describer, instructor = service.prompt_helpers()
     source_prompt = gr.Textbox(label=LABELS["source_prompt"], lines=2, elem_id="source-prompt",
                                placeholder="what the picture shows, e.g. 'a cat sitting on a sofa'")
+    describe = describe_button(describer)
     target_prompt = gr.Textbox(label=LABELS["target_prompt"], lines=2, elem_id="target-prompt",
                                placeholder="the same sentence with your change, e.g. 'a dog sitting on a sofa'")
     copy_prompt = gr.Button("Copy the source prompt into the target", size="sm")
+    prompt_help = instruction_inputs(instructor)
     with gr.Row():
         use_tokens = gr.Checkbox(value=init.use_tokens, label=LABELS["use_tokens"], interactive=service.has_tokens,
                                  elem_id="use-tokens", info="SoftREPA tokens: closer to the target prompt")
@@ -134,8 +140,8 @@ def _input_column(service: EditorService, init: EditControls) -> dict[str, Compo
         edit_button = gr.Button("Edit", variant="primary", elem_id="edit-button")
         compare_button = gr.Button("Compare tokens", interactive=service.has_tokens, elem_id="compare-button")
         cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
-    return dict(image=image, **masks, source_prompt=source_prompt, target_prompt=target_prompt, copy_prompt=copy_prompt,
-                use_tokens=use_tokens, preset=preset, n_max=n_max, tar_cfg=tar_cfg, src_cfg=src_cfg, **advanced,
+    return dict(image=image, **masks, source_prompt=source_prompt, describe=describe, target_prompt=target_prompt,
+                copy_prompt=copy_prompt, **prompt_help, use_tokens=use_tokens, preset=preset, n_max=n_max, tar_cfg=tar_cfg, src_cfg=src_cfg, **advanced,
                 variations=variations, edit_button=edit_button, compare_button=compare_button,
                 cancel_button=cancel_button, **replay_inputs())
 
@@ -186,7 +192,7 @@ def _result_column() -> dict[str, Component]:
                 "(`editing.editor.read_png_metadata`); a masked edit's mask is also beside it (`.mask.png`, "
                 "white = edited).", elem_classes=["hint"])
     with gr.Accordion("Seed and parameters used (JSON)", open=False):
-        details = gr.JSON(label="Parameters")
+        details = gr.JSON(label="Parameters", elem_id="details")
     return dict(slider=slider, result=result, candidates=candidates, compare_row=compare_row,
                 without_tokens=without_tokens, with_tokens=with_tokens, region=region, summary=summary,
                 edit_again=edit_again, files=files, details=details)
@@ -219,6 +225,8 @@ def build_demo(service: EditorService) -> gr.Blocks:
         _wire_controls(page, service)
         wire_mask(page.masks, page.controls.mask_mode, page.image, service)
         wire_reuse(page, service)
+        wire_prompt_help(page.prompt_help, page.image, page.controls.source_prompt, page.controls.target_prompt,
+                         *service.prompt_helpers())
         _wire_examples_and_history(page, service)
         _wire_status(page, service, demo)
     return demo

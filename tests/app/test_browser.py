@@ -2,20 +2,26 @@
 
 Needs ``/usr/bin/chromium`` and the ``playwright`` Python package (``.ci/install-browser.sh``).
 When either is missing the test fails under CI (the ``CI`` environment variable is set) and is
-skipped elsewhere. The screenshots go to ``test-artifacts/app.png`` and ``test-artifacts/app-mask.png``.
+skipped elsewhere. The screenshots go to ``test-artifacts/app.png``, ``app-mask.png``, ``app-variations.png``
+and ``app-phone.png``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.testing import free_port, tiny_app_service
+from app.handlers import edit
+from app.prompt_help import ShapesDescriber, ShapesInstructor
+from app.service import EditorService
+from app.testing import fast_controls, free_port, tiny_loader, tiny_settings
 from app.ui import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,8 +51,10 @@ def require_browser():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(URL, service) of the app on the tiny pipeline."""
-    settings, service = tiny_app_service(tmp_path_factory.mktemp("app-browser"), port=free_port())
+    """(URL, service) of the app on the tiny pipeline, with the shapes model's prompt help (the
+    examples are shapes-world pictures, which its classifier reads)."""
+    settings = tiny_settings(tmp_path_factory.mktemp("app-browser"), port=free_port())
+    service = EditorService(settings, loader=tiny_loader(), prompt_helpers=(ShapesDescriber(), ShapesInstructor()))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(settings.uploads_dir))  # create_app sets it; restored afterwards
         web = create_app(settings, service)
@@ -61,7 +69,7 @@ def app_url(served) -> str:
 
 
 @contextlib.contextmanager
-def loaded_page(app_url: str):
+def loaded_page(app_url: str, viewport: dict | None = None):
     """(sync_api, page) with the app loaded and its model ready; page errors are collected in
     ``page.errors`` (checked by the test)."""
     sync_api = require_browser()
@@ -69,7 +77,7 @@ def loaded_page(app_url: str):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1360, "height": 1500})
+            page = browser.new_page(viewport=viewport or {"width": 1360, "height": 1500})
             page.set_default_timeout(TIMEOUT_MS)
             page.errors = []
             page.on("pageerror", lambda error: page.errors.append(str(error)))
@@ -148,3 +156,164 @@ def test_upload_a_mask_edit_inside_it_and_see_the_region(served, tmp_path):
         assert page.locator(".toast-body.error").count() == 0
         page.screenshot(path=str(ARTIFACTS / "app-mask.png"), full_page=True)
         assert not page.errors, page.errors
+
+
+def open_advanced(page) -> None:
+    """Open the Advanced accordion (its controls, the seed box among them, are rendered only when open)."""
+    page.get_by_text("Advanced", exact=True).click()
+    page.locator("#seed input").wait_for()
+
+
+def no_error_badges(page) -> None:
+    """No error toast and no red "Error" status on any component."""
+    assert page.locator(".toast-body.error").count() == 0
+    assert page.get_by_text("Error", exact=True).count() == 0
+
+
+@pytest.mark.browser
+def test_variations_pick_one_then_edit_it_again(app_url):
+    with loaded_page(app_url) as (sync_api, page):
+        pick_the_first_example(sync_api, page)
+        open_advanced(page)
+        page.locator("#n-max input[type=range]").fill("3")
+        page.locator("#variations input[type=range]").fill("3")
+        sync_api.expect(page.locator("#variations input[type=number]")).to_have_value("3")
+        page.locator("#edit-button").click()
+        page.locator("#summary").get_by_text("Done in").wait_for()
+        assert "3 variations, seeds 42, 43, 44" in page.locator("#summary").inner_text()
+        candidates = page.locator("#candidates .thumbnail-item")
+        sync_api.expect(candidates).to_have_count(3)
+        assert page.locator("#candidates .caption-label").all_inner_texts() == ["seed 42", "seed 43", "seed 44"]
+
+        # picking one makes it the result: the image, the PNG, the seed box, the history entry
+        candidates.nth(1).click()
+        sync_api.expect(page.locator("#png-files")).to_contain_text("seed43")
+        sync_api.expect(page.locator("#seed input")).to_have_value("43")
+        assert "seed43" in page.locator("#result img").get_attribute("src")
+        sync_api.expect(page.locator("#history .caption-label").first).to_contain_text("seed 43 · 3 variations")
+
+        # Edit again: the result becomes the source, its target prompt the source prompt
+        target = page.locator("#target-prompt textarea").input_value()
+        page.locator("#edit-again").click()
+        sync_api.expect(page.locator("#source-prompt textarea")).to_have_value(target)
+        sync_api.expect(page.locator("#source-image img")).to_have_attribute("src", re.compile("seed43"))
+        page.locator("#target-prompt textarea").fill(target + " in the rain")
+        page.locator("#variations input[type=range]").fill("1")
+        page.locator("#edit-button").click()
+        page.locator("#summary").get_by_text("· seed 43 ·").wait_for()  # one edit, with the picked seed
+        sync_api.expect(page.locator("#candidates")).to_be_hidden()
+        sync_api.expect(page.locator("#history .caption-label").first).to_contain_text("edited again")
+        page.get_by_text("Seed and parameters used (JSON)").click()
+        sync_api.expect(page.locator("#details")).to_contain_text("seed43")  # the parent: the picked candidate
+        no_error_badges(page)
+        page.screenshot(path=str(ARTIFACTS / "app-variations.png"), full_page=True)
+        assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_replay_a_result_png_into_the_controls(served, tmp_path):
+    url, service = served
+    with Image.open(service.examples()[0].image) as image:
+        width, height = image.size
+    mask = np.zeros((height, width), np.uint8)
+    mask[: height // 2] = 255
+    mask_file = tmp_path / "top-half.png"
+    Image.fromarray(mask).save(mask_file)
+    example = service.examples()[0]
+    controls = fast_controls(source_prompt=example.source_prompt, target_prompt="a replayed target prompt", seed=17,
+                             n_max=2, tar_cfg=6.5, mask_mode="drawn")
+    made = edit(service, example.image, controls, session="made-elsewhere", mask=str(mask_file))
+    foreign = tmp_path / "foreign.png"
+    Image.new("RGB", (32, 32)).save(foreign)
+
+    with loaded_page(url) as (sync_api, page):
+        open_advanced(page)
+        page.locator("#replay input[type=file]").set_input_files(made.final.path)
+        sync_api.expect(page.locator("#replay-note")).to_contain_text("Replayed")
+        sync_api.expect(page.locator("#target-prompt textarea")).to_have_value("a replayed target prompt")
+        sync_api.expect(page.locator("#source-prompt textarea")).to_have_value(example.source_prompt)
+        sync_api.expect(page.locator("#seed input")).to_have_value("17")
+        sync_api.expect(page.locator("#n-max input[type=number]")).to_have_value("2")
+        assert page.locator("#mask-mode").get_by_label("drawn").is_checked()
+        page.locator("#mask-image img").first.wait_for()  # the mask the PNG carries
+        page.locator("#source-image img").first.wait_for()  # its input, found beside it on this server
+        page.locator("#edit-button").click()
+        page.locator("#summary").get_by_text("Done in").wait_for()
+        assert "seed 17" in page.locator("#summary").inner_text()
+        assert "drawn mask: 50.0 % of the image" in page.locator("#summary").inner_text()
+        no_error_badges(page)
+
+        page.locator("#replay input[type=file]").set_input_files(str(foreign))
+        page.locator(".toast-body.error").get_by_text("was not written by softrepa-edit").wait_for()
+        assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_cancel_says_cancelled_and_leaves_the_controls_ready(served):
+    url, service = served
+    with loaded_page(url) as (sync_api, page):
+        pick_the_first_example(sync_api, page)
+        page.locator("#n-max input[type=range]").fill("45")  # many steps: it is cancelled long before its end
+        page.locator("#edit-button").click()
+        deadline = time.monotonic() + 60
+        while service.running() == 0:
+            assert time.monotonic() < deadline, "the edit did not start"
+            time.sleep(0.05)
+        page.locator("#cancel-button").click()
+        sync_api.expect(page.locator("#summary")).to_contain_text("Cancelled")
+        deadline = time.monotonic() + 5
+        while service.running():
+            assert time.monotonic() < deadline, "the cancelled edit kept running"
+            time.sleep(0.05)
+        no_error_badges(page)
+        # the controls are ready: the next edit runs
+        page.locator("#n-max input[type=range]").fill("2")
+        page.locator("#edit-button").click()
+        page.locator("#summary").get_by_text("Done in").wait_for()
+        no_error_badges(page)
+        assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_a_phone_sees_the_whole_page(app_url):
+    with loaded_page(app_url, viewport={"width": 390, "height": 844}) as (sync_api, page):
+        page.locator("#examples table").first.wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 2  # nothing wider than the screen
+        preset = page.locator("#preset input")
+        width, visible = preset.evaluate("element => [element.scrollWidth, element.clientWidth]")
+        assert width <= visible, f"the preset's text is clipped ({width} px in {visible} px)"
+        clipped = page.evaluate("""() => [...document.querySelectorAll('#examples, #examples *')]
+            .filter(element => element.clientWidth > 0 && element.scrollWidth > element.clientWidth + 1)
+            .map(element => element.className.toString())""")
+        assert clipped == [], f"the examples are cut off inside {clipped}"
+        page.screenshot(path=str(ARTIFACTS / "app-phone.png"), full_page=True)
+        assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_describe_the_image_then_write_the_target_from_an_instruction(served):
+    url, service = served
+    describer, instructor = service.prompt_helpers()
+    picture = service.examples()[0].image
+    described = describer.describe(picture)
+    instruction = next(text for text in ("change the background to black", "change the background to grey",
+                                         "change the background to white")
+                       if instructor.rewrite(text, described, picture).ok)
+    expected = instructor.rewrite(instruction, described, picture)
+    with loaded_page(url) as (sync_api, page):
+        pick_the_first_example(sync_api, page)
+        source = page.locator("#source-prompt textarea")
+        source.fill("")
+        page.locator("#describe").click()
+        sync_api.expect(source).to_have_value(described)
+        page.locator("#instruction textarea, #instruction input").first.fill(instruction)
+        page.locator("#write-target").click()
+        sync_api.expect(page.locator("#target-prompt textarea")).to_have_value(expected.target)
+        sync_api.expect(page.locator("#prompt-note")).to_contain_text("Valid")
+        page.locator("#target-prompt textarea").fill(expected.target + " today")  # still the person's to change
+        page.locator("#instruction textarea, #instruction input").first.fill("add a dragon")
+        page.locator("#write-target").click()
+        page.locator(".toast-body.error").first.wait_for()  # refused with the world's reason, not guessed
+        sync_api.expect(page.locator("#target-prompt textarea")).to_have_value(expected.target + " today")
+        assert not page.errors, page.errors
+
