@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
-from app.components import HELPER_EVENT, session_of
+from app.components import HELPER_EVENT, LIGHT_EVENT, session_of
 from app.controls import LABELS
 from app.handlers import EditOutcome, edit_again, reports_errors
 from app.page import Page
@@ -56,7 +56,7 @@ def wire_reuse(page: Page, service: EditorService) -> None:
     page.edit_again.click(again, [page.shown_outcome],
                           [page.image, controls.source_prompt, controls.target_prompt, page.masks.mask, page.parent,
                            page.replay_note], **HELPER_EVENT)
-    page.image.input(lambda: None, None, [page.parent], **HELPER_EVENT)  # the person's own picture: a new chain
+    page.image.input(lambda: None, None, [page.parent], **LIGHT_EVENT)  # the person's own picture: a new chain
 
     @reports_errors
     def replay_png(values: dict[Component, Any], request: gr.Request = None) -> dict[Component, Any]:

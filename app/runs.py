@@ -163,6 +163,7 @@ def _wire_cancel(page: Page, service: EditorService, demo: gr.Blocks, runs: list
         session = session_of(request)
         if service.cancel(session):
             return CANCELLED
+        # an edit of this session still waiting for the device (Gradio's bookkeeping; ``cancels`` drops it)
         waiting = getattr(demo, "_queue", None) and demo._queue.pending_event_ids_session.get(session)
         return CANCELLED_QUEUED if waiting else gr.skip()  # nothing to cancel: the summary stays
 

@@ -527,7 +527,7 @@ def test_the_token_file_is_read_and_hashed_once_per_app(tmp_path, monkeypatch):
 def test_the_page_takes_controls_by_name():
     from app.components import inputs_for
     from app.controls import CONTROL_NAMES
-    from app.ui import ControlComponents
+    from app.page import ControlComponents
 
     assert [f.name for f in dataclasses.fields(ControlComponents)] == list(CONTROL_NAMES)
 

@@ -168,22 +168,38 @@ def test_zero_gpu_decorator_is_a_no_op_without_spaces():
 # ----------------------------------------------------------------------------- the API's values, checked by the app
 
 
-def docs_api_example() -> str:
-    """The first Python block of docs/app.md's API section, as a reader copies it."""
-    section = DOCS.read_text().split("\n## API\n", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def docs_api_examples() -> list[str]:
+    """The Python blocks of docs/app.md's API section, in order, as a reader copies them."""
+    section = DOCS.read_text().split("\n## API\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
-def test_the_docs_api_example_runs_as_written(server, tmp_path, monkeypatch):
-    url = server[0]
-    code = docs_api_example()
-    assert 'Client("http://127.0.0.1:7860/")' in code and "n_max=30" in code
-    monkeypatch.chdir(tmp_path)  # the example's cat.png and cat-mask.png, 64 px like the shapes model's pictures
-    Image.fromarray((np.random.RandomState(2).rand(64, 64, 3) * 255).astype(np.uint8)).save("cat.png")
+def run_docs_examples(url: str, folder: Path, blocks: list[str]) -> None:
+    """Run ``blocks`` one after the other in ``folder`` (with the cat.png and cat-mask.png they open,
+    64 px like the shapes model's pictures), the server's URL for the documented one."""
+    Image.fromarray((np.random.RandomState(2).rand(64, 64, 3) * 255).astype(np.uint8)).save(folder / "cat.png")
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 8:40] = 255
-    Image.fromarray(mask).save("cat-mask.png")
-    exec(compile(code.replace("http://127.0.0.1:7860/", url), "docs/app.md", "exec"), {})
+    Image.fromarray(mask).save(folder / "cat-mask.png")
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block.replace("http://127.0.0.1:7860/", url), "docs/app.md", "exec"), namespace)
+
+
+def test_the_docs_first_api_example_runs_as_written(server, tmp_path, monkeypatch):
+    # the call a new user copied: n_max 30 (with steps 50) on the shapes model, whose page opens at T 28
+    first = docs_api_examples()[0]
+    assert 'Client("http://127.0.0.1:7860/")' in first and "n_max=30" in first
+    monkeypatch.chdir(tmp_path)
+    run_docs_examples(server[0], tmp_path, [first])
+
+
+@pytest.mark.slow  # about 40 s here: four calls of 20 to 30 steps, one with 4 candidates
+def test_every_docs_api_example_runs_as_written(server, tmp_path, monkeypatch):
+    blocks = docs_api_examples()
+    assert len(blocks) == 3 and "variations=4" in blocks[2] and 'api_name="/compare"' in blocks[2]
+    monkeypatch.chdir(tmp_path)
+    run_docs_examples(server[0], tmp_path, blocks)
 
 
 @pytest.mark.parametrize("overrides, expected", [
