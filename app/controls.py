@@ -65,7 +65,7 @@ API_HELP: dict[str, str] = {
     "steps": "scheduler steps T over the whole noise range",
     "n_min": "the last n_min editing steps sample the target plainly (at most n_max)",
     "n_avg": "noise samples averaged per step (n_avg times slower, smoother)",
-    "seed": "the seed all noise comes from",
+    "seed": "the seed all noise comes from (a fractional one is rounded, with a note in details['notices'])",
     "randomize_seed": "draw a new seed (the one used is in the result's details)",
     "max_side": "inputs larger than this (pixels, long side) are downscaled",
     "guidance": "standard: u + w(c - u); authors: the SoftREPA code's c + w(c - u) on the target",

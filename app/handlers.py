@@ -1,12 +1,14 @@
-"""What the web app does with a press, without the page: check the inputs, run edits, keep history.
+"""What the web app does with a press, without the page: check the inputs, run edits (one, the
+candidates of one: Variations, or tokens off vs on: Compare), pick a candidate, chain a result into
+the next edit (Edit again), keep history.
 
 Every function here takes and returns plain values (paths, strings, numbers, dataclasses), so the
-tests drive them without a browser. The Gradio layer (``app/ui.py``) only maps components to these
-values and back; the model lives in ``app/service.py``, the controls' values and presets in
+tests drive them without a browser. The Gradio layer (``app/ui.py`` and the modules it wires) only
+maps components to these values and back; the model lives in ``app/service.py``, the controls' values and presets in
 ``app/controls.py``. Problems a person can fix arrive as ``gr.Error`` with a message saying what
 to do (FlowEdit's parameter rules on the control that sets the parameter); unexpected failures are
 logged with their traceback on the server and reach the page as a short message, never as a stack
-trace, and the server keeps serving.
+trace, and the server keeps serving. A cancelled edit raises ``EditCancelled``, which is not an error.
 """
 
 from __future__ import annotations
