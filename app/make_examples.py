@@ -146,10 +146,14 @@ class Trial:
 
     @property
     def kind(self) -> str:
-        """"both", "tokens-needed", "tokens-hurt" or "neither"."""
-        with_, without = (self.checks.get(TOKEN_KEYS[state], {}).get("passed") for state in (True, False))
-        return {(True, True): "both", (True, False): "tokens-needed", (False, True): "tokens-hurt"}.get(
-            (bool(with_), bool(without)), "neither")
+        """"both", "tokens-needed", "tokens-hurt" or "neither" ("both" = every result passes, also when
+        there are no tokens and so one result)."""
+        passed = {key: verdict["passed"] for key, verdict in self.checks.items()}
+        if all(passed.values()):
+            return "both"
+        if passed.get("with_tokens"):
+            return "tokens-needed"
+        return "tokens-hurt" if passed.get("without_tokens") and "with_tokens" in passed else "neither"
 
 
 def cell_mask(pair: dict, resolution: int):
@@ -275,14 +279,15 @@ def write_shapes_examples(chosen: list[Trial], staging: Path, params, resolution
     return examples
 
 
-def write_photo_examples(editor, kind: str, staging: Path, params, token_states: list[bool], max_side: int) -> list:
-    """SD3 photos (scikit-image): every example, unchecked (no classifier reads photos)."""
+def write_photo_examples(editor, kind: str, staging: Path, params, token_states: list[bool], max_side: int,
+                         limit: int | None = None) -> list:
+    """SD3 photos (scikit-image): every example (the first ``limit``), unchecked (no classifier reads photos)."""
     import torch
 
     from app.examples import builtin_examples
     from softrepa.images import write_png
 
-    examples = builtin_examples(kind, staging / "inputs")
+    examples = builtin_examples(kind, staging / "inputs")[:limit]
     for example in examples:
         prepared = editor.prepare(example.image, max_side=max_side)
         example.image = str(write_png(prepared.image, staging / f"{example.name}.png"))
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = search_shapes(editor, args, params, token_states, resolution)
         examples = write_shapes_examples(chosen[: args.limit], staging, params, resolution, args.pair_seed)
     else:
-        examples = write_photo_examples(editor, settings.kind, staging, params, token_states, resolution)[: args.limit]
+        examples = write_photo_examples(editor, settings.kind, staging, params, token_states, resolution, args.limit)
     if not examples:
         print("error: no examples for this model kind (SD3 photos need scikit-image; shapes: no candidate passed)",
               file=sys.stderr)
