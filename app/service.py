@@ -24,7 +24,7 @@ from app.settings import AppSettings
 from editing.cli import safe_name
 from editing.editor import FlowEditor
 from softrepa.models import KINDS, load_pipeline
-from softrepa.runtime import resolve_device, resolve_dtype
+from softrepa.runtime import memory_from_args, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from app.prompt_help import Describer, Instructor
@@ -56,10 +56,15 @@ def load_editor(settings: AppSettings) -> LoadedModel:
                            "--model <Hub id or folder> (SOFTREPA_MODEL on a Space).")
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
-    try:
+    try:  # settings a person can fix: their own message
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
-        pipe = load_pipeline(settings.model, settings.kind, dtype, device, without_t5=True if settings.no_t5 else None)
+        memory = memory_from_args(settings, device)  # the same rules as the command lines' --offload / --vae-tiling
+    except ValueError as exc:
+        raise RuntimeError(f"Cannot start the model: {exc}.") from None
+    try:
+        pipe = load_pipeline(settings.model, settings.kind, dtype, device, without_t5=True if settings.no_t5 else None,
+                             memory=memory)
     except Exception as exc:  # noqa: BLE001 - from_pretrained raises many types; all mean "cannot load this"
         log.exception("loading %s failed", settings.model)
         raise RuntimeError(f"Could not load the model {settings.model_label!r} ({type(exc).__name__}: {exc}). Give "

@@ -28,7 +28,8 @@ BUNDLED_KIND = "shapes-sd3"
 BUNDLED_TOKENS = REPO_ROOT / "assets" / "shapes-sd3-softrepa.safetensors"
 EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
 NO_TOKENS_WORDS = ("", "none", "off", "no")  # SOFTREPA_TOKENS (and _CAPTIONER, _REWRITER) values that mean "none"
-DEVICE_KINDS = ("sd3", "shapes-sd3")  # FlowEdit here runs on SD3-architecture (MM-DiT) pipelines only
+DEVICE_KINDS = ("sd3", "sd3.5-medium", "sd3.5-large", "shapes-sd3")  # FlowEdit runs on MM-DiT pipelines only
+OFFLOAD_CHOICES = ("none", "model", "sequential")  # == softrepa.models.OFFLOAD_MODES (no torch import here)
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
 # flag (argparse dest) -> environment variable; docs/app.md lists the same table
@@ -39,6 +40,8 @@ ENV_VARS: dict[str, str] = {
     "device": "SOFTREPA_DEVICE",
     "dtype": "SOFTREPA_DTYPE",
     "no_t5": "SOFTREPA_NO_T5",
+    "offload": "SOFTREPA_OFFLOAD",
+    "vae_tiling": "SOFTREPA_VAE_TILING",
     "max_sequence_length": "SOFTREPA_MAX_SEQUENCE_LENGTH",
     "threads": "SOFTREPA_THREADS",
     "host": "SOFTREPA_HOST",
@@ -73,6 +76,8 @@ class AppSettings:
         (once).
     device, dtype: "auto" = CUDA, then MPS, then CPU; float16 on GPUs, float32 on CPU.
     no_t5: skip the T5 text encoder (SD3 medium: saves about 9 GB).
+    offload: "model" / "sequential" keep the weights on the CPU and move them to the GPU while they
+        run (``softrepa.models.MemoryOptions``); vae_tiling: encode / decode large images in tiles.
     max_sequence_length: T5 tokens per prompt (None: the kind's; the shapes model uses 8).
     threads: CPU threads for torch (None: torch's default, one per core). On a machine shared with
         other work, 1 can be several times faster than oversubscribed cores.
@@ -97,6 +102,8 @@ class AppSettings:
     device: str = "auto"
     dtype: str = "auto"
     no_t5: bool = False
+    offload: str = "none"
+    vae_tiling: bool = False
     max_sequence_length: int | None = None
     threads: int | None = None
     host: str = "127.0.0.1"
@@ -175,6 +182,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                                               "GPUs, float32 on CPU)")
     model.add_argument("--no-t5", action="store_const", const=True, default=None,
                        help=f"do not load SD3's T5 text encoder (saves ~9 GB) [{ENV_VARS['no_t5']}=1]")
+    model.add_argument("--offload", choices=OFFLOAD_CHOICES,
+                       help=f"keep weights on the CPU between uses: model or sequential [{ENV_VARS['offload']}] "
+                            "(default none; docs/benchmarks.md#what-gpu-do-i-need)")
+    model.add_argument("--vae-tiling", action="store_const", const=True, default=None,
+                       help=f"encode/decode large images in tiles [{ENV_VARS['vae_tiling']}=1]")
     model.add_argument("--max-sequence-length", type=int,
                        help=f"T5 tokens per prompt [{ENV_VARS['max_sequence_length']}] (default: the kind's, 256 for "
                             "sd3, 8 for shapes-sd3)")
@@ -301,12 +313,15 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         raise SettingsError(f"kind {settings.kind!r} cannot be edited here: FlowEdit runs on SD3-architecture models "
                             f"({', '.join(DEVICE_KINDS)})")
 
-    for name in ("device", "dtype", "host", "max_file_size"):
+    for name in ("device", "dtype", "host", "max_file_size", "offload"):
         value = pick(name)
         if value is not None:
             setattr(settings, name, value)
     if settings.dtype not in DTYPE_CHOICES:
         raise SettingsError(f"dtype {settings.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    if settings.offload not in OFFLOAD_CHOICES:
+        raise SettingsError(f"--offload / {ENV_VARS['offload']} {settings.offload!r}: choose one of "
+                            f"{', '.join(OFFLOAD_CHOICES)}")
     for name, minimum in (("port", 0), ("queue_size", 1), ("max_sequence_length", 1), ("threads", 1)):
         value = pick(name)
         if value is not None:
@@ -321,7 +336,7 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         value = pick(name)
         if value is not None and value.strip().lower() not in NO_TOKENS_WORDS:
             setattr(settings, name, value.strip())
-    for name in ("no_t5", "eager_load", "mcp"):
+    for name in ("no_t5", "vae_tiling", "eager_load", "mcp"):
         flag = getattr(args, name, None)
         if flag is not None:
             setattr(settings, name, bool(flag))
