@@ -133,3 +133,15 @@ def client_gone() -> bool:
             if getattr(event, "_id", None) == event_id:
                 return not getattr(event, "alive", True)
     return True  # no longer an active job: cancelled
+
+
+def session_waits(blocks: gr.Blocks, session: str, concurrency_id: str) -> bool:
+    """Whether ``session`` has an event of ``concurrency_id`` (an edit) in ``blocks``' queue that
+    has not finished: waiting for the device, or started but not yet running the edit itself. Reads
+    the queue's bookkeeping, as ``client_gone`` does."""
+    queue = getattr(blocks, "_queue", None)
+    if queue is None:
+        return False
+    events = getattr(queue, "event_ids_to_events", {})
+    return any(getattr(events.get(event_id), "concurrency_id", None) == concurrency_id
+               for event_id in list(getattr(queue, "pending_event_ids_session", {}).get(session, ())))

@@ -62,7 +62,7 @@ def wire_reuse(page: Page, service: EditorService) -> None:
     def replay_png(values: dict[Component, Any], request: gr.Request = None) -> dict[Component, Any]:
         path = values[page.replay]
         if not path:
-            return {}
+            return {page.replay_note: gr.skip()}  # Gradio takes no empty dict
         result = replay(path, controls.read(values), service.settings, service.has_tokens,
                         service.settings.model_label, service.session_dir(session_of(request)))
         # the box empties, ready for the next PNG; the note says which one came back

@@ -15,7 +15,8 @@ from typing import Any, Callable
 import gradio as gr
 from gradio.components import Component
 
-from app.components import HELPER_EVENT, LIGHT_EVENT, client_gone, describe_endpoint, inputs_for, session_of
+from app.components import (HELPER_EVENT, LIGHT_EVENT, client_gone, describe_endpoint, inputs_for, session_of,
+                            session_waits)
 from app.controls import EditControls
 from app.handlers import (EditCancelled, EditOutcome, add_to_history, choose_candidate, compare, edit, history_gallery,
                           in_history, replace_in_history, reports_errors, with_parent)
@@ -24,9 +25,8 @@ from app.service import EditorService
 
 DEVICE_QUEUE = "device"  # the concurrency id every edit shares: one edit at a time on the one device
 ZERO_GPU_SECONDS = 120  # the ZeroGPU slot an edit asks for (SD3 at 1024 px, compare: two edits)
-CANCELLED = ("**Cancelled.** The edit stops after its current step and keeps nothing (anything shown is from "
-             "before it); the controls are ready for the next edit.")
-CANCELLED_QUEUED = "**Cancelled.** The edit waiting for the device was dropped before it started."
+CANCELLED = ("**Cancelled.** The edit stops after its current step (a waiting one as it starts) and keeps nothing: "
+             "anything shown is from before it. The controls are ready for the next edit.")
 
 
 def device_task(fn: Callable) -> Callable:
@@ -114,21 +114,25 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
                       name="edit")
     describe_endpoint(run_compare, "The same edit (same seed, same mask) without and with soft tokens.",
                       name="compare")
-    runs = _wire_buttons(page, service, run_edit, run_compare)
-    _wire_cancel(page, service, demo, runs)
+    _wire_buttons(page, service, run_edit, run_compare)
+    _wire_cancel(page, service, demo)
     _wire_pick(page)
 
 
-def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_compare: Callable) -> list[Any]:
+def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_compare: Callable) -> None:
     """Each button's run (a public endpoint), then a private step that files it in the history."""
+
+    finish_outputs = [page.history, page.history_state, page.controls.seed, page.result, page.compare_row,
+                      page.candidates, page.files, page.details, page.shown_outcome, page.masks.region]
 
     def finish(outcome: EditOutcome | None, history_entries: list[EditOutcome],
                parent: dict[str, Any] | None) -> dict[Component, Any]:
         """After a run: the history (with the chain: Edit again's parent), the seed actually used, which
         result areas show, the chosen candidate's files (not in the endpoints' returns: an API client
-        gets plain values, never visibility updates). Nothing after a cancelled run."""
+        gets plain values, never visibility updates). Nothing after a cancelled run (the outcome shown
+        is the one before it, already in the history)."""
         if outcome is None or in_history(history_entries, outcome):
-            return {}
+            return {component: gr.skip() for component in finish_outputs}  # Gradio takes no empty dict
         outcome = with_parent(outcome, parent)
         entries = add_to_history(history_entries, outcome, service.settings.history_size)
         pair = outcome.mode == "compare"
@@ -139,9 +143,6 @@ def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_co
                 page.masks.region: gr.Image(visible=outcome.final.region_path is not None)}
 
     named = {"image": page.image, "mask": page.masks.mask, **page.controls.by_name()}
-    finish_outputs = [page.history, page.history_state, page.controls.seed, page.result, page.compare_row,
-                      page.candidates, page.files, page.details, page.shown_outcome, page.masks.region]
-    runs = []
     for button, run, outputs, api_name in (
             (page.edit_button, run_edit, [page.result], "edit"),
             (page.compare_button, run_compare, [page.without_tokens, page.with_tokens], "compare")):
@@ -151,23 +152,27 @@ def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_co
                              api_name=api_name, concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
         event.success(finish, [page.shown_outcome, page.history_state, page.parent], finish_outputs,
                       **LIGHT_EVENT)
-        runs.append(event)
-    return runs
 
 
-def _wire_cancel(page: Page, service: EditorService, demo: gr.Blocks, runs: list[Any]) -> None:
-    """Cancel: Gradio drops the session's waiting edit and lets go of its running one (``cancels``);
-    the service stops the running one after its current step; the summary says so."""
+def _wire_cancel(page: Page, service: EditorService, demo: gr.Blocks) -> None:
+    """Cancel: the session's running edit stops after its current step, a waiting one as it starts;
+    either run then returns the "Cancelled" summary itself, as a result, not an error.
+
+    Gradio's own ``cancels=`` is not used for the page: it drops the event on the page at once and
+    races the run, and when Cancel follows Edit closely the page never hears the end of the run and
+    marks its outputs "Error". (An API client's ``job.cancel()`` still goes through Gradio; the run
+    then notices its client is gone, ``app.components.client_gone``.)"""
 
     def request_cancel(request: gr.Request = None) -> Any:
         session = session_of(request)
         if service.cancel(session):
             return CANCELLED
-        # an edit of this session still waiting for the device (Gradio's bookkeeping; ``cancels`` drops it)
-        waiting = getattr(demo, "_queue", None) and demo._queue.pending_event_ids_session.get(session)
-        return CANCELLED_QUEUED if waiting else gr.skip()  # nothing to cancel: the summary stays
+        if session_waits(demo, session, DEVICE_QUEUE):
+            service.cancel_waiting(session)
+            return CANCELLED
+        return gr.skip()  # nothing to cancel: the summary stays
 
-    page.cancel_button.click(request_cancel, None, [page.summary], cancels=runs, **LIGHT_EVENT)
+    page.cancel_button.click(request_cancel, None, [page.summary], **LIGHT_EVENT)
 
 
 def _wire_pick(page: Page) -> None:

@@ -106,6 +106,7 @@ class EditorService:
         self._load_started: float | None = None
         self.load_seconds: float | None = None
         self._cancel: dict[str, threading.Event] = {}
+        self._cancel_waiting: set[str] = set()  # sessions whose waiting edit is to stop as it starts
         self._cancel_lock = threading.Lock()
         self._examples: list[Example] | None = None
 
@@ -189,11 +190,21 @@ class EditorService:
     # sessions ----------------------------------------------------------------
 
     def begin_edit(self, session: str) -> threading.Event:
-        """A fresh cancel switch for ``session``'s next edit (an old Cancel press does not carry over)."""
+        """A fresh cancel switch for ``session``'s next edit (an old Cancel press does not carry over),
+        already set when Cancel was pressed while this edit waited for the device (``cancel_waiting``)."""
         event = threading.Event()
         with self._cancel_lock:
+            if session in self._cancel_waiting:
+                self._cancel_waiting.discard(session)
+                event.set()
             self._cancel[session] = event
         return event
+
+    def cancel_waiting(self, session: str) -> None:
+        """Stop ``session``'s edit that waits for the device as soon as it starts (call it only when
+        one waits: the mark is kept for the session's next edit)."""
+        with self._cancel_lock:
+            self._cancel_waiting.add(session)
 
     def cancel(self, session: str) -> bool:
         """Stop ``session``'s running edit at its next step; False when it has none."""

@@ -9,6 +9,7 @@ and ``app-phone.png``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -248,28 +249,56 @@ def test_replay_a_result_png_into_the_controls(served, tmp_path):
         assert not page.errors, page.errors
 
 
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 @pytest.mark.browser
-def test_cancel_says_cancelled_and_leaves_the_controls_ready(served):
+def test_cancel_says_cancelled_and_leaves_the_controls_ready(served, tmp_path):
+    from gradio_client import Client, handle_file
+
     url, service = served
     with loaded_page(url) as (sync_api, page):
         pick_the_first_example(sync_api, page)
+        summary = page.locator("#summary")
+        page_summary = summary.inner_text()
+        assert "Cancelled" not in page_summary
+
+        # an edit waiting for the device (another client's edit runs) is stopped as soon as it starts
+        client = Client(url, verbose=False, download_files=str(tmp_path))
+        other = client.submit(image=handle_file(service.examples()[0].image),
+                              **dataclasses.asdict(fast_controls(steps=100, n_max=100, n_avg=4)), api_name="/edit")
+        wait_for(lambda: service.running() == 1, 60, "the other client's edit did not start")
         page.locator("#n-max input[type=range]").fill("45")  # many steps: it is cancelled long before its end
         page.locator("#edit-button").click()
-        deadline = time.monotonic() + 60
-        while service.running() == 0:
-            assert time.monotonic() < deadline, "the edit did not start"
-            time.sleep(0.05)
+        time.sleep(1.0)  # waiting in the queue
         page.locator("#cancel-button").click()
-        sync_api.expect(page.locator("#summary")).to_contain_text("Cancelled")
-        deadline = time.monotonic() + 5
-        while service.running():
-            assert time.monotonic() < deadline, "the cancelled edit kept running"
-            time.sleep(0.05)
+        sync_api.expect(summary).to_contain_text("Cancelled")
+        other.cancel()
+        wait_for(lambda: service.running() == 0, 10, "an edit kept running")
+        time.sleep(1.0)  # the page's edit has had its turn: started and stopped at once
+        assert "Done in" not in summary.inner_text() and page.locator("#history img").count() == 0
         no_error_badges(page)
+
+        # the page's own running edit: at once after Edit (the click that used to leave "Error" on the
+        # outputs), then later in the run
+        for pause in (0.0, 0.5):
+            page.locator("#edit-button").click()
+            wait_for(lambda: service.running() == 1, 60, "the edit did not start")
+            time.sleep(pause)
+            page.locator("#cancel-button").click()
+            sync_api.expect(summary).to_contain_text("Cancelled")
+            wait_for(lambda: service.running() == 0, 5, "the cancelled edit kept running")
+            sync_api.expect(page.locator("#edit-button")).to_be_enabled()
+            no_error_badges(page)
+
         # the controls are ready: the next edit runs
         page.locator("#n-max input[type=range]").fill("2")
         page.locator("#edit-button").click()
-        page.locator("#summary").get_by_text("Done in").wait_for()
+        summary.get_by_text("Done in").wait_for()
         no_error_badges(page)
         assert not page.errors, page.errors
 

@@ -113,6 +113,12 @@ def test_cancel_stops_the_edit_between_steps(service, picture_path):
         edit(service, picture_path, fast_controls(), session="s5", progress=press_cancel)
     assert not service.cancel("s5")  # nothing running any more
     edit(service, picture_path, fast_controls(), session="s5")  # an old Cancel does not stop the next edit
+    steps = []
+    service.cancel_waiting("s5")  # Cancel pressed while the session's edit waited for the device
+    with pytest.raises(EditCancelled):
+        edit(service, picture_path, fast_controls(), session="s5", progress=lambda d, t: steps.append(d))
+    assert steps == []  # stopped as it started
+    edit(service, picture_path, fast_controls(), session="s5")  # the mark was for that edit only
 
 
 # ----------------------------------------------------------------------------- errors a person can fix

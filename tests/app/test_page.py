@@ -32,3 +32,12 @@ def test_the_variations_gallery_and_edit_again_are_on_the_page(tmp_path):
     assert props["candidates"]["visible"] is False  # shown once an edit made several
     assert props["variations"]["minimum"] == 1 and props["variations"]["maximum"] == 8
     assert {"edit-again", "replay", "replay-note"} <= set(props)
+
+
+def test_after_a_cancelled_run_the_finish_step_changes_nothing(tmp_path):
+    # a run that Cancel stopped returns only its "Cancelled" summary; the step after it must skip every
+    # output (an empty dict would be read as one value: "Error" badges on the page)
+    demo = build_demo(EditorService(tiny_settings(tmp_path), loader=tiny_loader()))
+    finish = next(block_fn for block_fn in demo.fns.values() if getattr(block_fn.fn, "__name__", "") == "finish")
+    updates = finish.fn(None, [], None)
+    assert set(updates) == set(finish.outputs) and all(value == {"__type__": "update"} for value in updates.values())
