@@ -449,10 +449,12 @@ def select_example(service: EditorService, index: Any, base: EditControls) -> Ex
                               tokens_label(key == "with_tokens").capitalize()) for key in shown]
         if images:
             mode = "compare" if len(images) > 1 else "edit"
-            details = {"mode": mode, "precomputed": True, "example": example.name, "params": example.params}
+            details = {"mode": mode, "precomputed": True, "example": example.name, "caption": example.caption,
+                       "params": example.params}
+            shows = f": {example.caption}" if example.caption else f" ({example.name})"  # what the classifier found
             outcome = EditOutcome(mode, example.image, images, controls, details,
-                                  f"**Precomputed example** ({example.name}) · seed {controls.seed} · press Edit or "
-                                  "Compare to run it again")
+                                  f"**Precomputed example**{shows} · seed {controls.seed} · press Edit or Compare "
+                                  "to run it again")
     return ExampleSelection(example.image, controls, outcome)
 
 

@@ -118,3 +118,16 @@ def test_the_app_loader_shows_the_results_and_masked_examples_only_when_asked(sh
     assert [e.name for e in everything] == [e.name for e in examples]
     other = load_examples(EXAMPLES_DIR, KIND, produced_by("another-model", None), tmp_path)
     assert other and not any(e.has_outputs for e in other)  # another model: inputs only
+
+
+def test_a_clicked_example_says_what_it_shows(tmp_path):
+    """Picking a shipped example shows its caption (what the classifier found) in the summary line."""
+    from app.controls import EditControls
+    from app.handlers import select_example
+    from app.service import EditorService
+    from app.settings import parse_settings
+
+    service = EditorService(parse_settings(["--temp-dir", str(tmp_path)], env={}))
+    for index, example in enumerate(service.examples()):
+        selection = select_example(service, index, EditControls(source_prompt="", target_prompt=""))
+        assert example.caption and example.caption in selection.outcome.summary
