@@ -291,22 +291,9 @@ class InstructionRewriter(ChatRewriter):
     last_prompt: str = ""
 
     def rewrite(self, caption: str, instruction: str, seed: int) -> str:
-        import torch
-
-        text = self.tokenizer.apply_chat_template(build_instruction_chat(caption, instruction),
-                                                  add_generation_prompt=True, tokenize=False)
-        self.last_prompt = text
-        bos = self.tokenizer.bos_token  # chat templates (Llama 3) already start with it: do not add a second
-        inputs = self.tokenizer([text], return_tensors="pt", add_special_tokens=not (bos and text.startswith(bos)))
-        inputs = inputs.to(self.device)
-        caption_tokens = len(self.tokenizer(caption, add_special_tokens=False)["input_ids"])
-        budget = min(self.max_new_tokens, int(1.5 * caption_tokens) + 16)  # as ChatRewriter: the answer is the caption
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, do_sample=True, temperature=self.temperature, top_p=self.top_p,
-                                         max_new_tokens=budget, pad_token_id=self.tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
+        answer = self.generate([build_instruction_chat(caption, instruction)], [caption], seed)[0]
+        self.last_prompt = self.last_texts[0]
+        return answer
 
 
 class LlmInstructor:

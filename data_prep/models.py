@@ -178,6 +178,7 @@ class ChatRewriter:
                 f"model such as {DEFAULT_REWRITER}"
             )
         _pad_left(self.tokenizer)
+        self.last_texts: list[str] = []  # the prompts of the last ``generate``
         self.model = _load_generator(AutoModelForCausalLM, "rewriter", model_id, device, dtype, load_in_4bit)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -193,12 +194,15 @@ class ChatRewriter:
         }
 
     def __call__(self, captions: Sequence[str], seed: int) -> list[str]:
+        return self.generate([build_rewrite_chat(caption) for caption in captions], captions, seed)
+
+    def generate(self, chats: Sequence[list[dict[str, str]]], captions: Sequence[str], seed: int) -> list[str]:
+        """One sampled answer per chat (``captions``: the caption each chat rewrites, for the length
+        budget); ``last_texts`` keeps the prompts the model was given."""
         import torch
 
-        texts = [
-            self.tokenizer.apply_chat_template(build_rewrite_chat(caption), add_generation_prompt=True, tokenize=False)
-            for caption in captions
-        ]
+        texts = [self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
+        self.last_texts = texts
         # Chat templates (Llama 3) already start with the BOS token: do not add a second one.
         bos = self.tokenizer.bos_token
         add_special = not (bos and texts[0].startswith(bos))
