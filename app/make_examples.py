@@ -158,14 +158,10 @@ class Trial:
 
 def cell_mask(pair: dict, resolution: int):
     """The pair's edited cell as a mask image (L, white = may change): what a person would paint."""
-    from PIL import Image, ImageDraw
+    from editing.masks import mask_image
+    from shapes.world import edited_cell_mask
 
-    grid = pair["source_labels"]["grid"]
-    row, col = divmod(pair["changed"]["cell"], grid)
-    side = resolution // grid
-    mask = Image.new("L", (resolution, resolution), 0)
-    ImageDraw.Draw(mask).rectangle([col * side, row * side, (col + 1) * side - 1, (row + 1) * side - 1], fill=255)
-    return mask
+    return mask_image(edited_cell_mask(pair, resolution))
 
 
 def run_trial(editor, pair: dict, params, token_states: list[bool], classifier, mask=None) -> Trial:

@@ -40,7 +40,7 @@ from editing.editor import FlowEditor
 from editing.masks import AutoMask
 from editing.presets import default_preset_name, get_preset
 from shapes.judge import edit_outcomes, load_classifier
-from shapes.world import make_edit_pairs
+from shapes.world import edited_cell_mask, make_edit_pairs
 from softrepa.models import KINDS, load_pipeline, model_label
 from softrepa.runtime import resolve_device
 
@@ -73,23 +73,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cell_mask(pair: dict, resolution: int) -> np.ndarray:
-    """(H, W) float32: 1 on the grid cell the pair edits."""
-    grid = pair["source_labels"]["grid"]
-    row, col = divmod(pair["changed"]["cell"], grid)
-    side = resolution // grid
-    mask = np.zeros((resolution, resolution), np.float32)
-    mask[row * side:(row + 1) * side, col * side:(col + 1) * side] = 1.0
-    return mask
-
-
 def pooled_psnr(images, pairs, resolution: int) -> float:
     """PSNR of all pixels outside the edited cells against the inputs, as one set (torchmetrics)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     edited, source = [], []
     for image, pair in zip(images, pairs):
-        outside = cell_mask(pair, resolution) == 0
+        outside = edited_cell_mask(pair, resolution) == 0
         edited.append(torch.from_numpy(np.asarray(image, np.float32)[outside]))
         source.append(torch.from_numpy(np.asarray(pair["source_image"], np.float32)[outside]))
     return float(peak_signal_noise_ratio(torch.cat(edited), torch.cat(source), data_range=255.0))
@@ -105,7 +95,7 @@ def run_mode(editor, pairs, params, mode: str, use_tokens: bool, resolution: int
     """The edited images and (auto mode) the masks found."""
     images, masks = [], []
     for pair in tqdm(pairs, desc=f"{mode} tokens={use_tokens}", leave=False):
-        mask = {"nomask": None, "mask": cell_mask(pair, resolution), "auto": auto}[mode]
+        mask = {"nomask": None, "mask": edited_cell_mask(pair, resolution), "auto": auto}[mode]
         result = editor.edit(pair["source_image"], pair["source_prompt"], pair["target_prompt"], params,
                              use_tokens=use_tokens, mask=mask)
         images.append(result.image)
@@ -126,7 +116,7 @@ def evaluate(editor, pairs, classifier, methods: list[tuple[str, bool]], modes: 
                "preservation": float(np.mean([o["preservation"] for o in outcomes])),
                "psnr_out": pooled_psnr(images, pairs, resolution), "seconds": time.perf_counter() - start}
         if mode == "auto":
-            row["auto_iou"] = float(np.mean([iou(m, cell_mask(p, resolution)) for m, p in zip(masks, pairs)]))
+            row["auto_iou"] = float(np.mean([iou(m, edited_cell_mask(p, resolution)) for m, p in zip(masks, pairs)]))
             row["auto_coverage"] = float(np.mean([m.mean() for m in masks]))
         rows[f"{method}/{mode}"] = row
         print(f"{method} {mode}: success {row['success']:.3f} preservation {row['preservation']:.3f} "
@@ -154,7 +144,7 @@ def tune(editor, pairs, resolution: int) -> list[dict]:
         editor.edit(pair["source_image"], pair["source_prompt"], pair["target_prompt"], params, use_tokens=False,
                     mask=recorder)
         evidence.append(recorder.record)
-        truths.append(cell_mask(pair, resolution))
+        truths.append(edited_cell_mask(pair, resolution))
     factor = resolution // evidence[0][0].shape[-1]
     rows = []
     for steps, threshold, dilate in itertools.product(*TUNE_GRID.values()):

@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
@@ -205,6 +206,16 @@ def make_edit_pair(index: int, seed: int, config: ShapesWorldConfig | None = Non
             },
         }
     raise RuntimeError(f"could not build edit pair {index} in 1000 tries")
+
+
+def edited_cell_mask(pair: dict, resolution: int) -> np.ndarray:
+    """(H, W) float32: 1 on the grid cell an edit pair changes, 0 elsewhere (its true local-edit region)."""
+    grid = pair["source_labels"]["grid"]
+    row, col = divmod(pair["changed"]["cell"], grid)
+    side = resolution // grid
+    mask = np.zeros((resolution, resolution), np.float32)
+    mask[row * side:(row + 1) * side, col * side:(col + 1) * side] = 1.0
+    return mask
 
 
 def make_edit_pairs(
