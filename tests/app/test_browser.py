@@ -127,15 +127,26 @@ def test_pick_an_example_move_a_slider_run_and_see_the_result(app_url):
         assert not page.errors, page.errors
 
 
-@pytest.mark.browser
-def test_upload_a_mask_edit_inside_it_and_see_the_region(served, tmp_path):
-    url, service = served
+def half_mask_file(service, folder, half: str):
+    """A mask PNG the size of the first example image, white (= may change) on its left or top half."""
     with Image.open(service.examples()[0].image) as image:
         width, height = image.size
     mask = np.zeros((height, width), np.uint8)
-    mask[:, : width // 2] = 255  # white = may change: the left half
-    mask_file = tmp_path / "left-half.png"
-    Image.fromarray(mask).save(mask_file)
+    if half == "left":
+        mask[:, : width // 2] = 255
+    elif half == "top":
+        mask[: height // 2] = 255
+    else:
+        raise ValueError(f"half must be left or top, got {half!r}")
+    path = folder / f"{half}-half.png"
+    Image.fromarray(mask).save(path)
+    return path
+
+
+@pytest.mark.browser
+def test_upload_a_mask_edit_inside_it_and_see_the_region(served, tmp_path):
+    url, service = served
+    mask_file = half_mask_file(service, tmp_path, "left")  # white = may change: the left half
 
     with loaded_page(url) as (sync_api, page):
         pick_the_first_example(sync_api, page)
@@ -214,12 +225,7 @@ def test_variations_pick_one_then_edit_it_again(app_url):
 @pytest.mark.browser
 def test_replay_a_result_png_into_the_controls(served, tmp_path):
     url, service = served
-    with Image.open(service.examples()[0].image) as image:
-        width, height = image.size
-    mask = np.zeros((height, width), np.uint8)
-    mask[: height // 2] = 255
-    mask_file = tmp_path / "top-half.png"
-    Image.fromarray(mask).save(mask_file)
+    mask_file = half_mask_file(service, tmp_path, "top")
     example = service.examples()[0]
     controls = fast_controls(source_prompt=example.source_prompt, target_prompt="a replayed target prompt", seed=17,
                              n_max=2, tar_cfg=6.5, mask_mode="drawn")

@@ -10,7 +10,8 @@ from softrepa.hooks import attach_tokens
 from softrepa.models import KINDS, check_compatible
 from softrepa.tiny import SD35_TINY_VARIANTS, tiny_pipeline
 from softrepa.tokens import count_parameters, tokens_config_for
-from tests.softrepa.test_tokens import random_tokens, sd3_inputs, sd3_reference
+from tests.softrepa.test_tokens import (assert_off_and_detached_are_bitwise_vanilla, random_tokens, sd3_inputs,
+                                        sd3_reference)
 from tests.softrepa.test_train import base_config, write_colour_folder
 
 SD35 = ("sd3.5-medium", "sd3.5-large")
@@ -33,18 +34,7 @@ def test_tiny_pipelines_have_the_sd35_block_variants(pipes):
 
 @pytest.mark.parametrize("kind", SD35)
 def test_off_and_detached_are_bitwise_vanilla(pipes, kind):
-    model = pipes[kind].transformer
-    inputs = sd3_inputs()
-    with torch.no_grad():
-        vanilla = model(**inputs).sample
-        attached = attach_tokens(model, random_tokens(model, kind, num_layers=2))
-        on = model(**inputs).sample
-        with attached.switch(False):
-            off = model(**inputs).sample
-        attached.detach()
-        after = model(**inputs).sample
-    assert not torch.equal(on, vanilla)
-    assert torch.equal(off, vanilla) and torch.equal(after, vanilla)
+    assert_off_and_detached_are_bitwise_vanilla(pipes[kind].transformer, kind)
 
 
 @pytest.mark.parametrize("kind", SD35)

@@ -74,12 +74,12 @@ def random_tokens(model, kind, seed=1, **overrides):
 # ----------------------------------------------------------------------------- hooks
 
 
-def test_sd3_detached_and_off_are_bitwise_vanilla(pipes):
-    model = pipes["sd3"].transformer
+def assert_off_and_detached_are_bitwise_vanilla(model, kind: str) -> None:
+    """Tokens on change the output; switched off, and after detaching, it is bitwise the bare model's."""
     inputs = sd3_inputs()
     with torch.no_grad():
         vanilla = model(**inputs).sample
-        attached = attach_tokens(model, random_tokens(model, "sd3", num_layers=2))
+        attached = attach_tokens(model, random_tokens(model, kind, num_layers=2))
         on = model(**inputs).sample
         with attached.switch(False):
             off = model(**inputs).sample
@@ -89,6 +89,10 @@ def test_sd3_detached_and_off_are_bitwise_vanilla(pipes):
     assert torch.equal(off, vanilla)
     assert torch.equal(after, vanilla)
     assert not attached.attached
+
+
+def test_sd3_detached_and_off_are_bitwise_vanilla(pipes):
+    assert_off_and_detached_are_bitwise_vanilla(pipes["sd3"].transformer, "sd3")
 
 
 def test_sd3_tokens_match_algorithm1_reference(pipes):
