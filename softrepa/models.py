@@ -1,7 +1,9 @@
 """Model kinds and how soft tokens fit each denoiser family; the one pipeline loader.
 
 * ``Architecture``: where soft tokens attach in a denoiser family and how they enter and leave
-  the text stream (MM-DiT: prepended, dropped after each block; UNet: inserted after BOS).
+  the text stream (MM-DiT: prepended, dropped after each block; UNet: inserted after BOS;
+  FLUX: prepended in the double-stream blocks with identity rotary rows, dropped after each;
+  the FLUX design is in ``softrepa.flux``).
   ``softrepa.hooks`` applies them (Algorithm 1).
 * ``ModelKind`` / ``KINDS``: per-family defaults (Hub id, pipeline class, m, L, training and
   sampling settings); ``get_kind`` / ``register_kind``.
@@ -36,6 +38,9 @@ class Architecture:
     name: str
     model_class_name: str  # for messages only
     drops_outputs: bool  # whether the hooked module returns the text stream (then the m outputs are dropped)
+    per_block: bool = True  # L counts hooked blocks (at most the model's); UNet: 1 shared set or one per block
+    timestep_scale: float = 1.0  # the denoiser's timestep argument times this = the tokens' 0..1000 scale
+    block_inputs: tuple[str, ...] = ()  # other block arguments ``widen`` reads (and may replace)
 
     def model_class(self) -> type: ...
 
@@ -50,6 +55,14 @@ class Architecture:
     def insert(self, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor: ...
 
     def drop(self, output: Any, num_tokens: int) -> Any: ...
+
+    def widen(self, denoiser: nn.Module, inputs: dict[str, Any], num_tokens: int) -> dict[str, Any]:
+        """Block arguments (of ``block_inputs``) to replace when m tokens join the text stream."""
+        return {}
+
+    def kind_mismatch(self, spec: "ModelKind", denoiser: nn.Module) -> str | None:
+        """Why ``denoiser`` is not a model of kind ``spec`` beyond class and width (None: it may be)."""
+        return None
 
 
 class MMDiTArchitecture(Architecture):
@@ -85,6 +98,7 @@ class UNetArchitecture(Architecture):
     name = "unet"
     model_class_name = "UNet2DConditionModel"
     drops_outputs = False
+    per_block = False
     GROUPS = ("down", "mid", "up")
 
     def model_class(self) -> type:
@@ -131,7 +145,55 @@ class UNetArchitecture(Architecture):
         return output  # cross-attention output is the image stream
 
 
-ARCHITECTURES: dict[str, Architecture] = {"mmdit": MMDiTArchitecture(), "unet": UNetArchitecture()}
+class FluxArchitecture(MMDiTArchitecture):
+    """FLUX.1 (``FluxTransformer2DModel``): tokens join the text stream of the first L of the 19
+    double-stream blocks like SD3's (prepended, outputs dropped), with m identity rotary rows
+    (position ids 0, as FLUX's text ids) in front of the shared ``image_rotary_emb``; the
+    single-stream blocks never see them. The design and its reasons: ``softrepa.flux``.
+    An attention mask in ``joint_attention_kwargs`` is refused (FluxPipeline passes none)."""
+
+    name = "flux"
+    model_class_name = "FluxTransformer2DModel"
+    timestep_scale = 1000.0  # FluxPipeline passes sigma (0..1); the model itself multiplies by 1000
+    block_inputs = ("image_rotary_emb", "joint_attention_kwargs")
+
+    def model_class(self) -> type:
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+
+    def width(self, model: nn.Module) -> int:
+        return int(model.config.num_attention_heads * model.config.attention_head_dim)  # inner_dim
+
+    def widen(self, denoiser, inputs, num_tokens):
+        if (inputs.get("joint_attention_kwargs") or {}).get("attention_mask") is not None:
+            raise NotImplementedError("soft tokens with an attention_mask in joint_attention_kwargs are not supported")
+        rotary = inputs.get("image_rotary_emb")
+        if rotary is None:
+            raise RuntimeError("soft tokens: a FLUX double-stream block got no image_rotary_emb")
+        return {"image_rotary_emb": self.widen_rotary(denoiser, rotary, num_tokens)}
+
+    @staticmethod
+    def widen_rotary(denoiser: nn.Module, rotary: tuple[torch.Tensor, torch.Tensor],
+                     num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (n + N, head_dim) for cat(txt_ids, img_ids) -> (m + n + N, head_dim): the
+        tokens' rows first, from the model's own ``pos_embed`` at position ids 0 (FluxPipeline's
+        text ids are zeros: cos 1, sin 0, the identity rotation)."""
+        cos, sin = rotary
+        ids = torch.zeros(num_tokens, len(denoiser.config.axes_dims_rope), device=cos.device)  # (m, axes)
+        token_cos, token_sin = denoiser.pos_embed(ids)  # (m, head_dim) each
+        return (torch.cat([token_cos.to(cos.dtype), cos], dim=0),
+                torch.cat([token_sin.to(sin.dtype), sin], dim=0))
+
+    def kind_mismatch(self, spec, denoiser):
+        has = bool(denoiser.config.guidance_embeds)
+        if spec.guidance_embeds is None or spec.guidance_embeds == has:
+            return None
+        return "a guidance embedding (guidance-distilled, as FLUX.1-dev)" if has else "no guidance embedding (as FLUX.1-schnell)"
+
+
+ARCHITECTURES: dict[str, Architecture] = {"mmdit": MMDiTArchitecture(), "unet": UNetArchitecture(),
+                                          "flux": FluxArchitecture()}
 
 
 # ----------------------------------------------------------------------------- model kinds
@@ -154,8 +216,9 @@ class ModelKind:
     steps: int = 28  # text-to-image defaults
     cfg: float = 4.0
     resolution: int = 1024
-    max_sequence_length: int = 256  # SD3 pipelines: T5 tokens (zeros when there is no T5)
+    max_sequence_length: int = 256  # SD3 pipelines: T5 tokens (zeros when there is no T5); FLUX: T5 tokens
     without_t5: bool = False  # load SD3-family pipelines with text_encoder_3=None
+    guidance_embeds: bool | None = None  # FLUX: the denoiser has a guidance embedding (dev) or not (schnell)
 
 
 KINDS: dict[str, ModelKind] = {
@@ -186,6 +249,21 @@ KINDS["sd3.5-medium"] = ModelKind(arch="mmdit", hub_id="stabilityai/stable-diffu
 KINDS["sd3.5-large"] = ModelKind(arch="mmdit", hub_id="stabilityai/stable-diffusion-3.5-large",
                                  pipeline_class="StableDiffusion3Pipeline", denoiser_attr="transformer",
                                  num_tokens=4, num_layers=5, dweight=0.0, steps=28, cfg=3.5, resolution=1024)
+
+
+# FLUX.1 (Black Forest Labs' published diffusers configs): FluxTransformer2DModel, 19 double-stream
+# + 38 single-stream blocks, 24 heads x 128 = 3072 wide, T5-XXL text (joint_attention_dim 4096) and
+# CLIP pooled. dev is guidance-distilled: ``cfg`` is the guidance fed to its guidance embedding
+# (FluxPipeline's guidance_scale; model card default 3.5, 28 steps, T5 512 tokens); schnell is
+# timestep-distilled, 4 steps, no guidance embedding (guidance 0 is ignored), T5 256 tokens. No
+# SoftREPA tokens exist for FLUX: m 4, L 5 (the first 5 of 19 double blocks) are a starting point
+# taken from SD3, not tuned. Where the tokens go and how they are trained: ``softrepa.flux``.
+KINDS["flux-dev"] = ModelKind(arch="flux", hub_id="black-forest-labs/FLUX.1-dev", pipeline_class="FluxPipeline",
+                              denoiser_attr="transformer", num_tokens=4, num_layers=5, dweight=0.0, steps=28,
+                              cfg=3.5, resolution=1024, max_sequence_length=512, guidance_embeds=True)
+KINDS["flux-schnell"] = ModelKind(arch="flux", hub_id="black-forest-labs/FLUX.1-schnell", pipeline_class="FluxPipeline",
+                                  denoiser_attr="transformer", num_tokens=4, num_layers=5, dweight=0.0, steps=4,
+                                  cfg=0.0, resolution=1024, max_sequence_length=256, guidance_embeds=False)
 
 
 # The bundled shapes-world model (shapes/model.py): SD3 architecture, no T5, 64 px.
@@ -256,7 +334,8 @@ def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float
     """Load a diffusers pipeline of ``kind`` from a Hub id or local folder (default: the kind's model).
 
     The frozen model is cast to ``dtype``; soft tokens attached later stay float32.
-    without_t5: SD3 family: skip the T5 encoder (None: the kind's default). Folders saved without
+    without_t5: SD3 family: skip the T5 encoder (None: the kind's default; FLUX refuses True, its
+    text stream is T5's). Folders saved without
     a component load with it as None. progress_bar: False silences the pipeline's own per-call
     bars (callers that draw their own). memory: offloading and VAE tiling (``MemoryOptions``).
     """
@@ -268,6 +347,9 @@ def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float
     pipeline_class = getattr(diffusers, spec.pipeline_class)
     source = model or spec.hub_id
     skip_t5 = spec.without_t5 if without_t5 is None else without_t5
+    if skip_t5 and spec.arch == "flux":
+        raise ValueError(f"kind {kind!r} cannot be loaded without T5: FLUX's text stream is the T5 encoder's "
+                         "(text_encoder_2); only the SD3 family has an optional T5 (text_encoder_3)")
     kwargs = {"text_encoder_3": None, "tokenizer_3": None} if skip_t5 and spec.arch == "mmdit" else {}
     kwargs.update(_absent_components(source))
     try:
@@ -292,7 +374,9 @@ def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
     folder with ``kind``.
 
     A local diffusers folder without ``kind``: the kind whose model lives there, else the first
-    registered kind using the folder's pipeline class (e.g. any StableDiffusion3Pipeline -> sd3).
+    registered kind using the folder's pipeline class (e.g. any StableDiffusion3Pipeline -> sd3)
+    whose denoiser config fits (a FluxPipeline with a guidance embedding -> flux-dev, without ->
+    flux-schnell).
     """
     if kind is not None:
         get_kind(kind)  # clear error for unknown kinds
@@ -303,7 +387,8 @@ def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
     index = Path(model) / "model_index.json"
     if index.is_file():
         class_name = json.loads(index.read_text()).get("_class_name")
-        matches = [name for name, spec in KINDS.items() if spec.pipeline_class == class_name]
+        matches = [name for name, spec in KINDS.items()
+                   if spec.pipeline_class == class_name and _folder_fits(Path(model), spec)]
         same_folder = [name for name in matches if Path(KINDS[name].hub_id).resolve() == Path(model).resolve()]
         if same_folder or matches:
             return model, (same_folder or matches)[0]
@@ -321,10 +406,22 @@ def model_label(model: str) -> str:
     return "".join(model.split())
 
 
+def _folder_fits(folder: Path, spec: ModelKind) -> bool:
+    """Whether the denoiser config saved in a pipeline folder can be ``spec``'s (FLUX: dev / schnell)."""
+    config_file = folder / spec.denoiser_attr / "config.json"
+    if spec.guidance_embeds is None or not config_file.is_file():
+        return True
+    return bool(json.loads(config_file.read_text()).get("guidance_embeds", False)) == spec.guidance_embeds
+
+
 def kind_of_pipeline(pipe: Any) -> str:
-    """The first registered kind whose pipeline class is this pipeline's class."""
+    """The first registered kind whose pipeline class is this pipeline's class and whose
+    architecture accepts its denoiser (FluxPipeline: flux-dev with a guidance embedding, else flux-schnell)."""
     for name, spec in KINDS.items():
-        if type(pipe).__name__ == spec.pipeline_class:
+        if type(pipe).__name__ != spec.pipeline_class:
+            continue
+        denoiser = getattr(pipe, spec.denoiser_attr, None)
+        if not isinstance(denoiser, nn.Module) or ARCHITECTURES[spec.arch].kind_mismatch(spec, denoiser) is None:
             return name
     raise ValueError(f"no model kind uses {type(pipe).__name__}; pass kind=... (known: {sorted(KINDS)})")
 
@@ -340,23 +437,42 @@ def denoiser_of(model: nn.Module | Any, kind: str) -> nn.Module:
     return denoiser
 
 
+def kinds_of_denoiser(denoiser: nn.Module) -> list[str]:
+    """The registered kinds ``denoiser`` can be (class and architecture checks; width is not a
+    kind's property: tiny test models share the class)."""
+    return [name for name, spec in KINDS.items()
+            if isinstance(denoiser, ARCHITECTURES[spec.arch].model_class())
+            and ARCHITECTURES[spec.arch].kind_mismatch(spec, denoiser) is None]
+
+
 def check_compatible(config: SoftTokensConfig, model: nn.Module | Any, source: str = "tokens") -> None:
-    """Raise a clear error when tokens do not fit the model (class, width, layer count)."""
+    """Raise a clear error when tokens do not fit the model (kind, class, width, layer count).
+
+    Messages name the tokens' kind and the kinds the model can be (``kinds_of_denoiser``)."""
     spec = get_kind(config.kind)
     arch = ARCHITECTURES[spec.arch]
-    denoiser = denoiser_of(model, config.kind)
+    denoiser = model if isinstance(model, nn.Module) else getattr(model, spec.denoiser_attr, None)
+    if not isinstance(denoiser, nn.Module):  # a pipeline of another family: find its denoiser
+        denoiser = next((getattr(model, attr) for attr in ("transformer", "unet")
+                         if isinstance(getattr(model, attr, None), nn.Module)), None)
+    if denoiser is None:
+        raise TypeError(f"{type(model).__name__} has no '{spec.denoiser_attr}' denoiser for kind {config.kind!r}")
+    model_kinds = " / ".join(kinds_of_denoiser(denoiser)) or "no registered kind"
+    what = f"kind {config.kind!r} ({arch.model_class_name}, width {config.width}, {config.num_layers} layers)"
     if not isinstance(denoiser, arch.model_class()):
-        raise ValueError(f"{source} are for kind {config.kind!r} ({arch.model_class_name}, width {config.width}, "
-                         f"{config.num_layers} layers) but the model is a {type(denoiser).__name__}")
+        raise ValueError(f"{source} are for {what} but the model is a {type(denoiser).__name__} "
+                         f"(kind {model_kinds}): token files do not carry across model kinds")
+    mismatch = arch.kind_mismatch(spec, denoiser)
+    if mismatch is not None:
+        raise ValueError(f"{source} are for {what} but the model has {mismatch} (kind {model_kinds}): "
+                         "token files do not carry across model kinds")
     width = arch.width(denoiser)
     if width != config.width:
-        raise ValueError(f"{source} have width {config.width} (shape {(config.num_layers, config.num_tokens, config.width)}) "
-                         f"but the model's text stream is {width} wide")
+        raise ValueError(f"{source} are for {what} (shape {(config.num_layers, config.num_tokens, config.width)}) "
+                         f"but the model's text stream is {width} wide (kind {model_kinds} at that width)")
     available = arch.max_layers(denoiser, config)
-    if spec.arch == "mmdit" and config.num_layers > available:
+    if arch.per_block and config.num_layers > available:
         raise ValueError(f"{source} have {config.num_layers} layers but the model has only {available} blocks")
-    if spec.arch == "unet" and config.num_layers not in (1, available):
+    if not arch.per_block and config.num_layers not in (1, available):
         raise ValueError(f"{source} have {config.num_layers} layers; this UNet has {available} cross-attention "
                          f"blocks in {config.block_groups} (expected 1 or {available})")
-
-
