@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from editing.editor import FlowEditor
-from editing.flowedit import FlowEditParams, ParameterError
+from editing.params import FlowEditParams, ParameterError
 from editing.inputs import MIN_PATCHES
 from editing.presets import PRESETS, default_preset_name, get_preset
 from softrepa.models import KINDS

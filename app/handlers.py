@@ -33,7 +33,7 @@ from app.masks import mask_message, mask_request, mask_summary, save_region
 from app.service import EditorService
 from editing.cli import safe_name
 from editing.editor import EditResult, FlowEditor, mask_path
-from editing.flowedit import FlowEditParams, ParameterError
+from editing.params import FlowEditParams, ParameterError
 from editing.inputs import PreparedImage
 from editing.masks import AutoMask, MaskError
 from softrepa.images import ImageInputError, write_png

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from app.controls import LABELS, EditControls, UserInputError, controls_for_params
 from app.settings import REPO_ROOT, AppSettings
 from editing.editor import METADATA_KEY, mask_from_metadata
-from editing.flowedit import FlowEditParams
+from editing.params import FlowEditParams
 from softrepa.images import write_png
 
 REPLAYED_MASK_PREFIX = "replayed-mask"

@@ -43,7 +43,7 @@ from app.reuse_controls import edit_again_button, replay_inputs, wire_reuse
 from app.runs import running_on_zero_gpu, wire_runs
 from app.service import EditorService
 from app.settings import AppSettings
-from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
+from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams
 
 log = logging.getLogger(__name__)
 

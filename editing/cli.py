@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from editing.editor import FlowEditor
-from editing.flowedit import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
+from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
 from editing.inputs import DEFAULT_MAX_SIDE
 from editing.masks import AutoMask, MaskOptions
 from editing.presets import PRESETS, default_preset_name, get_preset

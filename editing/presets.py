@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from editing.flowedit import FlowEditParams
+from editing.params import FlowEditParams
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def t2i_config(args: argparse.Namespace):
 
 
 def edit_config(args: argparse.Namespace):
-    from editing.flowedit import FlowEditParams
+    from editing.params import FlowEditParams
     from evaluation.edit import EditConfig
 
     # n_max and tar_cfg come from the sweep, per configuration

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from editing.flowedit import FlowEditParams
+from editing.params import FlowEditParams
 from editing.inputs import InputReport
 from editing.masks import AutoMask, fit_mask
 from evaluation.datasets import EditPair, RunLengthMask, load_edit_pairs
