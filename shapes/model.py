@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from shapes.web_captions import CAPTION_MODES, WebCaptionConfig, generate_web_samples
 from softrepa.atomic import atomic_path
 from softrepa.models import load_pipeline
 
@@ -91,6 +92,11 @@ class ShapesModelConfig:
     # encoders (fresh optimiser, new renders when the seed differs) and keep its VAE as it is (the
     # VAE stages are skipped, the latent shift/scale kept). Empty: train everything from scratch.
     init_from: str = ""
+    # Training captions: "clean" (the world's captions) or "web" (degraded like web alt-text,
+    # shapes/web_captions.py, with these two knobs; the other web knobs keep their defaults).
+    captions: str = "clean"
+    web_drop_object: float = 0.35
+    web_wrong_attribute: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("train_samples", "batch", "vae_batch", "workers", "threads", "checkpoint_every", "warmup"):
@@ -98,6 +104,15 @@ class ShapesModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.captions not in CAPTION_MODES:
+            raise ValueError(f"captions must be one of {CAPTION_MODES}, got {self.captions!r}")
+        WebCaptionConfig(drop_object=self.web_drop_object, wrong_attribute=self.web_wrong_attribute)  # validates
+
+    def web_config(self) -> WebCaptionConfig | None:
+        """The web-caption degradation to train on, or None for clean captions."""
+        if self.captions == "clean":
+            return None
+        return WebCaptionConfig(drop_object=self.web_drop_object, wrong_attribute=self.web_wrong_attribute)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -134,15 +149,19 @@ def build_components(config: ShapesModelConfig):
                 tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)
 
 
-def _render_chunk(job: tuple[int, int, int]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Samples ``start .. start + n`` of the training split: pixels (n, 64, 64, 3) uint8, captions,
-    and their CLIP token ids (n, TEXT_MAX_LENGTH) -- tokenizing once here keeps the tokenizer
-    (tens of ms per batch) out of the training loop."""
+def _render_chunk(job: tuple) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Samples ``start .. start + n`` of the training split: pixels (n, 64, 64, 3) uint8, captions
+    (web-like when ``web`` is a WebCaptionConfig: same images), and their CLIP token ids
+    (n, TEXT_MAX_LENGTH) -- tokenizing once here keeps the tokenizer (tens of ms per batch) out of
+    the training loop."""
     from shapes.world import generate_samples
     from softrepa.tiny import clip_tokenizer
 
-    start, n, seed = job
-    samples = generate_samples(n, seed=seed, split="train", start=start)
+    start, n, seed, web = job
+    if web is None:
+        samples = generate_samples(n, seed=seed, split="train", start=start)
+    else:
+        samples = generate_web_samples(n, seed, web, split="train", start=start)
     captions = [s["caption"] for s in samples]
     pixels = np.stack([np.asarray(s["image"], dtype=np.uint8) for s in samples])
     return pixels, captions, tokenize(clip_tokenizer(model_max_length=TEXT_MAX_LENGTH), captions)
@@ -158,7 +177,7 @@ def tokenize(tokenizer, captions: list[str]) -> np.ndarray:
 def render_training_set(config: ShapesModelConfig, chunk: int = 2000):
     """(pixels (N, 3, 64, 64) uint8, captions, token ids (N, TEXT_MAX_LENGTH)), rendered by
     ``config.workers`` processes; identical for any worker count (samples are seeded by index)."""
-    jobs = [(start, min(chunk, config.train_samples - start), config.seed)
+    jobs = [(start, min(chunk, config.train_samples - start), config.seed, config.web_config())
             for start in range(0, config.train_samples, chunk)]
     if config.workers > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -429,7 +448,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--work", default=None, help="checkpoint folder (default: OUT.build); a rerun resumes from it")
     for f in dataclasses.fields(ShapesModelConfig):
         b.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                       **({"choices": LR_SCHEDULES} if f.name == "lr_schedule" else {}))
+                       **({"choices": LR_SCHEDULES} if f.name == "lr_schedule" else {}),
+                       **({"choices": CAPTION_MODES} if f.name == "captions" else {}))
     s = sub.add_parser("samples", help="a captioned sheet of the model's images for held-out captions")
     s.add_argument("--model", default=None, help="diffusers folder (default: the bundled model)")
     s.add_argument("--tokens", default=None, help="soft-token file to apply (default: none)")

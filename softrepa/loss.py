@@ -9,8 +9,14 @@ with target = eps - x0 for flow matching (SD3, Eq. 11) and the scheduler's targe
 diffusion UNets (eps, Eq. 10; or v / x0 for v- / sample-prediction models). Then
 
     logits[i, j] = scale * exp(-err[i, j] / tau(t_i))                                   (Eq. 10/11)
-    L = CE over captions for each image, positives on the diagonal                      (Eq. 9/14)
+    L = cweight * CE over captions for each image, positives on the diagonal            (Eq. 9/14)
         + dweight * mean_i err[i, pos(i)]                                               (denoising term)
+
+cweight is 1 in SoftREPA. cweight = 0 is plain *prompt tuning*: the same soft tokens trained on
+the same pairs with the denoising loss only, L = dweight * mean_i err[i, pos(i)], the control the
+paper does not run; only the positive pairs then matter, and ``softrepa.pairs`` runs only those
+(B_img forwards instead of B_img x B_txt). ``denoising_only_loss`` is that case on the positives'
+errors; it reports the contrastive loss and the in-batch accuracy as NaN (not computed).
 
 The exponential bounds the logits to (0, scale], which the paper reports is what makes training
 stable (a raw -err logit is unbounded). Defaults follow the authors' code: scale 4.0, a constant
@@ -48,6 +54,7 @@ class LossConfig:
     tau_schedule: "constant" (authors) or "linear" in t: tau(t) = tau + (tau_end - tau) * t / 1000.
     tau_end: tau at t = 1000 for the linear schedule.
     dweight: weight of the denoising term mean(diag err) (authors: 0 for SD3, 10 for SD1.5/SDXL).
+    cweight: weight of the contrastive term (SoftREPA: 1; 0: prompt tuning, denoising loss only).
     """
 
     scale: float = 4.0
@@ -55,6 +62,7 @@ class LossConfig:
     tau_schedule: str = "constant"
     tau_end: float | None = None
     dweight: float = 0.0
+    cweight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.tau_schedule not in TAU_SCHEDULES:
@@ -65,6 +73,10 @@ class LossConfig:
             raise ValueError("tau_schedule 'linear' needs tau_end > 0 (tau at t = 1000)")
         if self.dweight < 0:
             raise ValueError(f"dweight must be >= 0, got {self.dweight}")
+        if self.cweight < 0:
+            raise ValueError(f"cweight must be >= 0, got {self.cweight}")
+        if self.cweight == 0 and self.dweight == 0:
+            raise ValueError("cweight 0 (prompt tuning) needs dweight > 0: otherwise the loss is zero")
 
 
 def tau_of_t(timesteps: torch.Tensor, config: LossConfig) -> torch.Tensor:
@@ -97,8 +109,9 @@ class LossOutput:
 
 
 def softrepa_loss(err: torch.Tensor, tau: torch.Tensor | float, scale: float = 4.0, dweight: float = 0.0,
-                  positives: torch.Tensor | None = None) -> LossOutput:
-    """Eq. 9-14 on an error matrix ``err`` (B_img, B_txt).
+                  positives: torch.Tensor | None = None, cweight: float = 1.0) -> LossOutput:
+    """Eq. 9-14 on an error matrix ``err`` (B_img, B_txt), the contrastive term weighted by
+    ``cweight`` (module docstring).
 
     tau: a float or one value per image (B_img,) (tau(t_i) when images have their own t).
     positives: (B_img,) column of each image's own caption; default the diagonal (0..B_img-1).
@@ -118,13 +131,25 @@ def softrepa_loss(err: torch.Tensor, tau: torch.Tensor | float, scale: float = 4
     contrastive = F.cross_entropy(logits, positives)
     positive_err = err.gather(1, positives.unsqueeze(1)).squeeze(1)  # (B_img,)
     denoising = positive_err.mean()
-    loss = contrastive + dweight * denoising
+    loss = cweight * contrastive + dweight * denoising
     # judged on err, not logits: exp(-err / tau) underflows to a tie of zeros when err >> tau.
     # The positive must win strictly (identical captions are a miss, not a lucky argmax).
     others = err.detach().scatter(1, positives.unsqueeze(1), float("inf"))  # (B_img, B_txt)
     wins = positive_err.detach() < others.min(dim=1).values  # (B_img,)
     accuracy = wins.to(err.dtype).mean()
     return LossOutput(loss=loss, contrastive=contrastive, denoising=denoising, accuracy=accuracy, logits=logits)
+
+
+def denoising_only_loss(positive_err: torch.Tensor, dweight: float) -> LossOutput:
+    """Prompt tuning's loss (cweight 0) from the positive pairs' errors alone (B_img,): equal to
+    ``softrepa_loss(err, ..., dweight=dweight, cweight=0).loss`` on the full matrix. The contrastive
+    loss and accuracy are NaN (not computed); ``logits`` is an empty (B_img, 0) matrix."""
+    if positive_err.dim() != 1:
+        raise ValueError(f"positive_err must be (B_img,), got shape {tuple(positive_err.shape)}")
+    denoising = positive_err.mean()
+    nan = torch.full((), float("nan"), dtype=positive_err.dtype, device=positive_err.device)
+    return LossOutput(loss=dweight * denoising, contrastive=nan, denoising=denoising, accuracy=nan.clone(),
+                      logits=positive_err.new_zeros((positive_err.shape[0], 0)))
 
 
 # ----------------------------------------------------------------------------- objectives

@@ -18,7 +18,11 @@ err, so dL/dpsi = sum_p dL/derr_p * derr_p/dpsi. Hence
 3. per chunk, a forward with grad and ``backward(sum(g_chunk * err_chunk))``: the vector-Jacobian
    product of that chunk. Summed over chunks it is exactly the naive gradient.
 
-Cost: one extra forward of all but one chunk; memory: one chunk's graph. When all pairs fit in
+Cost: one extra forward of all but one chunk; memory: one chunk's graph.
+
+Prompt tuning (``LossConfig.cweight`` 0): the loss is the denoising term alone, which depends on
+each image's own caption only, so just the B_img positive pairs are run (same chunking), not
+B_img x B_txt; the loss and gradient equal the full matrix path's. When all pairs fit in
 one chunk the naive path runs. The denoiser must be deterministic (eval mode, no dropout) so the
 recomputed err equals the first pass.
 
@@ -37,7 +41,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from softrepa.loss import DiffusionObjective, LossConfig, LossOutput, softrepa_loss, tau_of_t
+from softrepa.loss import DiffusionObjective, LossConfig, LossOutput, denoising_only_loss, softrepa_loss, tau_of_t
 
 ARCHES = ("mmdit", "unet")
 
@@ -158,17 +162,57 @@ class PairScorer:
         return err.view(self.num_images, self.num_captions)
 
 
-def make_loss_fn(config: LossConfig, noise: NoiseDraw,
-                 positives: torch.Tensor | None) -> Callable[[torch.Tensor], LossOutput]:
+class PairLoss:
+    """err (B_img, B_txt) -> LossOutput with tau(t_i) per row (``softrepa_loss``).
+
+    ``positives_only`` (cweight 0, prompt tuning): the loss depends only on each image's own
+    caption, so ``pair_loss_backward`` scores just those B_img pairs and calls ``positive_loss``."""
+
+    def __init__(self, config: LossConfig, noise: NoiseDraw, positives: torch.Tensor | None):
+        self.config, self.positives = config, positives
+        self.tau = tau_of_t(noise.timesteps, config)  # (B_img,)
+        self.positives_only = config.cweight == 0
+
+    def __call__(self, err: torch.Tensor) -> LossOutput:
+        pos = self.positives.to(err.device) if self.positives is not None else None
+        return softrepa_loss(err, self.tau.to(err.device, err.dtype), scale=self.config.scale,
+                             dweight=self.config.dweight, positives=pos, cweight=self.config.cweight)
+
+    def positive_pairs(self, num_images: int, num_captions: int) -> torch.Tensor:
+        """Flat pair index of each image's own caption: (B_img,)."""
+        pos = self.positives.cpu() if self.positives is not None else torch.arange(num_images)
+        return torch.arange(num_images) * num_captions + pos
+
+    def positive_loss(self, positive_err: torch.Tensor) -> LossOutput:
+        return denoising_only_loss(positive_err, self.config.dweight)
+
+
+def make_loss_fn(config: LossConfig, noise: NoiseDraw, positives: torch.Tensor | None) -> PairLoss:
     """err (B_img, B_txt) -> LossOutput with tau(t_i) per row."""
-    tau = tau_of_t(noise.timesteps, config)  # (B_img,)
+    return PairLoss(config, noise, positives)
 
-    def loss_fn(err: torch.Tensor) -> LossOutput:
-        pos = positives.to(err.device) if positives is not None else None
-        return softrepa_loss(err, tau.to(err.device, err.dtype), scale=config.scale, dweight=config.dweight,
-                             positives=pos)
 
-    return loss_fn
+def _positive_pairs_backward(scorer: PairScorer, loss_fn: PairLoss, pair_chunk: int,
+                             backward: Callable[[torch.Tensor], None]) -> LossOutput:
+    """cweight 0: the loss and its gradient from the B_img positive pairs only (chunked like the
+    full path: a no-grad pass, dL/derr, then one chunk's graph at a time)."""
+    pairs = loss_fn.positive_pairs(scorer.num_images, scorer.num_captions)  # (B_img,)
+    chunks = list(pairs.split(pair_chunk if pair_chunk > 0 else len(pairs)))
+    if len(chunks) == 1:
+        out = loss_fn.positive_loss(scorer.errors(pairs))
+        if torch.isfinite(out.loss):
+            backward(out.loss)
+        return out.detach()
+    with torch.no_grad():
+        err = torch.cat([scorer.errors(chunk) for chunk in chunks])
+    err_leaf = err.requires_grad_(True)
+    out = loss_fn.positive_loss(err_leaf)
+    if not torch.isfinite(out.loss):
+        return out.detach()
+    (grad_err,) = torch.autograd.grad(out.loss, err_leaf)
+    for grad_chunk, chunk in zip(grad_err.split([len(c) for c in chunks]), chunks):
+        backward((grad_chunk * scorer.errors(chunk)).sum())
+    return out.detach()
 
 
 def default_backward(loss: torch.Tensor) -> None:
@@ -184,6 +228,8 @@ def pair_loss_backward(scorer: PairScorer, loss_fn: Callable[[torch.Tensor], Los
     backward: how to backpropagate a scalar (e.g. ``lambda x: scaler.scale(x).backward()`` for fp16).
     A non-finite loss is returned without any backward, so the caller can skip the step.
     """
+    if getattr(loss_fn, "positives_only", False):  # prompt tuning: only the positives matter
+        return _positive_pairs_backward(scorer, loss_fn, pair_chunk, backward)
     n_pairs = scorer.num_pairs
     if pair_chunk <= 0 or n_pairs <= pair_chunk:  # naive: everything fits in one chunk
         err = scorer.errors(torch.arange(n_pairs)).view(scorer.num_images, scorer.num_captions)  # (B_img, B_txt)

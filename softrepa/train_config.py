@@ -67,6 +67,7 @@ class TrainConfig:
     tau_end: float | None = None
     scale: float = 4.0
     dweight: float | None = None
+    cweight: float = 1.0  # weight of the contrastive term; 0 = prompt tuning (denoising loss only)
     # checkpoints, validation, logging
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
@@ -117,7 +118,7 @@ class TrainConfig:
     def loss_config(self, kind: str) -> LossConfig:
         dweight = get_kind(kind).dweight if self.dweight is None else self.dweight
         return LossConfig(scale=self.scale, tau=self.tau, tau_schedule=self.tau_schedule, tau_end=self.tau_end,
-                          dweight=dweight)
+                          dweight=dweight, cweight=self.cweight)
 
 
 def resolve_weight_dtype(mixed_precision: str, accelerator: Any) -> torch.dtype:
@@ -144,6 +145,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "resume": "'latest' or a checkpoint folder", "mixed_precision": f"one of {MIXED_PRECISION}",
         "init": "normal | zeros | null_prompt (default: the kind's)",
         "stop_after_step": "stop once this step is done, without final files (tests/resume drills)",
+        "cweight": "weight of the contrastive term (1: SoftREPA; 0: prompt tuning, the denoising loss only, "
+                   "which needs --dweight > 0 and runs only the positive pairs)",
         "max_minutes": "time box: stop with final files after this many minutes of steps (this run), or at "
                        "--max-steps, whichever comes first",
     }

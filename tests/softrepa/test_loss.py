@@ -184,3 +184,57 @@ def test_nonfinite_loss_skips_backward():
                                  make_loss_fn(LossConfig(), noise, None), chunk)
         assert not torch.isfinite(out.loss)
         assert all(p.grad is None for p in tokens.parameters())
+
+
+# ----------------------------------------------------------------------------- prompt tuning (cweight 0)
+
+
+def test_cweight_weights_the_contrastive_term():
+    err = torch.tensor([[0.10, 0.30, 0.20], [0.25, 0.15, 0.40]], dtype=torch.float64)
+    full = softrepa_loss(err, 0.2, dweight=3.0)
+    half = softrepa_loss(err, 0.2, dweight=3.0, cweight=0.5)
+    assert half.loss.item() == pytest.approx(0.5 * full.contrastive.item() + 3.0 * full.denoising.item(), rel=1e-12)
+    tuning = softrepa_loss(err, 0.2, dweight=3.0, cweight=0.0)
+    assert tuning.loss.item() == pytest.approx(3.0 * (0.10 + 0.15) / 2, rel=1e-12)  # plain denoising loss
+    with pytest.raises(ValueError, match="cweight must be >= 0"):
+        LossConfig(cweight=-1.0)
+    with pytest.raises(ValueError, match="needs dweight > 0"):
+        LossConfig(cweight=0.0, dweight=0.0)
+
+
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_prompt_tuning_runs_positives_only_and_equals_plain_denoising(chunk):
+    """cweight 0: the loss is dweight * mean_i ||model(x_t_i, y_i) - target_i||^2 (written out here
+    with one denoiser call per image), its gradient equals the full B x 2B matrix path's, and only
+    the B_img positive pairs are forwarded."""
+    pipe, arch, denoiser, tokens, batch = _pair_setup("sd3", 2, 4)
+    batch.positives = torch.tensor([1, 3])
+    objective = DiffusionObjective.for_pipeline(pipe, arch)
+    noise = draw_noise(batch.latents, objective, torch.Generator().manual_seed(5), per_sample_t=True,
+                       per_sample_noise=True)
+    config = LossConfig(tau=0.5, dweight=10.0, cweight=0.0)
+    reference = 0.0
+    for i, j in enumerate(batch.positives.tolist()):
+        x0, eps, t = batch.latents[i:i + 1], noise.eps[i:i + 1], noise.timesteps[i:i + 1]
+        sigma = t.double().view(1, 1, 1, 1) / 1000
+        pred = denoiser(hidden_states=(1 - sigma) * x0 + sigma * eps, timestep=t.float(),
+                        encoder_hidden_states=batch.text["prompt_embeds"][j:j + 1],
+                        pooled_projections=batch.text["pooled_prompt_embeds"][j:j + 1]).sample
+        reference += 10.0 * ((pred - (eps - x0)) ** 2).mean().item() / 2
+
+    calls = []
+    hook = denoiser.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    fast_out, fast = _gradients(denoiser, arch, tokens, objective, batch, noise, config, chunk, batch.positives)
+    hook.remove()
+    assert fast_out.loss.item() == pytest.approx(reference, rel=1e-10)
+    assert math.isnan(fast_out.contrastive.item()) and math.isnan(fast_out.accuracy.item())
+
+    tokens.zero_grad(set_to_none=True)  # the full matrix path with the same loss
+    loss_fn = make_loss_fn(config, noise, batch.positives)
+    loss_fn.positives_only = False
+    full_out = pair_loss_backward(PairScorer(denoiser, arch, objective, batch, noise), loss_fn, chunk)
+    full = torch.cat([p.grad.flatten() for p in tokens.parameters() if p.grad is not None])
+    assert full_out.loss.item() == pytest.approx(reference, rel=1e-10)
+    assert full.norm() > 0 and ((fast - full).norm() / full.norm()).item() <= 1e-8
+    # chunk 0: one forward of the 2 positives (not 8 pairs); chunk 1: a no-grad and a grad pass of each
+    assert len(calls) == (1 if chunk == 0 else 4)
