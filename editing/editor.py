@@ -1,4 +1,6 @@
-"""``FlowEditor``: keeps an SD3 pipeline loaded and edits images with FlowEdit, caching what repeats.
+"""``FlowEditor``: keeps a pipeline (SD3, SD3.5 or FLUX.1) loaded and edits images with FlowEdit, caching
+what repeats. The model family (``editing.flowedit.family_of``) decides how prompts are encoded and
+velocities computed; everything here is the same for every family.
 
 Caches (all bounded LRUs; sizes are constructor arguments):
 
@@ -45,15 +47,15 @@ import torch
 from PIL import Image
 
 from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
-                              encode_prompt, flowedit_latents, source_and_target)
-from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_factor, model_max_side, prepare_image
+                              family_of, flowedit_latents, source_and_target)
+from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_max_side, prepare_image
 from editing.masks import (AutoMask, MaskLike, MaskOptions, PixelMask, feathered, latent_mask, paste_back,
                            pixel_mask_of_latent, prepare_mask)
 from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import write_png
-from softrepa.models import check_compatible, execution_device
+from softrepa.models import check_compatible, execution_device, kind_of_pipeline
 from softrepa.tokens import SoftTokens
 
 logger = logging.getLogger(__name__)
@@ -187,10 +189,10 @@ def _tokens_content_sha256(tokens: SoftTokens) -> str:
 
 
 class FlowEditor:
-    """Edit images with FlowEdit on an SD3 pipeline, optionally with SoftREPA soft tokens.
+    """Edit images with FlowEdit on an SD3, SD3.5 or FLUX.1 pipeline, optionally with SoftREPA soft tokens.
 
-    pipe: a ``StableDiffusion3Pipeline`` (already on its device and dtype; never modified except for
-        the token hooks this editor attaches and removes in ``close``).
+    pipe: a ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (already on its device and dtype; never
+        modified except for the token hooks this editor attaches and removes in ``close``).
     tokens: a token file path or ``TokenFile``, ``SoftTokens``, an ``AttachedTokens`` already hooked into
         ``pipe.transformer`` (left attached on close), or None.
     max_side: long-side limit for inputs (clamped to what the transformer's position embedding covers).
@@ -199,14 +201,19 @@ class FlowEditor:
     velocity_sets_per_source: source-velocity tables kept per image (different source prompts/CFG/seed).
     prompt_cache_size: prompt embeddings kept.
     cache_source_velocities: reuse source velocities across targets (see module docstring).
+    kind: the model kind (``softrepa.models.KINDS``), for the default preset; default: the tokens'
+        kind, else the pipeline's (``kind_of_pipeline``: the first kind of its class, e.g. sd3).
     """
 
     def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | TokenFile | str | os.PathLike | None = None, *,
                  max_side: int = DEFAULT_MAX_SIDE, min_side: int | None = None, cache_size: int = 4,
                  velocity_sets_per_source: int = 2, prompt_cache_size: int = 32,
-                 cache_source_velocities: bool = True, max_sequence_length: int = 256, model_name: str | None = None):
+                 cache_source_velocities: bool = True, max_sequence_length: int = 256, model_name: str | None = None,
+                 kind: str | None = None):
         self.pipe = pipe
-        self.factor = model_factor(pipe)
+        self.family = family_of(pipe.transformer)
+        self.kind = kind or kind_of_pipeline(pipe)
+        self.factor = self.family.pixel_multiple(pipe)
         limit = model_max_side(pipe)
         self.max_side = min(max_side, limit) if limit else max_side
         self.min_side = min_side
@@ -284,7 +291,7 @@ class FlowEditor:
         cached = self._prompts.get(key)
         if cached is None:
             counter[0] += 1
-            cached = self._prompts.put(key, encode_prompt(self.pipe, text, self.max_sequence_length))
+            cached = self._prompts.put(key, self.family.encode_prompt(self.pipe, text, self.max_sequence_length))
         return cached
 
     def _source(self, prepared: PreparedImage) -> tuple[_Source, bool]:
@@ -313,7 +320,7 @@ class FlowEditor:
         """Refuse a prompt whose end the model would silently drop; a warning when only partly read.
 
         SD3 reads a prompt with two CLIP encoders (``tokenizer.model_max_length``, 77 tokens) and T5
-        (``max_sequence_length`` tokens). Over the CLIP limit but within T5's, T5 still reads all of
+        (``max_sequence_length`` tokens); FLUX.1 with CLIP (pooled only) and T5 the same way. Over the CLIP limit but within T5's, T5 still reads all of
         it: returns a warning. Over both, or over CLIP without T5 (e.g. the shapes model): raises
         ``ValueError`` saying by how much to shorten it. Else returns None.
         """
@@ -322,8 +329,9 @@ class FlowEditor:
         clip_count = len(tokenizer(prompt, truncation=False)["input_ids"])  # with the start and end tokens
         if clip_count <= clip_limit:
             return None
-        t5 = getattr(self.pipe, "tokenizer_3", None)
-        if t5 is not None and getattr(self.pipe, "text_encoder_3", None) is not None:
+        t5_tokenizer, t5_encoder = self.family.t5_attrs
+        t5 = getattr(self.pipe, t5_tokenizer, None)
+        if t5 is not None and getattr(self.pipe, t5_encoder, None) is not None:
             t5_count = len(t5(prompt, truncation=False)["input_ids"])
             if t5_count <= self.max_sequence_length:
                 return (f"the {name} is {clip_count - 2} CLIP tokens long: the CLIP encoders read the first "
@@ -334,7 +342,7 @@ class FlowEditor:
                          "of a longer one)")
 
     def default_params(self, use_tokens: bool) -> FlowEditParams:
-        kind = self._attached.tokens.config.kind if self._attached is not None else "sd3"
+        kind = self._attached.tokens.config.kind if self._attached is not None else self.kind
         return get_preset(default_preset_name(kind, use_tokens)).params
 
     def check_inputs(self, source_prompt: str, target_prompt: str, params: FlowEditParams, use_tokens: bool) -> None:
@@ -352,6 +360,7 @@ class FlowEditor:
         if not isinstance(params, FlowEditParams):
             raise ValueError(f"params must be a FlowEditParams, got {type(params).__name__}")
         params.check()
+        self.family.check(params, self.pipe.transformer)  # e.g. FLUX.1: no negative prompt
         if use_tokens and self._attached is None:
             raise ValueError("use_tokens=True but this editor has no soft tokens (pass tokens= when creating it)")
 
@@ -407,10 +416,13 @@ class FlowEditor:
             start = time.perf_counter()
             encoded = [0]
             source, latents_cached = self._source(prepared)
+            distilled = self.family.distilled  # FLUX.1: no negative prompts to encode
             src, tar = source_and_target(
-                self._prompt(source_prompt, encoded), self._prompt(params.src_negative_prompt, encoded),
-                self._prompt(target_prompt, encoded), self._prompt(params.tar_negative_prompt, encoded),
-                params, use_tokens)
+                self._prompt(source_prompt, encoded),
+                None if distilled else self._prompt(params.src_negative_prompt, encoded),
+                self._prompt(target_prompt, encoded),
+                None if distilled else self._prompt(params.tar_negative_prompt, encoded),
+                params, use_tokens, distilled=distilled)
             velocities = self._velocity_set(source, source_prompt, params, src.tokens) if len(runs) == 1 else None
             # CPU generators: the same noise (hence the same edit) on every device
             generators = [torch.Generator(device="cpu").manual_seed(int(run.seed)) for run in runs]

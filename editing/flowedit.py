@@ -1,4 +1,4 @@
-"""FlowEdit (Kulikov et al. 2024) on Stable Diffusion 3 pipelines, with optional SoftREPA soft tokens.
+"""FlowEdit (Kulikov et al. 2024) on SD3, SD3.5 and FLUX.1 pipelines, with optional SoftREPA soft tokens.
 
 Inversion-free editing: the edited latent z_edit starts at the source latent x_src and follows the
 *difference* of two guided velocities, the target's minus the source's, evaluated on noisy copies
@@ -37,7 +37,13 @@ the start: the first k FlowEdit steps run unmasked while their |v_delta| is reco
 from it, and those steps are masked after the fact, z_edit = x_src + m (z_edit - x_src), before the
 k-th update; the rest runs as above.
 
-u / c are the transformer's velocities with the negative / positive prompt. Guidance:
+u / c are the transformer's velocities with the negative / positive prompt. One loop serves every
+model family; what differs (prompt encoding, the schedule, how one batched velocity is computed, the
+latent layout) is an ``editing.family.ModelFamily`` in ``FAMILIES``, found from the transformer's
+class: SD3 / SD3.5 (``editing.family.MMDiTFamily``) and FLUX.1 (``editing.flux.FluxFamily``). FLUX.1
+is guidance-distilled: each branch is ONE prediction with its scale as a model input,
+v_src = c_src(z_src; guidance = src_cfg) and v_tar = c_tar(z_tar; guidance = tar_cfg), one batched
+call [c_src, c_tar] per step and sample (``Branch.distilled``). Classifier-free guidance (SD3):
 
 * ``"standard"`` (default; the FlowEdit paper and code): ``guide(u, c, w) = u + w (c - u)``.
   w = 1 is the plain conditional velocity, so the unconditional branch is not computed at all.
@@ -81,9 +87,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from editing.family import MMDiTFamily, ModelFamily, PromptEmbeds, flowedit_schedule  # noqa: F401 (re-exported)
+from editing.flux import FluxFamily
 from editing.masks import AutoMask
 from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError  # noqa: F401 (re-exported)
-from softrepa.models import execution_device
 
 logger = logging.getLogger(__name__)
 
@@ -101,28 +108,38 @@ class NonFiniteError(ValueError):
 # ----------------------------------------------------------------------------- conditioning
 
 
-@dataclass
-class PromptEmbeds:
-    """SD3 text conditioning of one prompt: embeds (1, n, joint_attention_dim), pooled (1, pooled_dim)."""
+# architecture name (softrepa.models.ARCHITECTURES) -> how FlowEdit drives that transformer family
+FAMILIES: dict[str, ModelFamily] = {"mmdit": MMDiTFamily(), "flux": FluxFamily()}
 
-    embeds: torch.Tensor
-    pooled: torch.Tensor
+
+def family_of(transformer: Any) -> ModelFamily:
+    """The ``FAMILIES`` entry that drives ``transformer`` (by its class)."""
+    for family in FAMILIES.values():
+        if family.matches(transformer):
+            return family
+    names = ", ".join(f"{f.model_class_name} ({name})" for name, f in FAMILIES.items())
+    raise ValueError(f"FlowEdit cannot drive a {type(transformer).__name__}; it edits with {names}")
 
 
 @dataclass
 class Branch:
-    """One side (source or target) of the edit: its prompts, guidance and whether tokens apply."""
+    """One side (source or target) of the edit: its prompts, guidance and whether tokens apply.
+
+    distilled: a guidance-distilled model (FLUX.1): one prediction per branch, ``cfg`` goes into the
+    model as its guidance input (``_Request.guidance``); ``uncond`` is not used (may be None).
+    """
 
     cond: PromptEmbeds
-    uncond: PromptEmbeds
+    uncond: PromptEmbeds | None
     cfg: float
     guidance: str = "standard"  # "standard": u + w (c - u); "authors": c + w (c - u)
     tokens: bool = False
+    distilled: bool = False
 
     @property
     def needs_uncond(self) -> bool:
         # the scale at which guide() reduces to c: skip the unconditional prediction there
-        return self.cfg != (1.0 if self.guidance == "standard" else 0.0)
+        return not self.distilled and self.cfg != (1.0 if self.guidance == "standard" else 0.0)
 
     def texts(self) -> list[PromptEmbeds]:
         """The prompts of this branch's batch items, in the order ``guide`` expects."""
@@ -138,26 +155,24 @@ class Branch:
         return c + self.cfg * (c - u)  # SoftREPA's code: standard guidance at cfg + 1
 
 
-def source_and_target(src_cond: PromptEmbeds, src_uncond: PromptEmbeds, tar_cond: PromptEmbeds,
-                      tar_uncond: PromptEmbeds, params: FlowEditParams, use_tokens: bool) -> tuple[Branch, Branch]:
-    """The two branches of an edit as ``params`` define them (guidance convention, token branches)."""
+def source_and_target(src_cond: PromptEmbeds, src_uncond: PromptEmbeds | None, tar_cond: PromptEmbeds,
+                      tar_uncond: PromptEmbeds | None, params: FlowEditParams, use_tokens: bool,
+                      distilled: bool = False) -> tuple[Branch, Branch]:
+    """The two branches of an edit as ``params`` define them (guidance convention, token branches);
+    ``distilled``: for a guidance-distilled family (``ModelFamily.distilled``; the unconds may be None)."""
     source = Branch(src_cond, src_uncond, float(params.src_cfg), "standard",
-                    tokens=use_tokens and params.token_branches == "both")
-    target = Branch(tar_cond, tar_uncond, float(params.tar_cfg), params.guidance, tokens=use_tokens)
+                    tokens=use_tokens and params.token_branches == "both", distilled=distilled)
+    target = Branch(tar_cond, tar_uncond, float(params.tar_cfg), params.guidance, tokens=use_tokens,
+                    distilled=distilled)
     return source, target
 
 
 # ----------------------------------------------------------------------------- model pieces
 
 
-@torch.no_grad()
 def encode_prompt(pipe: Any, prompt: str, max_sequence_length: int = 256) -> PromptEmbeds:
-    """Encode one prompt with the pipeline's public ``encode_prompt`` (all its text encoders)."""
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_3=None,
-                                              device=execution_device(pipe),
-                                              num_images_per_prompt=1, do_classifier_free_guidance=False,
-                                              max_sequence_length=max_sequence_length)
-    return PromptEmbeds(embeds=embeds, pooled=pooled)
+    """Encode one prompt with the pipeline's public ``encode_prompt`` (all its text encoders), as its family does."""
+    return family_of(pipe.transformer).encode_prompt(pipe, prompt, max_sequence_length)
 
 
 def _vae_shift_scale(vae: Any) -> tuple[float, float]:
@@ -206,25 +221,6 @@ def decode_latents(vae: Any, latents: torch.Tensor, device: torch.device | str |
     return Image.fromarray(pixels.permute(1, 2, 0).to("cpu", torch.uint8).numpy(), mode="RGB")
 
 
-def flowedit_schedule(scheduler: Any, steps: int, device: torch.device | str | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(timesteps (T,) on the 0..1000 scale, sigmas (T+1,) ending at 0) from a copy of ``scheduler``.
-
-    A fresh scheduler from the config: the pipeline's own scheduler is never touched.
-    """
-    fresh = type(scheduler).from_config(scheduler.config)
-    if fresh.config.get("use_dynamic_shifting", False):
-        raise ValueError("FlowEdit's SD3 settings assume a fixed-shift scheduler; this scheduler uses "
-                         "resolution-dependent shifting (use_dynamic_shifting=True), which is not supported")
-    fresh.set_timesteps(steps, device=device)
-    timesteps = fresh.timesteps.float()  # (T,)
-    sigmas = fresh.sigmas.float()  # (T + 1,)
-    if timesteps.shape[0] != steps or sigmas.shape[0] != steps + 1 or float(sigmas[-1]) != 0.0:
-        raise ValueError(f"scheduler {type(scheduler).__name__} gave {timesteps.shape[0]} timesteps and "
-                         f"{sigmas.shape[0]} sigmas (last {float(sigmas[-1])}); FlowEdit needs T and T+1 ending at 0")
-    return timesteps, sigmas
-
-
 # ----------------------------------------------------------------------------- the edit
 
 
@@ -241,14 +237,16 @@ class _Request:
     latent: torch.Tensor  # (N, C, h, w) float32: one latent per candidate
     text: PromptEmbeds  # (1, n, D): the same prompt for every candidate
     tokens: bool
+    guidance: float | None = None  # a distilled branch's scale, the model's guidance input
 
 
 class _Denoiser:
     """Runs velocity requests on the transformer: one batched call per run of equal token state."""
 
-    def __init__(self, transformer: Any, attached: Any | None):
+    def __init__(self, transformer: Any, attached: Any | None, family: ModelFamily):
         self.transformer = transformer
         self.attached = attached
+        self.family = family
         self.calls = 0
 
     def __call__(self, timestep: torch.Tensor, requests: list[_Request]) -> list[torch.Tensor]:
@@ -263,11 +261,12 @@ class _Denoiser:
         hidden = torch.cat([r.latent for r in group]).to(dtype)  # (B, C, h, w), B = sum of sizes
         text = torch.cat([r.text.embeds.expand(n, -1, -1) for r, n in zip(group, sizes)]).to(device, dtype)  # (B, n, D)
         pooled = torch.cat([r.text.pooled.expand(n, -1) for r, n in zip(group, sizes)]).to(device, dtype)  # (B, P)
+        guidance = None
+        if group[0].guidance is not None:  # distilled branches: each item's own scale, (B,) float32
+            guidance = torch.cat([torch.full((n,), r.guidance, dtype=torch.float32) for r, n in zip(group, sizes)])
         switch = self.attached.switch(group[0].tokens) if self.attached is not None else contextlib.nullcontext()
         with switch:
-            velocity = self.transformer(hidden_states=hidden, timestep=timestep.expand(hidden.shape[0]).to(device),
-                                        encoder_hidden_states=text, pooled_projections=pooled,
-                                        return_dict=False)[0]  # (B, C, h, w)
+            velocity = self.family.velocity(self.transformer, hidden, timestep, text, pooled, guidance)  # (B, C, h, w)
         self.calls += 1
         return list(velocity.float().split(sizes))
 
@@ -306,7 +305,8 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
                      progress: ProgressCallback | None = None) -> FlowEditOutput:
     """Run FlowEdit from the source latents ``x_src`` (1, C, h, w); see the module docstring.
 
-    transformer, scheduler: the SD3 pipeline's components (read only).
+    transformer, scheduler: the pipeline's components (read only); the transformer's class picks the
+        family (``family_of``): SD3 / SD3.5 or FLUX.1.
     generator: where the noise comes from; a list of N generators runs N candidates of the same edit
         in the batch dimension (one transformer call of 4N items per step and sample instead of N
         calls of 4): candidate j draws its noise from generator j exactly as a single edit would, so
@@ -319,6 +319,12 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
     progress: called with (steps done, total) after each executed step; total = n_max.
     """
     params.check()
+    family = family_of(transformer)
+    family.check(params, transformer)
+    if source.distilled != family.distilled or target.distilled != family.distilled:
+        raise ValueError(f"the branches were built for a {'' if source.distilled else 'non-'}guidance-distilled model "
+                         f"but the transformer is a {type(transformer).__name__}: pass "
+                         f"distilled={family.distilled} to source_and_target")
     if (source.tokens or target.tokens) and attached is None:
         raise ValueError("soft tokens requested for this edit but no tokens are attached to the transformer")
     if x_src.dim() != 4 or x_src.shape[0] != 1:
@@ -336,8 +342,8 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
         if n_max == n_min:
             raise ValueError("the automatic mask is found from the FlowEdit steps, and n_min = n_max leaves none: "
                              "lower n_min")
-    timesteps, sigmas = flowedit_schedule(scheduler, T, device=x_src.device)
-    denoise = _Denoiser(transformer, attached)
+    timesteps, sigmas = family.schedule(scheduler, T, tuple(x_src.shape), device=x_src.device)
+    denoise = _Denoiser(transformer, attached, family)
     reused = 0
 
     z_edit = x_src.repeat(len(generators), 1, 1, 1)  # (N, C, h, w) float32
@@ -390,7 +396,8 @@ def _check_finite(z: torch.Tensor, done: int, n_max: int, dtype: torch.dtype) ->
 
 
 def _requests(branch: Branch, z: torch.Tensor) -> list[_Request]:
-    return [_Request(z, text, branch.tokens) for text in branch.texts()]
+    guidance = branch.cfg if branch.distilled else None
+    return [_Request(z, text, branch.tokens, guidance) for text in branch.texts()]
 
 
 def _velocity_difference(denoise: _Denoiser, t: torch.Tensor, sigma: torch.Tensor, x_src: torch.Tensor,

@@ -6,6 +6,13 @@ presets start from the SD3 ones and are labelled not tuned. The paper's soft-tok
 target guidance ``c + w (c - u)``; in the standard convention used everywhere else here that is
 tar CFG 10. Two presets carry it: ``sd3-tokens`` (standard, 10) and ``sd3-tokens-paper`` (the
 authors' convention, 9) for a literal reproduction. Both compute the same velocities.
+
+FLUX.1-dev: ``flux`` is FlowEdit's published FLUX setting (its FLUX config and paper: T 28, n_max 24,
+src guidance 1.5, tar guidance 5.5, n_min 0, n_avg 1); on FLUX the two scales are the model's
+guidance input, not classifier-free guidance (``editing.flux``). Nothing is published for
+FLUX.1-schnell (FlowEdit used dev) nor for soft tokens on FLUX: those presets take the dev
+setting's steps and are labelled not tuned; schnell has no guidance input, so its scales are unused
+(0 here, to say so).
 """
 
 from __future__ import annotations
@@ -46,6 +53,20 @@ PRESETS: dict[str, Preset] = {
     "sd3.5-large-tokens": Preset(FlowEditParams(steps=50, n_max=30, src_cfg=3.5, tar_cfg=10.0, seed=42),
                                  use_tokens=True, description="SD3.5 large with tokens: the sd3-tokens settings, "
                                                               "not tuned for SD3.5"),
+    # FLUX.1 (guidance-distilled: src / tar are the guidance embedding's values, one forward per branch)
+    "flux": Preset(FlowEditParams(steps=28, n_max=24, n_min=0, n_avg=1, src_cfg=1.5, tar_cfg=5.5, seed=42),
+                   use_tokens=False, description="FlowEdit's FLUX.1-dev defaults (T 28, n_max 24, src guidance 1.5, "
+                                                 "tar guidance 5.5)"),
+    "flux-tokens": Preset(FlowEditParams(steps=28, n_max=24, n_min=0, n_avg=1, src_cfg=1.5, tar_cfg=5.5, seed=42),
+                          use_tokens=True, description="FLUX.1-dev with soft tokens: the flux settings, not tuned "
+                                                       "(no FLUX tokens are published)"),
+    "flux-schnell": Preset(FlowEditParams(steps=28, n_max=24, n_min=0, n_avg=1, src_cfg=0.0, tar_cfg=0.0, seed=42),
+                           use_tokens=False, description="FLUX.1-schnell: the flux steps, not tuned (nothing "
+                                                         "published); no guidance input, the scales are unused"),
+    "flux-schnell-tokens": Preset(FlowEditParams(steps=28, n_max=24, n_min=0, n_avg=1, src_cfg=0.0, tar_cfg=0.0,
+                                                 seed=42),
+                                  use_tokens=True, description="FLUX.1-schnell with soft tokens: the flux-schnell "
+                                                               "settings, not tuned"),
     # Bundled shapes model (assets/shapes-sd3, 64 px): settings from benchmarks/shapes_alignment.py
     # (48 held-out pairs): at n_max 20, success / preservation 0.52 / 0.965 at tar 5 and 0.63 / 0.958
     # at tar 7.5; at tar 7.5, n_max 14 edits too little (0.23) and n_max 24 keeps too little (0.896)
@@ -63,6 +84,10 @@ DEFAULT_PRESETS: dict[tuple[str, bool], str] = {
     ("sd3.5-medium", True): "sd3.5-medium-tokens",
     ("sd3.5-large", False): "sd3.5-large",
     ("sd3.5-large", True): "sd3.5-large-tokens",
+    ("flux-dev", False): "flux",
+    ("flux-dev", True): "flux-tokens",
+    ("flux-schnell", False): "flux-schnell",
+    ("flux-schnell", True): "flux-schnell-tokens",
     ("shapes-sd3", False): "shapes",
     ("shapes-sd3", True): "shapes-tokens",
 }

@@ -1,0 +1,136 @@
+"""FlowEdit on FLUX.1 (dev and schnell): the FLUX family of ``editing.family.ModelFamily``.
+
+FLUX.1 differs from SD3 in four places; the FlowEdit loop (``editing.flowedit``) is the same:
+
+* **Guidance.** FLUX.1-dev is guidance-distilled: the scale enters the transformer as an embedding
+  (``guidance=``), so each branch is ONE forward, with no negative prompt and no unconditional
+  prediction. With z_src, z_tar as in FlowEdit::
+
+      v_src = v(z_src, t, c_src, guidance = src_cfg)
+      v_tar = v(z_tar, t, c_tar, guidance = tar_cfg)
+
+  Both go into one batched forward [z_src, z_tar] with the per-item guidance (src_cfg, tar_cfg):
+  the guidance embedding is computed per item, so this equals two forwards (tested).
+  FLUX.1-schnell (timestep-distilled) has no guidance input: ``src_cfg`` / ``tar_cfg`` are not
+  used, and v_delta is the plain difference of the two conditional velocities.
+* **Packed latents.** The transformer reads 2x2 patches of the 16-channel latent grid as tokens:
+  (B, C, h, w) -> (B, (h/2)(w/2), 4C), with position ids (0, row, column) per patch and zeros for
+  the text tokens (``txt_ids``). ``pack`` / ``unpack`` are inverse permutations; the loop stays on
+  the (B, C, h, w) grid, so noise, masks and caches are as on SD3. The input image is cropped to a
+  multiple of VAE factor x 2 (16 px on FLUX).
+* **Timesteps.** FluxPipeline's schedule: sigmas linspace(1, 1/T, T), shifted by the scheduler with
+  mu = calculate_shift(image_seq_len, base_image_seq_len, max_image_seq_len, base_shift, max_shift)
+  from the scheduler's config (dev: a resolution-dependent shift; schnell's scheduler ignores mu),
+  then sigma_T = 0. The transformer receives t / 1000 (sigma), as in FluxPipeline.
+* **Latents**: ``(vae.encode(x).mode() - shift_factor) * scaling_factor`` (0.1159, 0.3611), as SD3's
+  with FLUX's numbers (``editing.flowedit.encode_image`` reads them from the VAE config).
+
+FlowEdit's published FLUX settings (Kulikov et al., arXiv:2412.08629, github.com/fallenshock/FlowEdit,
+its FLUX config): T 28, n_max 24, src guidance 1.5, tar guidance 5.5, n_min 0, n_avg 1 (the
+``flux`` preset). Differences from that code: the noise is drawn on the (1, C, h, w) grid from the
+edit's own generator (the public code draws packed noise from the global generator), n_min > 0 and
+masks work as on SD3, and the pipeline's scheduler is never mutated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from editing.family import ModelFamily, PromptEmbeds, checked_schedule
+from editing.params import FlowEditParams, ParameterError
+from softrepa.models import execution_device
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, (h/2)(w/2), 4C): FLUX's 2x2 patches, row-major, channels (C, 2, 2) per patch."""
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"FLUX packs 2x2 latent patches: the latent grid must have even sides, got {h}x{w}")
+    patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)  # (B, h/2, w/2, C, 2, 2)
+    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, (h/2)(w/2), 4C) -> (B, C, h, w) for the latent grid's ``height`` x ``width``: ``pack``'s inverse."""
+    b, n, d = packed.shape
+    if n != (height // 2) * (width // 2) or d % 4:
+        raise ValueError(f"{n} packed tokens of width {d} do not tile a {height}x{width} latent grid")
+    patches = packed.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)  # (B, C, h/2, 2, w/2, 2)
+    return patches.reshape(b, d // 4, height, width)
+
+
+def image_ids(height: int, width: int, device: torch.device | str | None = None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """((h/2)(w/2), 3) position ids of the packed tokens: (0, patch row, patch column)."""
+    rows = torch.arange(height // 2, dtype=torch.float32)[:, None].expand(height // 2, width // 2)
+    cols = torch.arange(width // 2, dtype=torch.float32)[None, :].expand(height // 2, width // 2)
+    ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1)  # (h/2, w/2, 3)
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def flux_schedule(scheduler: Any, steps: int, image_seq_len: int, device: torch.device | str | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps (T,) on the 0..1000 scale, sigmas (T+1,) ending at 0) as FluxPipeline computes them
+    for an image of ``image_seq_len`` packed tokens, from a fresh copy of ``scheduler``."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    fresh = type(scheduler).from_config(scheduler.config)
+    config = fresh.config
+    sigmas = None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
+    mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                         config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+    if sigmas is None:
+        fresh.set_timesteps(steps, device=device, mu=mu)
+    else:
+        fresh.set_timesteps(sigmas=sigmas, device=device, mu=mu)
+    return checked_schedule(scheduler, steps, fresh.timesteps.float(), fresh.sigmas.float())
+
+
+class FluxFamily(ModelFamily):
+    """FLUX.1 (``FluxTransformer2DModel``): guidance-distilled, packed latents, shifted schedule."""
+
+    name = "flux"
+    model_class_name = "FluxTransformer2DModel"
+    distilled = True
+    t5_attrs = ("tokenizer_2", "text_encoder_2")
+
+    def pixel_multiple(self, pipe):
+        return int(pipe.vae_scale_factor) * 2  # VAE 8 x the 2x2 packing = 16 on FLUX
+
+    @torch.no_grad()
+    def encode_prompt(self, pipe, prompt, max_sequence_length):
+        embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=execution_device(pipe),
+                                               num_images_per_prompt=1, max_sequence_length=max_sequence_length)
+        return PromptEmbeds(embeds=embeds, pooled=pooled)  # (1, n, 4096) T5, (1, 768) CLIP pooled
+
+    def schedule(self, scheduler, steps, latent_shape, device=None):
+        height, width = latent_shape[-2:]
+        return flux_schedule(scheduler, steps, (height // 2) * (width // 2), device)
+
+    def velocity(self, transformer, latents, timestep, embeds, pooled, guidance):
+        b, _, h, w = latents.shape  # (B, C, h, w)
+        dtype, device = latents.dtype, latents.device
+        if not transformer.config.guidance_embeds:
+            guidance = None  # FLUX.1-schnell: no guidance input
+        elif guidance is None:
+            raise ValueError("this FLUX transformer is guidance-distilled: give each item its guidance scale")
+        out = transformer(hidden_states=pack(latents),  # (B, hw/4, 4C)
+                          timestep=timestep.expand(b).to(device=device, dtype=dtype) / 1000,  # sigma, as FluxPipeline
+                          guidance=None if guidance is None else guidance.to(device),
+                          pooled_projections=pooled, encoder_hidden_states=embeds,
+                          txt_ids=torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype),  # (n, 3)
+                          img_ids=image_ids(h, w, device, dtype),  # (hw/4, 3)
+                          return_dict=False)[0]  # (B, hw/4, 4C)
+        return unpack(out, h, w)
+
+    def check(self, params: FlowEditParams, transformer: Any) -> None:
+        if params.guidance != "standard":
+            raise ParameterError("guidance", "FLUX.1 is guidance-distilled: its guidance is an input of the model, "
+                                             "so there is no 'authors' classifier-free formula to choose (use standard)")
+        for name in ("src_negative_prompt", "tar_negative_prompt"):
+            if getattr(params, name):
+                raise ParameterError(name, f"FLUX.1 takes no negative prompt (guidance-distilled: one prediction per "
+                                           f"branch); leave {name} empty")
