@@ -15,13 +15,13 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from editing.editor import FlowEditor
-from editing.params import FlowEditParams, ParameterError
 from editing.inputs import MIN_PATCHES
+from editing.params import FlowEditParams, ParameterError
 from editing.presets import PRESETS, default_preset_name, get_preset
-from softrepa.models import KINDS
+from softrepa.kinds import KINDS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the page is built before torch and the editing library load (app/main.py)
+    from editing.editor import FlowEditor
     from app.service import EditorService
 
 # Labels shown on the controls; error messages quote them so a person finds the control to fix.

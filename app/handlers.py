@@ -16,14 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gradio as gr
-import torch
 from PIL import Image
 
 from app.controls import (LABELS, EditControls, RunValues, UserInputError, controls_for_params, default_preset,
@@ -31,12 +31,13 @@ from app.controls import (LABELS, EditControls, RunValues, UserInputError, contr
 from app.examples import OUTPUT_KEYS
 from app.masks import mask_message, mask_request, mask_summary, save_region
 from app.service import EditorService
-from editing.cli import safe_name
-from editing.editor import EditResult, FlowEditor, mask_path
-from editing.params import FlowEditParams, ParameterError
 from editing.inputs import PreparedImage
-from editing.masks import AutoMask, MaskError
+from editing.params import FlowEditParams, ParameterError
 from softrepa.images import ImageInputError, write_png
+
+if TYPE_CHECKING:  # the page is served before torch and the editing library load (app/main.py)
+    from editing.editor import EditResult, FlowEditor
+    from editing.masks import AutoMask
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +66,41 @@ def reports_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (gr.Error, EditCancelled):
             raise
-        except MaskError as exc:  # before ImageInputError, its base: headed by the mask control's label
-            raise gr.Error(mask_message(exc), title="Check the mask", print_exception=False) from None
         except (UserInputError, ImageInputError) as exc:
+            if raised(exc, "editing.masks", "MaskError"):  # an ImageInputError: headed by the mask control's label
+                raise gr.Error(mask_message(exc), title="Check the mask", print_exception=False) from None
             raise gr.Error(str(exc), title="Check the inputs", print_exception=False) from None
         except ParameterError as exc:  # FlowEditParams.check, the one home of the parameter rules
             raise gr.Error(parameter_message(exc), title="Check the inputs", print_exception=False) from None
-        except torch.OutOfMemoryError:
-            log.warning("out of memory in %s", fn.__name__)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # give the failed edit's memory back before the next one
-            raise gr.Error("The device ran out of memory. Lower 'Max side (px)' or the noise samples per step, "
-                           "or try again when fewer edits are running.", title="Out of memory",
-                           print_exception=False) from None
         except ValueError as exc:  # parameter checks of the editing library, worded for people
             raise gr.Error(str(exc), title="Check the inputs", print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the page gets a message, the log gets the traceback
+            if raised(exc, "torch", "OutOfMemoryError"):
+                raise out_of_memory(fn.__name__) from None
             log.exception("%s failed", fn.__name__)
             raise gr.Error(f"The edit failed because of an internal error ({type(exc).__name__}). The details are "
                            "in the server log; other settings or another image may work.", title="Internal error",
                            print_exception=False) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def raised(exc: BaseException, module: str, name: str) -> bool:
+    """Whether ``exc`` is ``module.name``, without importing ``module``: the page is served before
+    torch and the editing library are imported, and a class that is not loaded cannot have been raised."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
+
+
+def out_of_memory(handler: str) -> gr.Error:
+    """The page's message for a device out of memory, once the failed edit's memory is given back."""
+    import torch  # loaded: it raised the error
+
+    log.warning("out of memory in %s", handler)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give the failed edit's memory back before the next one
+    return gr.Error("The device ran out of memory. Lower 'Max side (px)' or the noise samples per step, "
+                    "or try again when fewer edits are running.", title="Out of memory", print_exception=False)
 
 
 # ----------------------------------------------------------------------------- checks before an edit
@@ -302,6 +316,9 @@ def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult
     """The prepared input (the "before") and each result as PNGs in the session's folder; a masked
     result also gets its mask beside it (``EditResult.save``) and the input with the region tinted.
     Each PNG names its input file and the max side in its metadata ("app"), so a replay finds both."""
+    from editing.cli import safe_name  # the editing library: loaded by now, an edit ran
+    from editing.editor import mask_path
+
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-{safe_name(target_prompt, 40)}"
     source_path = write_png(prepared.image, folder / f"{stem}-input.png")
     app_record = {"mode": mode, "input_file": source_path.name, "max_side": max_side}

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from app.examples import MANIFEST_NAME, produced_by, write_manifest
     from app.main import quiet_known_warnings
-    from app.service import load_editor
+    from app.loading import load_editor
     from editing.presets import default_preset_name, get_preset
     from softrepa.models import KINDS
 

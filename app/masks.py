@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from app.controls import LABELS, MASK_MODES, UserInputError
-from editing.editor import EditResult
-from editing.masks import AutoMask, MaskError, mask_image, overlay
 from softrepa.images import write_png
+
+if TYPE_CHECKING:  # editing.masks imports torch, which loads after the page is served (app/main.py)
+    from editing.editor import EditResult
+    from editing.masks import AutoMask, MaskError
 
 DRAWN_MASK_PREFIX = "drawn-mask"  # file names of masks made from brush strokes (an uploaded one keeps its name)
 
@@ -69,7 +71,11 @@ def mask_request(mode: Any, mask: Any) -> bytes | Image.Image | AutoMask | None:
         finds = " ('auto' finds the region itself)" if mode == "auto" else ""
         raise UserInputError(f"A {LABELS['mask'].lower()} was given but {label} is '{mode}'{finds}: choose 'drawn' "
                              f"to edit only the region it marks, or leave the {LABELS['mask'].lower()} out.")
-    return AutoMask() if mode == "auto" else None
+    if mode == "none":
+        return None
+    from editing.masks import AutoMask  # torch: an edit is about to run
+
+    return AutoMask()
 
 
 # ----------------------------------------------------------------------------- the brush
@@ -94,6 +100,8 @@ def painted_region(editor_value: dict[str, Any] | None) -> np.ndarray | None:
 
 def save_drawn_mask(values: np.ndarray, folder: Path) -> str:
     """The painted region as a black-and-white PNG (white = edit) in ``folder``; its path."""
+    from editing.masks import mask_image
+
     path = Path(folder) / f"{DRAWN_MASK_PREFIX}-{uuid.uuid4().hex[:8]}.png"
     return str(write_png(mask_image(values), path))
 
@@ -111,6 +119,8 @@ def save_region(result: EditResult, path: Path) -> str | None:
     for an edit without a mask."""
     if result.mask is None:
         return None
+    from editing.masks import overlay
+
     return str(write_png(overlay(result.source_image, result.mask.values), path))
 
 

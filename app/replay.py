@@ -28,12 +28,10 @@ from PIL import Image, UnidentifiedImageError
 
 from app.controls import LABELS, EditControls, UserInputError, controls_for_params
 from app.settings import REPO_ROOT, AppSettings
-from editing.editor import METADATA_KEY, mask_from_metadata
 from editing.params import FlowEditParams
 from softrepa.images import write_png
 
 REPLAYED_MASK_PREFIX = "replayed-mask"
-NOT_OURS = f"this PNG was not written by softrepa-edit: no '{METADATA_KEY}' metadata"
 
 
 @dataclass
@@ -50,6 +48,8 @@ def _fail(message: str) -> UserInputError:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The edit metadata of the PNG at ``path``; ``UserInputError`` saying why there is none."""
+    from editing.editor import METADATA_KEY  # the editing library (torch) loads after the page is served
+
     try:
         with Image.open(path) as image:
             kind = image.format
@@ -59,7 +59,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if kind != "PNG":
         raise _fail(f"this is a {kind} image, not a PNG written by softrepa-edit; drop one of its result PNGs")
     if text is None:
-        raise _fail(NOT_OURS)
+        raise _fail(f"this PNG was not written by softrepa-edit: no '{METADATA_KEY}' metadata")
     try:
         metadata = json.loads(text)
         FlowEditParams.from_dict(metadata["params"])
@@ -116,6 +116,8 @@ def _mask(metadata: dict[str, Any], folder: Path) -> tuple[str, str | None]:
         return "auto", None
     if info.get("mode") != "given":
         return "none", None
+    from editing.editor import mask_from_metadata
+
     image = mask_from_metadata(metadata)
     if image is None:
         raise _fail("it was a masked edit but its metadata does not carry the mask")

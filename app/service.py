@@ -16,71 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
 from app.controls import UserInputError, side_limits, side_slider_range
 from app.examples import Example, load_examples, produced_by
 from app.settings import AppSettings
-from editing.cli import safe_name
-from editing.editor import FlowEditor
-from softrepa.models import KINDS, load_pipeline
-from softrepa.runtime import memory_from_args, resolve_device, resolve_dtype
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the model's libraries (torch, diffusers) load after the page is served (app/main.py)
+    from app.loading import LoadedModel
     from app.prompt_help import Describer, Instructor
+    from editing.editor import FlowEditor
 
 log = logging.getLogger(__name__)
 
 MODEL_WAIT_S = 600.0  # how long an edit waits for a model that is still loading
 
 
-# ----------------------------------------------------------------------------- the model
+def _load_editor(settings: AppSettings) -> LoadedModel:
+    from app.loading import load_editor  # torch, diffusers: imported here, once the page is served
 
-
-@dataclass
-class LoadedModel:
-    editor: FlowEditor
-    warnings: list[str] = field(default_factory=list)  # e.g. tokens that could not be loaded
-
-
-def load_editor(settings: AppSettings) -> LoadedModel:
-    """Load the pipeline and tokens of ``settings`` into a ``FlowEditor``.
-
-    Raises ``RuntimeError`` with a message for a person when the model cannot be loaded. A token
-    file that does not load or fit is not fatal: the app edits without tokens and says why.
-    """
-    spec = KINDS[settings.kind]
-    if settings.is_bundled_model and not Path(settings.model).is_dir():
-        raise RuntimeError(f"The bundled shapes model is not installed at {settings.model_label}. Build it with "
-                           "`python -m shapes.model build --out assets/shapes-sd3`, or start the app with "
-                           "--model <Hub id or folder> (SOFTREPA_MODEL on a Space).")
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    try:  # settings a person can fix: their own message
-        device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
-        memory = memory_from_args(settings, device)  # the same rules as the command lines' --offload / --vae-tiling
-    except ValueError as exc:
-        raise RuntimeError(f"Cannot start the model: {exc}.") from None
-    try:
-        pipe = load_pipeline(settings.model, settings.kind, dtype, device, without_t5=True if settings.no_t5 else None,
-                             memory=memory)
-    except Exception as exc:  # noqa: BLE001 - from_pretrained raises many types; all mean "cannot load this"
-        log.exception("loading %s failed", settings.model)
-        raise RuntimeError(f"Could not load the model {settings.model_label!r} ({type(exc).__name__}: {exc}). Give "
-                           "a local diffusers folder or a Hub id you can access (gated models need "
-                           "`huggingface-cli login`).") from exc
-    max_length = settings.max_sequence_length or spec.max_sequence_length
-    editor = FlowEditor(pipe, tokens=None, max_side=side_slider_range(settings.kind)[1],
-                        max_sequence_length=max_length, model_name=settings.model_label)
-    warnings = []
-    if settings.tokens is not None:
-        try:
-            editor.set_tokens(settings.token_file())  # the settings' one read of the file
-        except (OSError, ValueError, RuntimeError) as exc:
-            warnings.append(f"Soft tokens {Path(settings.tokens).name} could not be used ({exc}); editing without "
-                            "tokens.")
-    return LoadedModel(editor, warnings)
+    return load_editor(settings)
 
 
 @dataclass
@@ -93,9 +46,10 @@ class EditorService:
     """Owns the model (loaded once, in the background or before serving), the cancel switches of the
     sessions and the folder results are written to. One per app; handlers receive it."""
 
-    def __init__(self, settings: AppSettings, loader: Callable[[AppSettings], LoadedModel] = load_editor,
+    def __init__(self, settings: AppSettings, loader: Callable[[AppSettings], LoadedModel] | None = None,
                  prompt_helpers: tuple[Describer | None, Instructor | None] | None = None):
-        """``prompt_helpers``: (describer, instructor) instead of the settings' (``app.prompt_help``)."""
+        """``loader``: how the model is loaded (default ``app.loading.load_editor``, imported when it
+        runs); ``prompt_helpers``: (describer, instructor) instead of the settings' (``app.prompt_help``)."""
         self.settings = settings
         self._prompt_helpers = prompt_helpers
         self._loader = loader
@@ -119,7 +73,7 @@ class EditorService:
                 return
             self._load_started = time.perf_counter()
             try:
-                self._loaded = self._loader(self.settings)
+                self._loaded = (self._loader or _load_editor)(self.settings)
                 log.info("model %s loaded in %.1f s", self.settings.model_label,
                          time.perf_counter() - self._load_started)
                 for warning in self._loaded.warnings:
@@ -236,6 +190,8 @@ class EditorService:
                     shutil.rmtree(old, ignore_errors=True)
             except OSError:  # another thread pruned it first
                 continue
+        from editing.cli import safe_name  # loaded by now: results are written after an edit
+
         folder = root / safe_name(session or "anonymous", 64)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
@@ -257,17 +213,8 @@ class EditorService:
     def examples(self) -> list[Example]:
         """The gallery (computed once; results only when the running model made them)."""
         if self._examples is None:
-            # the gallery is built before the model has loaded: the token file's hash from the settings' read
-            producer = produced_by(self.settings.model_label, self._token_file_sha256())
+            # the gallery is built before the model loads: the token file's hash, not its tokens
+            producer = produced_by(self.settings.model_label, self.settings.token_sha256())
             self._examples = load_examples(self.settings.examples_dir, self.settings.kind, producer,
                                            self.settings.temp_dir / "examples")
         return self._examples
-
-    def _token_file_sha256(self) -> str | None:
-        """The token file's sha256; None without tokens or when the file cannot be read (then no
-        precomputed results with tokens can be this app's)."""
-        try:
-            token_file = self.settings.token_file()
-        except (OSError, ValueError):
-            return None
-        return token_file.sha256 if token_file is not None else None

@@ -11,6 +11,7 @@ into the app's folder before Gradio is imported (Gradio reads some paths at impo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import os
 import tempfile
@@ -135,6 +136,24 @@ class AppSettings:
         if isinstance(result, Exception):
             raise result
         return result
+
+    def token_sha256(self) -> str | None:
+        """The sha256 of the token file's bytes; None without tokens or when it cannot be read.
+
+        The example gallery needs only this, on the page served before torch loads: a local file not
+        read yet is hashed as bytes (``hashlib``), not loaded as tokens; a Hub reference is fetched
+        and read (``token_file``). A file that is not a token file matches no gallery result anyway.
+        """
+        with _TOKEN_READ_LOCK:
+            read = self._token_read[1] if self._token_read and self._token_read[0] == self.tokens else None
+        if self.tokens is not None and read is None and Path(self.tokens).is_file():
+            with open(self.tokens, "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        try:
+            token_file = self.token_file()
+        except (OSError, ValueError):
+            return None
+        return token_file.sha256 if token_file is not None else None
 
     @property
     def is_bundled_model(self) -> bool:

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from app.controls import EditControls
-from app.service import EditorService, LoadedModel
+from app.loading import LoadedModel
+from app.service import EditorService
 from app.settings import AppSettings
 from editing.editor import FlowEditor
 

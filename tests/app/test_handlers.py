@@ -18,7 +18,8 @@ from app.controls import UserInputError, initial_controls, preset_controls
 from app.examples import Example, manifest_path, produced_by, write_manifest
 from app.handlers import (EditCancelled, add_to_history, choose_candidate, compare, edit, edit_again, history_entry,
                           history_gallery, replace_in_history, reports_errors, select_example, with_parent)
-from app.service import EditorService, load_editor
+from app.loading import load_editor
+from app.service import EditorService
 from app.settings import BUNDLED_MODEL_DIR, AppSettings, SettingsError, parse_args, resolve_settings
 from app.testing import TINY_MODEL_LABEL, fast_controls, tiny_app_service, tiny_loader, tiny_settings
 from editing.editor import mask_from_metadata, mask_path, read_png_metadata

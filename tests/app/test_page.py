@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from app.prompt_help import ShapesDescriber, ShapesInstructor
 from app.service import EditorService
+from app.settings import REPO_ROOT
 from app.testing import tiny_loader, tiny_settings
 from app.ui import build_demo
 
@@ -41,3 +45,22 @@ def test_after_a_cancelled_run_the_finish_step_changes_nothing(tmp_path):
     finish = next(block_fn for block_fn in demo.fns.values() if getattr(block_fn.fn, "__name__", "") == "finish")
     updates = finish.fn(None, [], None)
     assert set(updates) == set(finish.outputs) and all(value == {"__type__": "update"} for value in updates.values())
+
+
+def test_the_page_is_built_without_torch_or_the_model_libraries(tmp_path):
+    # the page is served before the model loads (app/main.py), so building it must not import what
+    # only the model needs: torch alone is about 1.6 s of the start-up (docs/benchmarks.md, App start-up)
+    script = (
+        "import sys\n"
+        "from app.main import service_loading_after_serving, skip_gradio_stub_writer\n"
+        "from app.settings import parse_settings\n"
+        f"settings = parse_settings(['--temp-dir', {str(tmp_path)!r}])\n"
+        "skip_gradio_stub_writer()\n"
+        "from app.ui import create_app\n"
+        "web = create_app(settings, service_loading_after_serving(settings))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'editing.editor') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

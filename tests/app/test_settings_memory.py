@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.service import load_editor
+from app.loading import load_editor
 from app.settings import OFFLOAD_CHOICES, SettingsError, parse_settings
 from softrepa.models import OFFLOAD_MODES
 
