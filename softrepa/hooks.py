@@ -10,7 +10,8 @@ Nothing here copies a diffusers forward. Tokens enter through PyTorch module hoo
 * FLUX (``FluxTransformer2DModel``): as MM-DiT on the first L of the double-stream
   ``transformer_blocks``, and the block's ``image_rotary_emb`` gets m identity rows in front
   (the tokens' position ids are 0, as FLUX's text ids); the captured timestep is sigma (0..1)
-  and is scaled by 1000 for the bins (``Architecture.timestep_scale``). Design: ``softrepa.flux``;
+  and is scaled by 1000 (float64, rounded to 1e-3) for the bins (``Architecture.timestep_scale``).
+  Design: ``softrepa.flux``;
 * UNet (``UNet2DConditionModel``): a pre-hook on each cross-attention ``Transformer2DModel`` of
   the chosen block groups inserts the tokens after the BOS position of ``encoder_hidden_states``
   (77 -> 77 + m); its output is the image stream, so nothing needs dropping.
@@ -105,14 +106,15 @@ class AttachedTokens:
                 raise RuntimeError("soft tokens: no timestep captured; call the denoiser itself, not its blocks")
             home = self.tokens.static.device  # an offloaded model runs elsewhere than its tokens rest
             timestep = self._timestep.to(home) if isinstance(self._timestep, torch.Tensor) else self._timestep
-            if self.arch.timestep_scale != 1.0:  # FLUX: sigma 0..1 -> the tokens' 0..1000
-                timestep = timestep * self.arch.timestep_scale
+            if self.arch.timestep_scale != 1.0:  # FLUX: sigma 0..1 -> the tokens' 0..1000 (t / 1000 * 1000 = t)
+                timestep = torch.round(torch.as_tensor(timestep).double() * self.arch.timestep_scale, decimals=3)
             tokens = self.tokens(layer, timestep, batch_size=text.shape[0])
             tokens = tokens.to(device=text.device, dtype=text.dtype)  # (B, m, d); no copy when already there
             if kwargs.get("encoder_attention_mask") is not None:
                 # the UNet hands blocks a precomputed bias; widening it is not supported (pipelines pass None)
                 raise NotImplementedError("soft tokens with an encoder_attention_mask are not supported")
-            args, kwargs = _replace_argument(args, kwargs, signature, "encoder_hidden_states", self.arch.insert(text, tokens))
+            widened = self.arch.insert(text, tokens)
+            args, kwargs = _replace_argument(args, kwargs, signature, "encoder_hidden_states", widened)
             if self.arch.block_inputs:  # FLUX: the rotary table grows by m rows too
                 inputs = {name: _argument(args, kwargs, signature, name) for name in self.arch.block_inputs}
                 for name, value in self.arch.widen(self.denoiser, inputs, self.tokens.config.num_tokens).items():

@@ -191,7 +191,9 @@ class FluxArchitecture(MMDiTArchitecture):
         has = bool(denoiser.config.guidance_embeds)
         if spec.guidance_embeds is None or spec.guidance_embeds == has:
             return None
-        return "a guidance embedding (guidance-distilled, as FLUX.1-dev)" if has else "no guidance embedding (as FLUX.1-schnell)"
+        if has:
+            return "a guidance embedding (guidance-distilled, as FLUX.1-dev)"
+        return "no guidance embedding (as FLUX.1-schnell)"
 
 
 ARCHITECTURES: dict[str, Architecture] = {"mmdit": MMDiTArchitecture(), "unet": UNetArchitecture(),

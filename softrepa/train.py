@@ -38,6 +38,9 @@ states per process) and ``trainer.json`` (step, data position, best validation l
 Outputs: ``tokens-final.safetensors``, ``tokens-best.safetensors`` (lowest held-out loss),
 ``log.jsonl``, ``samples/step-XXXXXXXX.png`` (validation prompts, tokens off | on).
 
+FLUX (``--kind flux-dev`` / ``flux-schnell``): the same loss with flow matching on the unpacked
+latents and the guidance embedding at the kind's default; the design is in ``softrepa.flux``.
+
 This module is the run: ``train()`` and the helpers it calls in order (the frozen model, the tokens,
 the optimizer, one step, validation). The pieces it uses: ``softrepa.train_config`` (TrainConfig and
 its flags), ``softrepa.batches`` (the cached data and each step's batch), ``softrepa.checkpoints``
@@ -63,6 +66,7 @@ from softrepa.batches import TrainData, open_training_data
 from softrepa.cache import encode_prompts, free_text_encoders
 from softrepa.checkpoints import TrainState, find_checkpoint, load_checkpoint, save_checkpoint, seed_everything
 from softrepa.data import DatasetError
+from softrepa.flux import PAIR_CALL, FluxDenoiser, encoding_view, flux_objective, training_guidance
 from softrepa.generate import generate_images, image_grid
 from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import write_png
@@ -115,12 +119,13 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
     model = _prepare_model(config, pipe, accelerator)
     config = config.resolved(model.kind)
     loss_config = config.loss_config(model.kind)
-    data = open_training_data(config, model.pipe, model.model_id, model.weight_dtype, model.needs_time_ids,
-                              accelerator)
+    data = open_training_data(config, encoding_view(model.pipe, model.arch), model.model_id, model.weight_dtype,
+                              model.needs_time_ids, accelerator)
     checkpoint = find_checkpoint(output, config.resume) if config.resume else None
     tokens = _make_tokens(config, model, checkpoint)
     tokens.to(device=accelerator.device, dtype=torch.float32)
-    val_encoded = Validation.encode_prompts(config, model.pipe, accelerator.device)  # while the encoders are here
+    val_encoded = Validation.encode_prompts(config, encoding_view(model.pipe, model.arch),
+                                            accelerator.device)  # while the encoders are here
     if config.free_text_encoders or (config.free_text_encoders is None and model.loaded_here):
         dropped = free_text_encoders(model.pipe)
         log.info("freed text encoders %s", dropped)
@@ -172,10 +177,12 @@ class FrozenModel:
     model_id: str  # names the feature cache and the tokens' base_model
     weight_dtype: torch.dtype
     loaded_here: bool  # train() loaded the pipeline itself (so by default it frees the text encoders)
-    denoiser: torch.nn.Module
+    denoiser: torch.nn.Module  # the pipeline's denoiser: the tokens hook into it
     arch: str
     objective: DiffusionObjective
     needs_time_ids: bool  # SDXL micro-conditioning
+    pair_denoiser: torch.nn.Module  # what softrepa.pairs calls: the denoiser, or FLUX's FluxDenoiser around it
+    pair_arch: str  # its softrepa.pairs call convention ("mmdit" for FLUX: softrepa.flux)
 
 
 def _prepare_model(config: TrainConfig, pipe: Any, accelerator: Any) -> FrozenModel:
@@ -205,10 +212,15 @@ def _prepare_model(config: TrainConfig, pipe: Any, accelerator: Any) -> FrozenMo
         if isinstance(component, torch.nn.Module):
             component.requires_grad_(False).eval()  # eval: the chunked recompute needs a deterministic model
     pipe.set_progress_bar_config(disable=True)
-    objective = DiffusionObjective.for_pipeline(pipe, arch)
     needs_time_ids = arch == "unet" and getattr(denoiser.config, "addition_embed_type", None) == "text_time"
+    if arch == "flux":  # flow matching on unpacked latents, the guidance embedding at the kind's default
+        objective, pair_arch = flux_objective(), PAIR_CALL
+        pair_denoiser = FluxDenoiser(denoiser, training_guidance(kind, denoiser))
+    else:
+        objective, pair_arch, pair_denoiser = DiffusionObjective.for_pipeline(pipe, arch), arch, denoiser
     return FrozenModel(pipe=pipe, kind=kind, model_id=model_id, weight_dtype=weight_dtype, loaded_here=loaded_here,
-                       denoiser=denoiser, arch=arch, objective=objective, needs_time_ids=needs_time_ids)
+                       denoiser=denoiser, arch=arch, objective=objective, needs_time_ids=needs_time_ids,
+                       pair_denoiser=pair_denoiser, pair_arch=pair_arch)
 
 
 def _make_tokens(config: TrainConfig, model: FrozenModel, checkpoint: Path | None) -> SoftTokens:
@@ -325,7 +337,7 @@ def _train_step(config: TrainConfig, loss_config: LossConfig, model: FrozenModel
     t0 = time.perf_counter()
     batch, epoch = data.next_batch(state, accelerator)
     noise = draw_noise(batch.latents, model.objective, noise_generator, config.per_sample_t, config.per_sample_t)
-    scorer = PairScorer(model.denoiser, model.arch, model.objective, batch, noise)
+    scorer = PairScorer(model.pair_denoiser, model.pair_arch, model.objective, batch, noise)
     opt.optimizer.zero_grad(set_to_none=True)
     out = pair_loss_backward(scorer, make_loss_fn(loss_config, noise, batch.positives), config.pair_chunk,
                              opt.backward)
@@ -421,7 +433,8 @@ class Validation:
 
     @staticmethod
     def encode_prompts(config: TrainConfig, pipe: Any, device: torch.device) -> dict | None:
-        """The validation prompts' embeddings (None without prompts or text encoders)."""
+        """The validation prompts' embeddings (None without prompts or text encoders); ``pipe``: the
+        pipeline's ``softrepa.flux.encoding_view``."""
         if not config.validation_prompts or getattr(pipe, "text_encoder", None) is None:
             return None
         return encode_prompts(pipe, list(config.validation_prompts), device, negative_prompt="",
@@ -439,7 +452,7 @@ class Validation:
 
     def _held_out_loss(self, state: TrainState) -> dict[str, Any]:
         config, model = self.config, self.model
-        metrics = evaluate_pairs(model.denoiser, model.arch, model.objective, self.batch, self.loss_config,
+        metrics = evaluate_pairs(model.pair_denoiser, model.pair_arch, model.objective, self.batch, self.loss_config,
                                  config.val_timesteps, seed=config.seed + 1, pair_chunk=config.pair_chunk)
         row: dict[str, Any] = {f"val_{k}": v for k, v in metrics.items()}
         if state.best_val is None or metrics["loss"] < state.best_val:
