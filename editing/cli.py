@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from editing.editor import FlowEditor
+from editing.flowedit import FAMILIES
 from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
 from editing.inputs import DEFAULT_MAX_SIDE
 from editing.masks import AutoMask, MaskOptions
@@ -39,7 +40,7 @@ from editing.presets import PRESETS, default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.atomic import atomic_write_text
 from softrepa.images import ImageInputError
-from softrepa.models import KINDS, load_pipeline
+from softrepa.models import KINDS, get_kind, load_pipeline, resolve_model
 from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, process_device, process_state, resolve_dtype
 
 DEFAULT_MODEL = KINDS["sd3"].hub_id
@@ -50,7 +51,8 @@ PARAM_FLAGS = {"steps": "steps", "n_max": "n_max", "n_min": "n_min", "n_avg": "n
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m editing", description="FlowEdit on SD3 with SoftREPA soft tokens",
+    parser = argparse.ArgumentParser(prog="python -m editing", description="FlowEdit on SD3, SD3.5 and FLUX.1, with "
+                                     "SoftREPA soft tokens",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     what = parser.add_argument_group("what to edit (one image, or --batch)")
     what.add_argument("--image", help="input image (any format PIL reads)")
@@ -69,19 +71,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     local.add_argument("--paste-back", choices=("auto", "on", "off"), default="auto",
                        help="copy the source pixels back outside the mask after decoding (auto: for hard masks)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local diffusers folder of an SD3 pipeline")
+    model.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local diffusers folder of an SD3, SD3.5 or FLUX.1 "
+                       "pipeline")
     tokens = model.add_mutually_exclusive_group()
     tokens.add_argument("--tokens", help="soft-token file (.safetensors, python -m softrepa.tokens)")
     tokens.add_argument("--no-tokens", action="store_true", help="edit without soft tokens (the default)")
     model.add_argument("--kind", default=None, help="model kind, for loading and the default preset: "
-                       f"{', '.join(k for k, spec in KINDS.items() if spec.arch == 'mmdit')} "
-                       "(default: the tokens' kind, else sd3)")
+                       f"{', '.join(k for k, spec in KINDS.items() if spec.arch in FAMILIES)} "
+                       "(default: the tokens' kind, else a local folder's by its pipeline class, FLUX dev / schnell "
+                       "by its guidance embedding, else sd3)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
     model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float16 on GPUs, float32 on CPU")
     add_memory_args(parser)
     params = parser.add_argument_group("FlowEdit parameters (default: the preset's)")
     params.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="named settings (default: sd3, or sd3-tokens with --tokens)")
+                        help="named settings (default: the kind's, e.g. sd3 / sd3-tokens with --tokens, flux for "
+                             "flux-dev)")
     params.add_argument("--steps", type=int, help="T, total scheduler steps")
     params.add_argument("--n-max", type=int, help="editing steps out of T: the edit strength")
     params.add_argument("--n-min", type=int, help="last steps that sample the target plainly (adds detail)")
@@ -135,6 +140,9 @@ def params_from_args(args: argparse.Namespace, kind: str, use_tokens: bool) -> F
     overrides = {field: getattr(args, flag) for flag, field in PARAM_FLAGS.items() if getattr(args, flag) is not None}
     params = preset.params.replace(**overrides)
     params.check()  # before the (slow) model load; the editor checks each edit's again
+    family = FAMILIES.get(get_kind(kind).arch)
+    if family is not None:  # and what the kind's family refuses (FLUX.1: negative prompts)
+        family.check(params, None)
     return params
 
 
@@ -395,12 +403,18 @@ def plan_jobs(args: argparse.Namespace, use_tokens: bool, log) -> tuple[list[Job
     return ([job for job, ok in zip(jobs, found) if ok], [path for path, ok in zip(outputs, found) if ok], errors)
 
 
+def folder_kind(model: str) -> str | None:
+    """The kind of a local diffusers folder (``resolve_model``: by its pipeline class, FLUX dev / schnell
+    by its guidance embedding), or None for a Hub id."""
+    return resolve_model(model)[1] if (Path(model) / "model_index.json").is_file() else None
+
+
 def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device, log
                 ) -> tuple[FlowEditor, FlowEditParams, MaskOptions]:
     """The editor, the parameters and the mask options; ``ValueError`` / ``ParameterError`` / ``OSError``."""
     # read and hashed once: the kind comes from it, the editor attaches it, the PNGs record its sha256
     token_file = TokenFile.load(args.tokens) if use_tokens else None
-    kind = args.kind or (token_file.kind if token_file is not None else None) or "sd3"
+    kind = args.kind or (token_file.kind if token_file is not None else None) or folder_kind(args.model) or "sd3"
     params = params_from_args(args, kind, use_tokens)
     mask_options = mask_options_from_args(args)
     dtype = resolve_dtype(args.dtype, device)
@@ -408,7 +422,7 @@ def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device
     log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
     pipe = load_pipeline(args.model, kind, dtype, device, without_t5=True if args.no_t5 else None, memory=memory)
     editor = FlowEditor(pipe, tokens=token_file, max_side=args.max_side,
-                        max_sequence_length=KINDS[kind].max_sequence_length, model_name=args.model)
+                        max_sequence_length=KINDS[kind].max_sequence_length, model_name=args.model, kind=kind)
     return editor, params, mask_options
 
 

@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from editing.params import FlowEditParams
+from softrepa.kinds import KINDS
 
 
 @dataclass(frozen=True)
@@ -109,5 +110,13 @@ def get_preset(name: str) -> Preset:
 
 
 def default_preset_name(kind: str, use_tokens: bool) -> str:
-    """The preset for a model kind with tokens on/off; falls back to the SD3 ones."""
-    return DEFAULT_PRESETS.get((kind, use_tokens), DEFAULT_PRESETS[("sd3", use_tokens)])
+    """The preset for a model kind with tokens on/off. A kind without its own (e.g. one added with
+    ``register_kind``) takes its family's: FLUX kinds flux-dev's (flux-schnell's without a guidance
+    embedding), every other kind SD3's."""
+    if (kind, use_tokens) in DEFAULT_PRESETS:
+        return DEFAULT_PRESETS[(kind, use_tokens)]
+    spec = KINDS.get(kind)
+    base = "sd3"
+    if spec is not None and spec.arch == "flux":
+        base = "flux-schnell" if spec.guidance_embeds is False else "flux-dev"
+    return DEFAULT_PRESETS[(base, use_tokens)]
