@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from editing.inputs import MIN_PATCHES
 from editing.params import FlowEditParams, ParameterError
-from editing.presets import PRESETS, default_preset_name, get_preset
+from editing.presets import DEFAULT_PRESETS, PRESETS, default_preset_name, get_preset
 from softrepa.kinds import KINDS
 
 if TYPE_CHECKING:  # the page is built before torch and the editing library load (app/main.py)
@@ -30,8 +30,8 @@ LABELS: dict[str, str] = {
     "source_prompt": "Source prompt",
     "target_prompt": "Target prompt",
     "use_tokens": "Soft tokens",
-    "tar_cfg": "Target CFG",
-    "src_cfg": "Source CFG",
+    "tar_cfg": "Target guidance",
+    "src_cfg": "Source guidance",
     "n_max": "Edit strength (n_max)",
     "steps": "Steps (T)",
     "n_min": "Detail steps (n_min)",
@@ -48,6 +48,17 @@ LABELS: dict[str, str] = {
     "replay": "Replay a result",
     "instruction": "Instruction",
 }
+# What the two guidance sliders (src_cfg, tar_cfg) are on each architecture (softrepa.kinds): their
+# info lines on the page. FLUX.1 is guidance-distilled: the scale is an input of the model, not a mix
+# of two passes, and FLUX.1-schnell takes none (its sliders are disabled: ``guidance_sliders``).
+GUIDANCE_INFO: dict[str, tuple[str, str]] = {
+    "mmdit": ("classifier-free guidance (CFG) of the target branch: higher follows the target prompt more closely",
+              "classifier-free guidance (CFG) of the source branch"),
+    "flux": ("the guidance value FLUX is given for the target branch (a guidance-distilled model: one pass, no "
+             "negative prompt): higher follows the target prompt more closely",
+             "the guidance value FLUX is given for the source branch"),
+}
+NO_GUIDANCE_INFO = "this model takes no guidance (FLUX.1-schnell): the slider has no effect"
 # the Mask control: none = the whole picture may change; drawn = only the region of the mask image
 # (painted with the brush or uploaded); auto = the region the edit itself finds (editing.masks.AutoMask)
 MASK_MODES = ("none", "drawn", "auto")
@@ -249,10 +260,31 @@ def params_from_controls(controls: EditControls, editor: FlowEditor) -> RunValue
 # ----------------------------------------------------------------------------- presets
 
 
-def preset_choices() -> list[tuple[str, str]]:
-    """(label, name) for the preset menu: the name and the two numbers people compare presets by."""
-    return [(f"{name} (n_max {preset.params.n_max}, tar CFG {preset.params.tar_cfg:g})", name)
-            for name, preset in PRESETS.items()]
+def guidance_sliders(kind: str) -> dict[str, dict[str, Any]]:
+    """For ``src_cfg`` and ``tar_cfg``: what the slider means on this kind's architecture (``info``)
+    and whether it does anything (``interactive``)."""
+    spec = KINDS[kind]
+    if spec.arch not in GUIDANCE_INFO:
+        raise ValueError(f"the app has no guidance sliders for architecture {spec.arch!r} (kind {kind!r}); "
+                         f"it edits {', '.join(GUIDANCE_INFO)} models")
+    if spec.arch == "flux" and not spec.guidance_embeds:
+        return {name: dict(info=NO_GUIDANCE_INFO, interactive=False) for name in ("tar_cfg", "src_cfg")}
+    tar_info, src_info = GUIDANCE_INFO[spec.arch]
+    return {"tar_cfg": dict(info=tar_info, interactive=True), "src_cfg": dict(info=src_info, interactive=True)}
+
+
+def presets_for(kind: str) -> list[str]:
+    """The presets offered for a model kind: the defaults of the kinds of its architecture (SD3 and
+    SD3.5 share theirs, FLUX has its own) and their variants (``sd3-tokens-paper``)."""
+    arch = KINDS[kind].arch
+    defaults = {name for (other, _), name in DEFAULT_PRESETS.items() if other in KINDS and KINDS[other].arch == arch}
+    return [name for name in PRESETS if name in defaults or any(name.startswith(d + "-") for d in defaults)]
+
+
+def preset_choices(kind: str) -> list[tuple[str, str]]:
+    """(label, name) for the preset menu of a kind: the name and the two numbers people compare presets by."""
+    return [(f"{name} (n_max {PRESETS[name].params.n_max}, target guidance {PRESETS[name].params.tar_cfg:g})", name)
+            for name in presets_for(kind)]
 
 
 def default_preset(service: EditorService) -> str:

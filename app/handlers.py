@@ -218,7 +218,7 @@ def _summary(mode: str, values: RunValues, results: list[EditResult], prepared: 
     size = "x".join(map(str, prepared.report.final_size))
     mask = mask_summary(mask_mode, results)  # per candidate: an automatic region differs between seeds
     return (f"**Done in {seconds}** · {seeds} · T {params.steps}, n_max {params.n_max}, n_min "
-            f"{params.n_min}, n_avg {params.n_avg}, src CFG {params.src_cfg:g}, tar CFG {params.tar_cfg:g} · "
+            f"{params.n_min}, n_avg {params.n_avg}, guidance src {params.src_cfg:g} / tar {params.tar_cfg:g} · "
             f"{tokens} · {size} px" + (f" · {mask}" if mask else ""))
 
 

@@ -56,7 +56,7 @@ def load_editor(settings: AppSettings) -> LoadedModel:
                            "`huggingface-cli login`).") from exc
     max_length = settings.max_sequence_length or spec.max_sequence_length
     editor = FlowEditor(pipe, tokens=None, max_side=side_slider_range(settings.kind)[1],
-                        max_sequence_length=max_length, model_name=settings.model_label)
+                        max_sequence_length=max_length, model_name=settings.model_label, kind=settings.kind)
     warnings = []
     if settings.tokens is not None:
         try:

@@ -20,16 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from softrepa.kinds import SHAPES_MODEL_DIR, kind_of_hub_id
+
 if TYPE_CHECKING:
     from editing.token_file import TokenFile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL_DIR = REPO_ROOT / "assets" / "shapes-sd3"  # == softrepa.models.SHAPES_MODEL_DIR
+BUNDLED_MODEL_DIR = SHAPES_MODEL_DIR
 BUNDLED_KIND = "shapes-sd3"
 BUNDLED_TOKENS = REPO_ROOT / "assets" / "shapes-sd3-softrepa.safetensors"
 EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
 NO_TOKENS_WORDS = ("", "none", "off", "no")  # SOFTREPA_TOKENS (and _CAPTIONER, _REWRITER) values that mean "none"
-DEVICE_KINDS = ("sd3", "sd3.5-medium", "sd3.5-large", "shapes-sd3")  # FlowEdit runs on MM-DiT pipelines only
+# FlowEdit runs on MM-DiT (SD3, SD3.5) and FLUX.1 pipelines (editing.family)
+DEVICE_KINDS = ("sd3", "sd3.5-medium", "sd3.5-large", "flux-dev", "flux-schnell", "shapes-sd3")
 OFFLOAD_CHOICES = ("none", "model", "sequential")  # == softrepa.models.OFFLOAD_MODES (no torch import here)
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
@@ -324,12 +327,14 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         settings.kind = explicit_kind
     elif settings.is_bundled_model:
         settings.kind = BUNDLED_KIND
+    elif (hub_kind := kind_of_hub_id(settings.model)) is not None:
+        settings.kind = hub_kind
     elif (token_kind := _token_file_kind(settings)) in DEVICE_KINDS:
         settings.kind = token_kind
     else:
         settings.kind = "sd3"
     if settings.kind not in DEVICE_KINDS:
-        raise SettingsError(f"kind {settings.kind!r} cannot be edited here: FlowEdit runs on SD3-architecture models "
+        raise SettingsError(f"kind {settings.kind!r} cannot be edited here: FlowEdit runs on SD3- and FLUX-architecture models "
                             f"({', '.join(DEVICE_KINDS)})")
 
     for name in ("device", "dtype", "host", "max_file_size", "offload"):

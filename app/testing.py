@@ -23,12 +23,12 @@ TINY_MODEL_LABEL = "tiny-random-sd3"
 FAST_CONTROLS = dict(steps=6, n_max=3, n_min=0, n_avg=1, tar_cfg=7.0, src_cfg=3.5, seed=3, max_side=64)
 
 
-def tiny_tokens(pipe, seed: int = 5):
+def tiny_tokens(pipe, seed: int = 5, kind: str = "sd3"):
     """Random soft tokens, larger than the N(0, 0.02) init so tokens on and off visibly differ."""
     from softrepa.tokens import new_tokens
 
     generator = torch.Generator().manual_seed(seed)
-    tokens = new_tokens(pipe, "sd3", num_layers=2)
+    tokens = new_tokens(pipe, kind, num_layers=2)
     with torch.no_grad():
         tokens.static.copy_(torch.randn(tokens.static.shape, generator=generator))
     return tokens
@@ -42,15 +42,17 @@ def tiny_settings(temp_dir: Path, **overrides) -> AppSettings:
 
 
 def tiny_loader(tokens: bool = True) -> Callable[[AppSettings], LoadedModel]:
-    """A model loader that builds the tiny pipeline in memory (``load_editor`` is tested separately
-    on a saved folder)."""
-    from softrepa.tiny import tiny_sd3_pipeline
+    """A model loader that builds the tiny pipeline of the settings' kind in memory (the tiny SD3 one
+    for kinds without a tiny pipeline, e.g. shapes-sd3; ``load_editor`` is tested separately on a
+    saved folder)."""
+    from softrepa.tiny import TINY_PIPELINES
 
-    def load(_: AppSettings) -> LoadedModel:
-        pipe = tiny_sd3_pipeline()
+    def load(settings: AppSettings) -> LoadedModel:
+        kind = settings.kind if settings.kind in TINY_PIPELINES else "sd3"
+        pipe = TINY_PIPELINES[kind](0)
         # 8 zero "T5" tokens like the shapes model, not 256: the tiny transformer then runs 4x faster
-        return LoadedModel(FlowEditor(pipe, tokens=tiny_tokens(pipe) if tokens else None, max_side=64,
-                                      max_sequence_length=8, model_name=TINY_MODEL_LABEL))
+        return LoadedModel(FlowEditor(pipe, tokens=tiny_tokens(pipe, kind=kind) if tokens else None, max_side=64,
+                                      max_sequence_length=8, model_name=TINY_MODEL_LABEL, kind=kind))
 
     return load
 

@@ -34,7 +34,7 @@ from gradio.components import Component
 
 from app.components import LIGHT_EVENT, checked_by_the_app, inputs_for, unopened_image
 from app.controls import (CFG_RANGE, CONTROL_NAMES, LABELS, MAX_SEED, VARIATIONS_RANGE, EditControls, default_preset,
-                          initial_controls, preset_choices, preset_controls, slider_range)
+                          guidance_sliders, initial_controls, preset_choices, preset_controls, slider_range)
 from app.handlers import EditOutcome, example_rows, history_entry, reports_errors, select_example
 from app.mask_controls import MaskComponents, mask_inputs, region_image, wire_mask
 from app.page import ControlComponents, Page, slider_in_range
@@ -120,17 +120,18 @@ def _input_column(service: EditorService, init: EditControls) -> dict[str, Compo
     with gr.Row():
         use_tokens = gr.Checkbox(value=init.use_tokens, label=LABELS["use_tokens"], interactive=service.has_tokens,
                                  elem_id="use-tokens", info="SoftREPA tokens: closer to the target prompt")
-        preset = gr.Dropdown(choices=preset_choices(), value=default_preset(service), label="Preset",
+        preset = gr.Dropdown(choices=preset_choices(service.settings.kind), value=default_preset(service), label="Preset",
                              info="resets the sliders", scale=2, elem_id="preset")
     # the endpoints' sliders, radios and seed box hand their values to the handlers, which check them
     # (checked_by_the_app): the ranges here are the page's, not the API's
     n_max = checked_by_the_app(gr.Slider(
         *slider_range("n_max", init.steps, init.n_max), value=init.n_max, step=1, label=LABELS["n_max"],
         elem_id="n-max", info="how many of the T steps edit: higher changes more, lower keeps more of the input"))
+    meaning = guidance_sliders(service.settings.kind)  # what the two guidance sliders are on this model
     tar_cfg = checked_by_the_app(gr.Slider(*CFG_RANGE, value=init.tar_cfg, step=0.5, label=LABELS["tar_cfg"],
-                                           info="how strongly to follow the target prompt"))
+                                           elem_id="tar-cfg", **meaning["tar_cfg"]))
     src_cfg = checked_by_the_app(gr.Slider(*CFG_RANGE, value=init.src_cfg, step=0.5, label=LABELS["src_cfg"],
-                                           info="guidance of the source branch"))
+                                           elem_id="src-cfg", **meaning["src_cfg"]))
     with gr.Accordion("Advanced", open=False):
         advanced = _advanced_controls(service, init)
     variations = checked_by_the_app(gr.Slider(

@@ -90,3 +90,9 @@ def get_kind(name: str) -> ModelKind:
     if name not in KINDS:
         raise ValueError(f"unknown model kind {name!r}; choose one of {sorted(KINDS)}")
     return KINDS[name]
+
+
+def kind_of_hub_id(model: str) -> str | None:
+    """The kind whose Hub id ``model`` is (``black-forest-labs/FLUX.1-dev`` -> ``flux-dev``), else None.
+    A local folder is recognised by its files in ``softrepa.models.resolve_model``."""
+    return next((name for name, spec in KINDS.items() if spec.hub_id == model), None)

@@ -162,7 +162,7 @@ def test_bad_images_give_readable_errors(service, tmp_path, make_image, expected
     (dict(n_max=0), "returns the input unchanged"),
     (dict(steps=2.5), "whole number"),
     (dict(tar_cfg=99), "between 0 and 30"),
-    (dict(tar_cfg=float("nan")), "Target CFG"),
+    (dict(tar_cfg=float("nan")), "Target guidance"),
     (dict(seed=-1), "Seed"),
     (dict(max_side=2), "Max side"),
     (dict(guidance="mine"), "standard, authors"),

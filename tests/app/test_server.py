@@ -203,9 +203,9 @@ def test_every_docs_api_example_runs_as_written(server, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (dict(src_cfg=-5), "Source CFG: src_cfg must be a finite number >= 0, got -5"),
-    (dict(tar_cfg=-5), "Target CFG: tar_cfg must be a finite number >= 0, got -5"),
-    (dict(tar_cfg=31), "Target CFG must be between 0 and 30, got 31."),
+    (dict(src_cfg=-5), "Source guidance: src_cfg must be a finite number >= 0, got -5"),
+    (dict(tar_cfg=-5), "Target guidance: tar_cfg must be a finite number >= 0, got -5"),
+    (dict(tar_cfg=31), "Target guidance must be between 0 and 30, got 31."),
     (dict(steps=28, n_max=30), "Edit strength (n_max): n_max is 30 but there are only 28 steps (T)"),
     (dict(n_max="lots"), "Edit strength (n_max) must be a whole number, got 'lots'."),
     (dict(steps=101), "Steps (T) must be between 1 and 100, got 101."),
