@@ -43,6 +43,7 @@ class Architecture:
     per_block: bool = True  # L counts hooked blocks (at most the model's); UNet: 1 shared set or one per block
     timestep_scale: float = 1.0  # the denoiser's timestep argument times this = the tokens' 0..1000 scale
     block_inputs: tuple[str, ...] = ()  # other block arguments ``widen`` reads (and may replace)
+    placement: str  # where the tokens go, in words (``python -m softrepa.tokens info``)
 
     def model_class(self) -> type: ...
 
@@ -71,6 +72,7 @@ class MMDiTArchitecture(Architecture):
     name = "mmdit"
     model_class_name = "SD3Transformer2DModel"
     drops_outputs = True
+    placement = "prepended to the text stream of the first L joint blocks, dropped after each"
 
     def model_class(self) -> type:
         from diffusers import SD3Transformer2DModel
@@ -101,6 +103,7 @@ class UNetArchitecture(Architecture):
     model_class_name = "UNet2DConditionModel"
     drops_outputs = False
     per_block = False
+    placement = "inserted after BOS in the text of the cross-attention blocks of block_groups"
     GROUPS = ("down", "mid", "up")
 
     def model_class(self) -> type:
@@ -156,6 +159,8 @@ class FluxArchitecture(MMDiTArchitecture):
 
     name = "flux"
     model_class_name = "FluxTransformer2DModel"
+    placement = ("prepended to the text stream of the first L double-stream blocks (rotary position ids 0), "
+                 "dropped after each")
     timestep_scale = 1000.0  # FluxPipeline passes sigma (0..1); the model itself multiplies by 1000
     block_inputs = ("image_rotary_emb", "joint_attention_kwargs")
 

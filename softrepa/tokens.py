@@ -55,14 +55,16 @@ INITS = ("normal", "zeros")  # "null_prompt" is applied after construction: see 
 class SoftTokensConfig:
     """What a set of soft tokens is and where it attaches.
 
-    kind: a key of ``softrepa.models.KINDS`` (sd3, sd15, sdxl, shapes-sd3, ...).
+    kind: a key of ``softrepa.models.KINDS`` (sd3, sd3.5-*, flux-dev, flux-schnell, sd15, sdxl,
+        shapes-sd3, ...); token files are for one kind and refused on a model of another.
     num_tokens: m, tokens per layer.
-    num_layers: L. MM-DiT: the first L joint blocks. UNet: 1 = one token set shared by every
-        hooked cross-attention (the authors' layout), or one set per hooked cross-attention.
-    width: d, the text-stream width the tokens join (SD3: caption_projection_dim;
-        UNet: cross_attention_dim).
+    num_layers: L. MM-DiT: the first L joint blocks; FLUX: the first L double-stream blocks.
+        UNet: 1 = one token set shared by every hooked cross-attention (the authors' layout), or
+        one set per hooked cross-attention.
+    width: d, the text-stream width the tokens join (SD3: caption_projection_dim; FLUX:
+        heads x head_dim, 3072; UNet: cross_attention_dim).
     block_groups: UNet only: which of "down", "mid", "up" see the tokens.
-    time_bins: number of time bins over the 0..1000 timestep range.
+    time_bins: number of time bins over the 0..1000 timestep range (FLUX's sigma x 1000).
     use_time: whether the time-indexed part exists.
     init: "normal" (N(0, init_std)) or "zeros"; SD1.5 uses init_from_null_prompt afterwards.
     base_model: the Hub id or folder the tokens were trained on (informational).
@@ -505,7 +507,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     conv = sub.add_parser("convert", help="import the authors' released .pth token files")
     conv.add_argument("--static", required=True, help="dc_tokens.pth: tensor (L, m, d)")
     conv.add_argument("--time", default=None, help="dc_t_tokens.pth: pickled nn.Embedding(bins, L*d)")
-    conv.add_argument("--kind", required=True, help="model kind the tokens belong to (sd3, sd15, sdxl)")
+    conv.add_argument("--kind", required=True, help=f"model kind the tokens belong to ({', '.join(KINDS)})")
     conv.add_argument("--base-model", default="", help="Hub id the tokens were trained on")
     conv.add_argument("--out", required=True, help="output .safetensors file")
     push = sub.add_parser("push", help="upload a token file and a model card written from its metadata to the Hub")
@@ -539,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"file: {args.file}")
             for key, value in dataclasses.asdict(config).items():
                 print(f"  {key}: {value}")
+            if config.kind in KINDS:
+                arch = ARCHITECTURES[KINDS[config.kind].arch]
+                print(f"  arch: {arch.name} ({arch.model_class_name}): {arch.placement}")
             print(f"  parameters: {sum(t.numel() for t in tensors.values()):,}")
             for key, value in sorted(metadata.items()):
                 if key != METADATA_KEY:

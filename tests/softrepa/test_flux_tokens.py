@@ -200,6 +200,7 @@ def test_info_shows_a_flux_token_file(tmp_path, capsys, dev):
     assert tokens_main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "kind: flux-dev" in out and "num_tokens: 4" in out and "num_layers: 2" in out and "width: 32" in out
+    assert "arch: flux (FluxTransformer2DModel): prepended to the text stream of the first L double-stream" in out
 
 
 # ----------------------------------------------------------------------------- training adapter
