@@ -15,7 +15,8 @@ FLUX.1 differs from SD3 in four places; the FlowEdit loop (``editing.flowedit``)
   used, and v_delta is the plain difference of the two conditional velocities.
 * **Packed latents.** The transformer reads 2x2 patches of the 16-channel latent grid as tokens:
   (B, C, h, w) -> (B, (h/2)(w/2), 4C), with position ids (0, row, column) per patch and zeros for
-  the text tokens (``txt_ids``). ``pack`` / ``unpack`` are inverse permutations; the loop stays on
+  the text tokens (``txt_ids``); ``softrepa.flux.pack_latents`` / ``unpack_latents`` (shared with
+  the tokens' training) are inverse permutations; the loop stays on
   the (B, C, h, w) grid, so noise, masks and caches are as on SD3. The input image is cropped to a
   multiple of VAE factor x 2 (16 px on FLUX).
 * **Timesteps.** FluxPipeline's schedule: sigmas linspace(1, 1/T, T), shifted by the scheduler with
@@ -28,8 +29,9 @@ FLUX.1 differs from SD3 in four places; the FlowEdit loop (``editing.flowedit``)
 FlowEdit's published FLUX settings (Kulikov et al., arXiv:2412.08629, github.com/fallenshock/FlowEdit,
 its FLUX config): T 28, n_max 24, src guidance 1.5, tar guidance 5.5, n_min 0, n_avg 1 (the
 ``flux`` preset). Differences from that code: the noise is drawn on the (1, C, h, w) grid from the
-edit's own generator (the public code draws packed noise from the global generator), n_min > 0 and
-masks work as on SD3, and the pipeline's scheduler is never mutated.
+edit's own generator (the public code draws packed noise from the global generator), masks (not
+in the public code) and the velocity cache work as on SD3, the branches share one batched forward,
+and the pipeline's scheduler is never mutated.
 """
 
 from __future__ import annotations
@@ -41,34 +43,8 @@ import torch
 
 from editing.family import ModelFamily, PromptEmbeds, checked_schedule
 from editing.params import FlowEditParams, ParameterError
+from softrepa.flux import image_ids, pack_latents, unpack_latents
 from softrepa.models import execution_device
-
-
-def pack(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, (h/2)(w/2), 4C): FLUX's 2x2 patches, row-major, channels (C, 2, 2) per patch."""
-    b, c, h, w = latents.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"FLUX packs 2x2 latent patches: the latent grid must have even sides, got {h}x{w}")
-    patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)  # (B, h/2, w/2, C, 2, 2)
-    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, (h/2)(w/2), 4C) -> (B, C, h, w) for the latent grid's ``height`` x ``width``: ``pack``'s inverse."""
-    b, n, d = packed.shape
-    if n != (height // 2) * (width // 2) or d % 4:
-        raise ValueError(f"{n} packed tokens of width {d} do not tile a {height}x{width} latent grid")
-    patches = packed.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)  # (B, C, h/2, 2, w/2, 2)
-    return patches.reshape(b, d // 4, height, width)
-
-
-def image_ids(height: int, width: int, device: torch.device | str | None = None,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """((h/2)(w/2), 3) position ids of the packed tokens: (0, patch row, patch column)."""
-    rows = torch.arange(height // 2, dtype=torch.float32)[:, None].expand(height // 2, width // 2)
-    cols = torch.arange(width // 2, dtype=torch.float32)[None, :].expand(height // 2, width // 2)
-    ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1)  # (h/2, w/2, 3)
-    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
 def flux_schedule(scheduler: Any, steps: int, image_seq_len: int, device: torch.device | str | None = None
@@ -117,14 +93,14 @@ class FluxFamily(ModelFamily):
             guidance = None  # FLUX.1-schnell: no guidance input
         elif guidance is None:
             raise ValueError("this FLUX transformer is guidance-distilled: give each item its guidance scale")
-        out = transformer(hidden_states=pack(latents),  # (B, hw/4, 4C)
+        out = transformer(hidden_states=pack_latents(latents),  # (B, hw/4, 4C)
                           timestep=timestep.expand(b).to(device=device, dtype=dtype) / 1000,  # sigma, as FluxPipeline
                           guidance=None if guidance is None else guidance.to(device),
                           pooled_projections=pooled, encoder_hidden_states=embeds,
                           txt_ids=torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype),  # (n, 3)
                           img_ids=image_ids(h, w, device, dtype),  # (hw/4, 3)
                           return_dict=False)[0]  # (B, hw/4, 4C)
-        return unpack(out, h, w)
+        return unpack_latents(out, h, w)
 
     def check(self, params: FlowEditParams, transformer: Any) -> None:
         if params.guidance != "standard":

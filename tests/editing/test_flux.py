@@ -15,7 +15,7 @@ from PIL import Image
 from editing import cli
 from editing.editor import FlowEditor, read_png_metadata
 from editing.flowedit import FAMILIES, FlowEditParams, ParameterError, family_of
-from editing.flux import FluxFamily, flux_schedule, image_ids, pack, unpack
+from editing.flux import FluxFamily, flux_schedule
 from editing.presets import DEFAULT_PRESETS, PRESETS, default_preset_name, get_preset
 from softrepa.kinds import KINDS
 from softrepa.tiny import REPO_ROOT, save_tiny_pipeline, tiny_flux_pipeline
@@ -139,18 +139,6 @@ def test_flux_flowedit_matches_the_reference_loop(pipes, variant, case):
 
 
 # ----------------------------------------------------------------------------- the pieces
-
-
-def test_pack_is_fluxpipelines_and_unpack_inverts_it():
-    latents = torch.randn(3, 16, 6, 10)
-    packed = pack(latents)
-    assert packed.shape == (3, 15, 64)
-    assert torch.equal(packed, FluxPipeline._pack_latents(latents, 3, 16, 6, 10))
-    assert torch.equal(unpack(packed, 6, 10), latents)
-    assert torch.equal(FluxPipeline._unpack_latents(packed, 6 * 8, 10 * 8, 8), latents)
-    assert torch.equal(image_ids(6, 10), FluxPipeline._prepare_latent_image_ids(1, 3, 5, "cpu", torch.float32))
-    with pytest.raises(ValueError, match="even"):
-        pack(torch.randn(1, 16, 5, 6))
 
 
 @pytest.mark.parametrize("variant", ["flux-dev", "flux-schnell"])
