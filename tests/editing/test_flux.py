@@ -19,6 +19,7 @@ from editing.flux import FluxFamily, flux_schedule
 from editing.presets import DEFAULT_PRESETS, PRESETS, default_preset_name, get_preset
 from softrepa.kinds import KINDS
 from softrepa.tiny import REPO_ROOT, save_tiny_pipeline, tiny_flux_pipeline
+from softrepa.tokens import new_tokens
 
 EXAMPLE = REPO_ROOT / "assets" / "examples" / "shapes-sd3" / "shapes-01-shape.png"  # the README's first example
 SMALL = dict(steps=8, n_max=5, src_cfg=1.5, tar_cfg=5.5, seed=3)
@@ -28,6 +29,16 @@ SEQ = 32  # T5 tokens: the tiny tests need no more than FLUX's 512
 @pytest.fixture(scope="module")
 def pipes():
     return {variant: tiny_flux_pipeline(variant=variant) for variant in ("flux-dev", "flux-schnell")}
+
+
+def flux_tokens(pipe):
+    """Random FLUX soft tokens (softrepa's FLUX design), larger than their init so on / off differ."""
+    torch.manual_seed(5)
+    tokens = new_tokens(pipe, "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell",
+                        num_layers=2)
+    with torch.no_grad():
+        tokens.static.normal_(std=1.0)
+    return tokens
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -110,7 +121,7 @@ def half_mask(size: int = 32) -> np.ndarray:
 
 
 CASES = {"plain": dict(), "nmin-navg": dict(n_min=2, n_avg=2), "mask": dict(mask=True),
-         "mask-nmin": dict(mask=True, n_min=2)}
+         "mask-nmin": dict(mask=True, n_min=2), "tokens": dict(tokens=True, n_min=1)}
 
 
 RUNS = [("flux-dev", case) for case in CASES] + [("flux-schnell", "plain"), ("flux-schnell", "nmin-navg")]
@@ -121,18 +132,27 @@ RUNS = [("flux-dev", case) for case in CASES] + [("flux-schnell", "plain"), ("fl
 def test_flux_flowedit_matches_the_reference_loop(pipes, variant, case):
     pipe = pipes[variant]
     options = dict(CASES[case])
-    masked = options.pop("mask", False)
+    masked, use_tokens = options.pop("mask", False), options.pop("tokens", False)
     params = FlowEditParams(**{**SMALL, **options})
     image = picture(1)
-    editor = FlowEditor(pipe, max_sequence_length=SEQ, cache_source_velocities=False)
+    editor = FlowEditor(pipe, tokens=flux_tokens(pipe) if use_tokens else None, max_sequence_length=SEQ,
+                        cache_source_velocities=False)
     result = editor.edit(image, "a red square", "a blue circle", params,
                          mask=half_mask() if masked else None)
     grid = None
     if masked:  # the latent mask the editor used: the image mask averaged to the 16 x 16 latent grid
         grid = torch.zeros(1, 1, 16, 16)
         grid[..., :8] = 1.0
-    expected = reference_flux_flowedit(pipe, image, "a red square", "a blue circle", params, grid)
+    if use_tokens:  # the reference's every call with the tokens on (both branches, the default)
+        editor.attached_tokens.enabled = True
+    try:
+        expected = reference_flux_flowedit(pipe, image, "a red square", "a blue circle", params, grid)
+    finally:
+        editor.close()
     assert rel_err(result.latents, expected) <= 1e-6
+    if use_tokens:  # and the tokens do change the edit
+        plain = FlowEditor(pipe, max_sequence_length=SEQ).edit(image, "a red square", "a blue circle", params)
+        assert rel_err(plain.latents, result.latents) > 1e-3
     if masked:  # outside the mask the latent is the source latent, exactly
         x_src = editor._source(editor.prepare(image))[0].x_src
         assert torch.equal(result.latents[..., 8:], x_src[..., 8:])
@@ -201,6 +221,17 @@ def test_one_batched_call_per_step_and_no_negative_prompts(pipes):
     assert sizes == [2] * 4 + [1]  # [z_src, z_tar] per FlowEdit step, the target alone in the n_min step
     assert result.stats.prompts_encoded == 2  # source and target; FLUX has no negative prompts
     assert editor.default_params(False) == get_preset("flux").params
+    sizes.clear()
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    tokens = FlowEditor(pipe, tokens=flux_tokens(pipe), max_sequence_length=SEQ)
+    try:  # tokens on the target only: the source and the target in separate calls
+        tokens.edit(picture(2), "a cat", "a dog", FlowEditParams(**{**SMALL, "token_branches": "target"}))
+    finally:
+        handle.remove()
+        tokens.close()
+    assert sizes == [1] * 10
+    assert tokens.default_params(True) == get_preset("flux-tokens").params
 
 
 @torch.no_grad()
