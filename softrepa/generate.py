@@ -2,7 +2,9 @@
 
 The tokens are hooked into the unmodified diffusers pipeline (``softrepa.models``) and reach
 both CFG branches. Defaults per model kind come from ``KINDS`` (SD3: 28 steps, CFG 4.0;
-SD1.5 / SDXL: 30 steps, CFG 7.0; paper §4).
+SD1.5 / SDXL: 30 steps, CFG 7.0; paper §4). FLUX.1 (``flux-dev`` / ``flux-schnell``): FluxPipeline's
+own call with the tokens on its transformer (``softrepa.flux``); ``cfg`` is its ``guidance_scale``,
+the guidance embedding's value (dev 3.5; schnell has none), and there is no negative branch.
 
 Python:
     images = generate_images(pipe, ["a cat"], seeds=[0], tokens="tokens.safetensors")
@@ -124,16 +126,19 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m softrepa.generate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="sd3", help="a kind (sd3, sd15, sdxl, ...) or a Hub id / diffusers folder")
+    parser.add_argument("--model", default="sd3", help="a kind (sd3, sd15, sdxl, flux-dev, ...) or a Hub id / "
+                        "diffusers folder")
     parser.add_argument("--kind", default=None, help="model kind when --model is an id or folder")
     parser.add_argument("--tokens", default=None, help="soft-token .safetensors file, or a Hub reference user/repo[@rev] "
                         "or user/repo/file.safetensors (omit: the base model)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts", default=None, help="a text file, one prompt per line")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one image per prompt and seed")
-    parser.add_argument("--steps", type=int, default=None, help="default: the kind's (SD3 28, SD1.5/SDXL 30)")
-    parser.add_argument("--cfg", type=float, default=None, help="default: the kind's (SD3 4.0, SD1.5/SDXL 7.0)")
-    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--steps", type=int, default=None, help="default: the kind's (SD3 28, SD1.5/SDXL 30, "
+                        "flux-dev 28, flux-schnell 4)")
+    parser.add_argument("--cfg", type=float, default=None, help="default: the kind's (SD3 4.0, SD1.5/SDXL 7.0); FLUX: "
+                        "the guidance embedding's value (flux-dev 3.5)")
+    parser.add_argument("--negative-prompt", default="", help="CFG's negative prompt (FLUX: unused)")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -142,7 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: float16 on accelerators, float32 on CPU")
     parser.add_argument("--max-sequence-length", type=int, default=None,
-                        help="SD3-family T5 length (default: the kind's, 256; shapes-sd3: 8)")
+                        help="T5 length (default: the kind's: SD3 256, shapes-sd3 8, flux-dev 512, flux-schnell 256)")
     parser.add_argument("--progress", action="store_true")
     add_memory_args(parser)
     return parser.parse_args(argv)
