@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     local.add_argument("--paste-back", choices=("auto", "on", "off"), default="auto",
                        help="copy the source pixels back outside the mask after decoding (auto: for hard masks)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local diffusers folder of an SD3, SD3.5 or FLUX.1 "
-                       "pipeline")
+    model.add_argument("--model", default=None, help="Hub id or local diffusers folder of an SD3, SD3.5 or FLUX.1 "
+                       f"pipeline (default: the kind's model, {DEFAULT_MODEL} for sd3)")
     tokens = model.add_mutually_exclusive_group()
     tokens.add_argument("--tokens", help="soft-token file (.safetensors, python -m softrepa.tokens)")
     tokens.add_argument("--no-tokens", action="store_true", help="edit without soft tokens (the default)")
@@ -403,10 +403,16 @@ def plan_jobs(args: argparse.Namespace, use_tokens: bool, log) -> tuple[list[Job
     return ([job for job, ok in zip(jobs, found) if ok], [path for path, ok in zip(outputs, found) if ok], errors)
 
 
-def folder_kind(model: str) -> str | None:
-    """The kind of a local diffusers folder (``resolve_model``: by its pipeline class, FLUX dev / schnell
-    by its guidance embedding), or None for a Hub id."""
-    return resolve_model(model)[1] if (Path(model) / "model_index.json").is_file() else None
+def model_and_kind(model: str | None, kind: str | None, token_kind: str | None) -> tuple[str, str]:
+    """(what to load, its kind) from ``--model`` and ``--kind``. The kind: ``--kind``, else the token
+    file's, else ``--model``'s when it is a kind name or a local folder (``resolve_model``: by its
+    pipeline class, FLUX dev / schnell by its guidance embedding), else sd3. The model: ``--model``
+    (a kind name stands for its Hub id or folder), else the kind's."""
+    known = model is not None and (model in KINDS or (Path(model) / "model_index.json").is_file())
+    kind = kind or token_kind or (resolve_model(model)[1] if known else None) or "sd3"
+    if model is None:
+        return get_kind(kind).hub_id, kind
+    return (KINDS[model].hub_id if model in KINDS else model), kind
 
 
 def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device, log
@@ -414,15 +420,15 @@ def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device
     """The editor, the parameters and the mask options; ``ValueError`` / ``ParameterError`` / ``OSError``."""
     # read and hashed once: the kind comes from it, the editor attaches it, the PNGs record its sha256
     token_file = TokenFile.load(args.tokens) if use_tokens else None
-    kind = args.kind or (token_file.kind if token_file is not None else None) or folder_kind(args.model) or "sd3"
+    model, kind = model_and_kind(args.model, args.kind, token_file.kind if token_file is not None else None)
     params = params_from_args(args, kind, use_tokens)
     mask_options = mask_options_from_args(args)
     dtype = resolve_dtype(args.dtype, device)
     memory = memory_from_args(args, device)
-    log(f"loading {args.model} on {device} ({str(dtype).replace('torch.', '')})")
-    pipe = load_pipeline(args.model, kind, dtype, device, without_t5=True if args.no_t5 else None, memory=memory)
+    log(f"loading {model} on {device} ({str(dtype).replace('torch.', '')})")
+    pipe = load_pipeline(model, kind, dtype, device, without_t5=True if args.no_t5 else None, memory=memory)
     editor = FlowEditor(pipe, tokens=token_file, max_side=args.max_side,
-                        max_sequence_length=KINDS[kind].max_sequence_length, model_name=args.model, kind=kind)
+                        max_sequence_length=KINDS[kind].max_sequence_length, model_name=model, kind=kind)
     return editor, params, mask_options
 
 

@@ -304,6 +304,14 @@ def test_help_lists_the_flux_and_sd35_kinds(capsys):
         assert kind in text
 
 
+def test_the_model_and_its_kind_follow_each_other(tmp_path):
+    assert cli.model_and_kind(None, "flux-dev", None) == (KINDS["flux-dev"].hub_id, "flux-dev")
+    assert cli.model_and_kind(None, None, None) == (KINDS["sd3"].hub_id, "sd3")
+    assert cli.model_and_kind("flux-schnell", None, None) == (KINDS["flux-schnell"].hub_id, "flux-schnell")
+    assert cli.model_and_kind("me/model", None, "sd3.5-large") == ("me/model", "sd3.5-large")
+    assert cli.model_and_kind("me/model", "flux-dev", "sd3") == ("me/model", "flux-dev")  # --kind wins
+
+
 @pytest.mark.parametrize("kind", ["flux-dev", "flux-schnell", "sd3.5-medium"])
 def test_cli_edits_the_bundled_example_on_tiny_folders(tmp_path, kind):
     model = save_tiny_pipeline(kind, tmp_path / "model")
