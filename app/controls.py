@@ -283,7 +283,7 @@ def presets_for(kind: str) -> list[str]:
 
 def preset_choices(kind: str) -> list[tuple[str, str]]:
     """(label, name) for the preset menu of a kind: the name and the two numbers people compare presets by."""
-    return [(f"{name} (n_max {PRESETS[name].params.n_max}, target guidance {PRESETS[name].params.tar_cfg:g})", name)
+    return [(f"{name} (n_max {PRESETS[name].params.n_max}, tar {PRESETS[name].params.tar_cfg:g})", name)
             for name in presets_for(kind)]
 
 
