@@ -55,7 +55,7 @@ from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import write_png
-from softrepa.models import check_compatible, execution_device, kind_of_pipeline
+from softrepa.models import check_compatible, execution_device, get_kind, kind_of_pipeline
 from softrepa.tokens import SoftTokens
 
 logger = logging.getLogger(__name__)
@@ -201,14 +201,16 @@ class FlowEditor:
     velocity_sets_per_source: source-velocity tables kept per image (different source prompts/CFG/seed).
     prompt_cache_size: prompt embeddings kept.
     cache_source_velocities: reuse source velocities across targets (see module docstring).
-    kind: the model kind (``softrepa.models.KINDS``), for the default preset; default: the tokens'
-        kind, else the pipeline's (``kind_of_pipeline``: the first kind of its class, e.g. sd3).
+    max_sequence_length: T5 tokens per prompt (default: the kind's: 256 on SD3, 512 on FLUX.1-dev).
+    kind: the model kind (``softrepa.models.KINDS``), for the default preset and text length; default:
+        the pipeline's (``kind_of_pipeline``: the first kind of its class, e.g. sd3; FLUX dev or
+        schnell by the guidance embedding). With tokens, the default preset follows the tokens' kind.
     """
 
     def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | TokenFile | str | os.PathLike | None = None, *,
                  max_side: int = DEFAULT_MAX_SIDE, min_side: int | None = None, cache_size: int = 4,
                  velocity_sets_per_source: int = 2, prompt_cache_size: int = 32,
-                 cache_source_velocities: bool = True, max_sequence_length: int = 256, model_name: str | None = None,
+                 cache_source_velocities: bool = True, max_sequence_length: int | None = None, model_name: str | None = None,
                  kind: str | None = None):
         self.pipe = pipe
         self.family = family_of(pipe.transformer)
@@ -217,7 +219,7 @@ class FlowEditor:
         limit = model_max_side(pipe)
         self.max_side = min(max_side, limit) if limit else max_side
         self.min_side = min_side
-        self.max_sequence_length = max_sequence_length
+        self.max_sequence_length = max_sequence_length or get_kind(self.kind).max_sequence_length
         self.cache_source_velocities = cache_source_velocities
         self.velocity_sets_per_source = velocity_sets_per_source
         self.model_name = model_name if model_name is not None else str(getattr(pipe, "name_or_path", "") or "")
@@ -320,7 +322,8 @@ class FlowEditor:
         """Refuse a prompt whose end the model would silently drop; a warning when only partly read.
 
         SD3 reads a prompt with two CLIP encoders (``tokenizer.model_max_length``, 77 tokens) and T5
-        (``max_sequence_length`` tokens); FLUX.1 with CLIP (pooled only) and T5 the same way. Over the CLIP limit but within T5's, T5 still reads all of
+        (``max_sequence_length`` tokens); FLUX.1 with CLIP (pooled only) and T5 the same way.
+        Over the CLIP limit but within T5's, T5 still reads all of
         it: returns a warning. Over both, or over CLIP without T5 (e.g. the shapes model): raises
         ``ValueError`` saying by how much to shorten it. Else returns None.
         """

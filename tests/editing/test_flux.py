@@ -16,6 +16,7 @@ from editing import cli
 from editing.editor import FlowEditor, read_png_metadata
 from editing.flowedit import FAMILIES, FlowEditParams, ParameterError, family_of
 from editing.flux import FluxFamily, flux_schedule
+from editing.masks import AutoMask
 from editing.presets import DEFAULT_PRESETS, PRESETS, default_preset_name, get_preset
 from softrepa.kinds import KINDS
 from softrepa.tiny import REPO_ROOT, save_tiny_pipeline, tiny_flux_pipeline
@@ -244,6 +245,24 @@ def test_velocity_cache_reuses_source_velocities_on_flux(pipes):
     fresh = FlowEditor(pipes["flux-dev"], max_sequence_length=SEQ, cache_source_velocities=False)
     expected = fresh.edit(image, "a cat", "a fox", params.replace(tar_cfg=4.0))
     assert rel_err(again.latents, expected.latents) <= 1e-5
+
+
+@torch.no_grad()
+def test_candidates_and_the_automatic_mask_on_flux(pipes):
+    editor = FlowEditor(pipes["flux-dev"], max_sequence_length=SEQ)
+    params = FlowEditParams(**SMALL)
+    batched = editor.edit_candidates(picture(4), "a cat", "a dog", params, seeds=[3, 8])
+    for result, seed in zip(batched, (3, 8)):  # one batch of [src x 2, tar x 2] = two single edits
+        single = editor.edit(picture(4), "a cat", "a dog", params.replace(seed=seed))
+        assert rel_err(result.latents, single.latents) <= 1e-5
+    auto = editor.edit(picture(4), "a cat", "a dog", params, mask=AutoMask(steps=2))
+    assert auto.mask_info["mode"] == "auto" and 0 < auto.mask_info["coverage"] <= 1
+
+
+def test_the_text_length_follows_the_kind(pipes):
+    assert FlowEditor(pipes["flux-dev"]).max_sequence_length == KINDS["flux-dev"].max_sequence_length == 512
+    assert FlowEditor(pipes["flux-schnell"]).max_sequence_length == KINDS["flux-schnell"].max_sequence_length == 256
+    assert FlowEditor(pipes["flux-dev"], kind="flux-dev", max_sequence_length=64).max_sequence_length == 64
 
 
 def test_flux_refuses_negative_prompts_and_the_authors_guidance(pipes):
