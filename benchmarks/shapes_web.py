@@ -18,6 +18,9 @@ the denoising loss only, SoftREPA without the denoising term, all trained on the
         --clean-tokens softrepa=D prompt_tuning=E softrepa_no_denoise=F
     python benchmarks/shapes_web.py --quick ...   # 64 captions, sweep on 32, 16 edit pairs
 
+Each base's results go to ``OUT/<base>.json`` with their settings; ``--bases clean`` evaluates one
+base now and a later run with the same settings reads it back instead of recomputing.
+
 Ends with ``RESULT web_base_full=.. web_prompt_tuning_full=.. web_softrepa_full=.. web_softrepa_fid=..
 web_base_fid=.. clean_softrepa_full=.. clean_base_full=.. n=.. sweep_n=.. edits=..``.
 """
@@ -46,6 +49,7 @@ from shapes.world import generate_samples, make_edit_pairs  # noqa: E402
 from softrepa.generate import generate_images  # noqa: E402
 from softrepa.models import KINDS, load_pipeline  # noqa: E402
 from softrepa.runtime import resolve_device  # noqa: E402
+from softrepa.atomic import atomic_write_bytes  # noqa: E402
 from softrepa.tokens import load_tokens  # noqa: E402
 
 BASES = ("web", "clean")
@@ -79,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/shapes_web", help="results.json goes here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bases", nargs="+", choices=BASES, default=list(BASES),
+                        help="base models to evaluate now; the others are read from OUT/<base>.json if a run "
+                             "with the same settings wrote it (so the two can run at different times)")
     parser.add_argument("--quick", action="store_true", help="64 captions, sweep on 32, 16 edit pairs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -194,20 +201,32 @@ def result_line(results: dict, args) -> str:
             f"clean_base_full={value('clean', 'base')} n={args.n} sweep_n={args.sweep_n} edits={args.edits}")
 
 
+def base_settings(base: str, args) -> dict:
+    """What one base's results depend on: a stored result is reused only under the same settings."""
+    keys = ("n", "cfg", "sweep_cfgs", "sweep_n", "edits", "tar_cfg", "seed", "no_fid")
+    model, tokens = (args.web_model, args.web_tokens) if base == "web" else (args.clean_model, args.clean_tokens)
+    return {"model": str(model), "tokens": tokens, **{k: getattr(args, k) for k in keys}}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     samples = generate_samples(args.n, seed=args.seed, split="val")
     pairs = make_edit_pairs(args.edits, seed=args.seed) if args.edits else []
     classifier = load_classifier()
-    models = {"web": (args.web_model, args.web_tokens), "clean": (args.clean_model, args.clean_tokens)}
-    results = {base: evaluate_base(model, tokens, samples, pairs, classifier, args)
-               for base, (model, tokens) in models.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items()}
-    (out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1, default=str))
+    results = {}
     for base in BASES:
+        path, settings = out / f"{base}.json", base_settings(base, args)
+        if base in args.bases:
+            model, tokens = settings["model"], settings["tokens"]
+            results[base] = evaluate_base(model, tokens, samples, pairs, classifier, args)
+            atomic_write_bytes(path, json.dumps({"settings": settings, "results": results[base]}).encode())
+        elif path.exists() and json.loads(path.read_text())["settings"] == json.loads(json.dumps(settings)):
+            results[base] = json.loads(path.read_text())["results"]
+            print(f"{base}: read from {path} (same settings)")
+    for base in results:
         print("\n".join(table(base, results[base], args)))
     print(result_line(results, args))
     return results

@@ -21,10 +21,10 @@ def test_shapes_web_benchmark_runs_tiny(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "shapes_web", module)
     spec.loader.exec_module(module)
     tokens = [f"softrepa={TOKENS}", f"prompt_tuning={TOKENS}"]
-    results = module.main(["--web-model", str(REPO / "assets" / "shapes-sd3"), "--web-tokens", *tokens,
-                           "--clean-tokens", f"softrepa={TOKENS}", "--n", "3", "--sweep-n", "2",
-                           "--sweep-cfgs", "7", "--edits", "2", "--no-fid", "--threads", "1",
-                           "--out", str(tmp_path)])
+    argv = ["--web-model", str(REPO / "assets" / "shapes-sd3"), "--web-tokens", *tokens,
+            "--clean-tokens", f"softrepa={TOKENS}", "--n", "3", "--sweep-n", "2",
+            "--sweep-cfgs", "7", "--edits", "2", "--no-fid", "--threads", "1", "--out", str(tmp_path)]
+    results = module.main(argv)
     web = results["web"]
     assert set(web) == {"base", "softrepa", "prompt_tuning"} and set(results["clean"]) == {"base", "softrepa"}
     assert len(web["base"]["cfg4"]["full"]) == 3 and len(web["base"]["cfg7"]["full"]) == 2
@@ -36,4 +36,7 @@ def test_shapes_web_benchmark_runs_tiny(capsys, monkeypatch, tmp_path):
     result = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert len(result) == 1 and "web_softrepa_fid=nan" in result[0] and "n=3 sweep_n=2 edits=2" in result[0]
     assert f"web_softrepa_full={web['softrepa']['cfg4']['overall']['full_prompt_acc']:.3f}" in result[0]
-    assert (tmp_path / "results.json").exists()
+    # a later run of one base reads the other back (same settings), and only under the same settings
+    again = module.main([*argv, "--bases", "clean"])
+    assert again["web"] == results["web"] and again["clean"]["base"]["cfg4"]["full"] == results["clean"]["base"]["cfg4"]["full"]
+    assert "web" not in module.main([*argv[:-2], "--out", str(tmp_path), "--bases", "clean", "--sweep-n", "1"])
