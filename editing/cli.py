@@ -6,6 +6,7 @@
     python -m editing --batch pairs.jsonl --out edits/         # data-prep rows: image, source_prompt, target_prompt
     python -m editing --image cat.png --source ... --target ... --mask cat-mask.png   # only the white region changes
     python -m editing --image cat.png --source ... --target ... --auto-mask           # the region found by the edit
+    python -m editing --kind flux-dev --image cat.png --source ... --target ...       # FLUX.1-dev, the flux preset
 
 Outputs are PNGs carrying every parameter (and the token file's sha256) as JSON text metadata
 (``editing.editor.read_png_metadata``). Existing outputs are skipped, so an interrupted batch resumes
