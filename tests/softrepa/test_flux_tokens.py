@@ -242,27 +242,28 @@ def test_kind_of_a_flux_pipeline_follows_its_guidance_embedding():
     assert kind_of_pipeline(bare_flux_pipeline(flux_transformer(False))) == "flux-schnell"
 
 
-def test_one_pair_loss_step_reaches_the_tokens():
+@pytest.mark.parametrize("kind", ["flux-dev", "flux-schnell"])
+def test_one_pair_loss_step_reaches_the_tokens(kind):
     """The trainer's pieces for FLUX (softrepa.train._prepare_model): FluxDenoiser + flow matching,
     scored by softrepa.pairs with its SD3 call convention; one contrastive step moves the tokens."""
     from softrepa.flux import PAIR_CALL, flux_objective, training_guidance
     from softrepa.loss import LossConfig
     from softrepa.pairs import PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
 
-    model = flux_transformer().requires_grad_(False)
-    tokens = flux_tokens(model)
+    model = flux_transformer(guidance_embeds=kind == "flux-dev").requires_grad_(False)
+    tokens = flux_tokens(model, kind)
     g = torch.Generator().manual_seed(0)
     batch = PairBatch(latents=torch.randn(2, 4, SIZE, SIZE, generator=g),
                       text={"prompt_embeds": torch.randn(2, TEXT, 24, generator=g),
                             "pooled_prompt_embeds": torch.randn(2, 20, generator=g)})
     objective = flux_objective()
     noise = draw_noise(batch.latents, objective, torch.Generator().manual_seed(1))
-    scorer = PairScorer(FluxDenoiser(model, training_guidance("flux-dev", model)), PAIR_CALL, objective, batch, noise)
+    guidance = training_guidance(kind, model)
+    assert guidance == (3.5 if kind == "flux-dev" else None)  # the kind's default; schnell has no embedding
+    scorer = PairScorer(FluxDenoiser(model, guidance), PAIR_CALL, objective, batch, noise)
     with attach_tokens(model, tokens):
         out = pair_loss_backward(scorer, make_loss_fn(LossConfig(tau=1.0), noise, None), pair_chunk=3)
     assert torch.isfinite(out.loss) and tokens.static.grad.abs().sum() > 0
-    assert training_guidance("flux-dev", model) == 3.5
-    assert training_guidance("flux-schnell", flux_transformer(False)) is None
 
 
 # ----------------------------------------------------------------------------- the tiny FLUX pipeline
