@@ -83,9 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/shapes_web", help="results.json goes here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bases", nargs="+", choices=BASES, default=list(BASES),
+    parser.add_argument("--bases", nargs="*", choices=BASES, default=list(BASES),
                         help="base models to evaluate now; the others are read from OUT/<base>.json if a run "
-                             "with the same settings wrote it (so the two can run at different times)")
+                             "with the same settings wrote it (so the two can run at different times; "
+                             "--bases alone only reads and prints)")
     parser.add_argument("--quick", action="store_true", help="64 captions, sweep on 32, 16 edit pairs")
     args = parser.parse_args(argv)
     if args.quick:
