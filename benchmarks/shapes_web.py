@@ -18,8 +18,9 @@ the denoising loss only, SoftREPA without the denoising term, all trained on the
         --clean-tokens softrepa=D prompt_tuning=E softrepa_no_denoise=F
     python benchmarks/shapes_web.py --quick ...   # 64 captions, sweep on 32, 16 edit pairs
 
-Each base's results go to ``OUT/<base>.json`` with their settings; ``--bases clean`` evaluates one
-base now and a later run with the same settings reads it back instead of recomputing.
+Each method's results go to ``OUT/<base>-<method>.json`` with their settings (model, token file,
+sizes); a later run with the same settings reads them back instead of recomputing, so the
+command is resumable and ``--bases clean`` can evaluate one base while the other's tokens train.
 
 Ends with ``RESULT web_base_full=.. web_prompt_tuning_full=.. web_softrepa_full=.. web_softrepa_fid=..
 web_base_fid=.. clean_softrepa_full=.. clean_base_full=.. n=.. sweep_n=.. edits=..``.
@@ -84,9 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bases", nargs="*", choices=BASES, default=list(BASES),
-                        help="base models to evaluate now; the others are read from OUT/<base>.json if a run "
-                             "with the same settings wrote it (so the two can run at different times; "
-                             "--bases alone only reads and prints)")
+                        help="base models to evaluate now (methods already stored with the same settings are "
+                             "read back); the others are only read from OUT/<base>-<method>.json "
+                             "(--bases alone only reads and prints)")
     parser.add_argument("--quick", action="store_true", help="64 captions, sweep on 32, 16 edit pairs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -141,20 +142,43 @@ def editing(pipe, tokens, pairs, classifier, args) -> dict:
     return edit_metrics(edited, pairs, classifier)
 
 
-def evaluate_base(model: str, token_files: dict[str, str], samples, pairs, classifier, args) -> dict:
-    """Every method (base, then each token file) of one base model."""
-    pipe = load_pipeline(model, KIND, device=resolve_device(args.device))
-    pipe.set_progress_bar_config(disable=True)
-    renders = [s["image"] for s in samples]
-    results = {}
+def method_settings(model: str, token_file: str | None, args) -> dict:
+    """What one method's results depend on: stored results are reused only under the same settings."""
+    keys = ("n", "cfg", "sweep_cfgs", "sweep_n", "edits", "tar_cfg", "seed", "no_fid")
+    return json.loads(json.dumps({"model": str(model), "tokens": token_file, **{k: getattr(args, k) for k in keys}}))
+
+
+def stored(path: Path, settings: dict) -> dict | None:
+    """A method's stored results if ``path`` holds them for the same settings."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return data["results"] if data["settings"] == settings else None
+
+
+def evaluate_base(base: str, model: str, token_files: dict[str, str], samples, pairs, classifier, args,
+                  compute: bool = True) -> dict:
+    """Every method (base, then each token file) of one base model. Each method's results are
+    stored in OUT/<base>-<method>.json with their settings and reused by a later run with the same
+    settings; ``compute`` False only reads stored ones."""
+    pipe, results = None, {}
     for method, path in [("base", None), *token_files.items()]:
+        file, settings = Path(args.out) / f"{base}-{method}.json", method_settings(model, path, args)
+        results[method] = stored(file, settings)
+        if results[method] is not None or not compute:
+            print(f"{base} {method}: {'read from ' + str(file) if results[method] else 'not stored'}")
+            continue
+        if pipe is None:
+            pipe = load_pipeline(model, KIND, device=resolve_device(args.device))
+            pipe.set_progress_bar_config(disable=True)
         tokens = load_tokens(path, model=pipe) if path else None
-        results[method] = text_to_image(pipe, tokens, samples, renders, classifier, args)
+        results[method] = text_to_image(pipe, tokens, samples, [s["image"] for s in samples], classifier, args)
         if args.edits:
             results[method]["edit"] = editing(pipe, tokens, pairs, classifier, args)
+        atomic_write_bytes(file, json.dumps({"settings": settings, "results": results[method]}).encode())
         main = results[method][f"cfg{args.cfg:g}"]
-        print(f"{model} {method}: full-prompt {main['overall']['full_prompt_acc']:.3f}", flush=True)
-    return results
+        print(f"{base} {method}: full-prompt {main['overall']['full_prompt_acc']:.3f}", flush=True)
+    return {method: entry for method, entry in results.items() if entry is not None}
 
 
 def table(name: str, results: dict, args) -> list[str]:
@@ -202,33 +226,19 @@ def result_line(results: dict, args) -> str:
             f"clean_base_full={value('clean', 'base')} n={args.n} sweep_n={args.sweep_n} edits={args.edits}")
 
 
-def base_settings(base: str, args) -> dict:
-    """What one base's results depend on: a stored result is reused only under the same settings."""
-    keys = ("n", "cfg", "sweep_cfgs", "sweep_n", "edits", "tar_cfg", "seed", "no_fid")
-    model, tokens = (args.web_model, args.web_tokens) if base == "web" else (args.clean_model, args.clean_tokens)
-    return {"model": str(model), "tokens": tokens, **{k: getattr(args, k) for k in keys}}
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     samples = generate_samples(args.n, seed=args.seed, split="val")
     pairs = make_edit_pairs(args.edits, seed=args.seed) if args.edits else []
     classifier = load_classifier()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for base in BASES:
-        path, settings = out / f"{base}.json", base_settings(base, args)
-        if base in args.bases:
-            model, tokens = settings["model"], settings["tokens"]
-            results[base] = evaluate_base(model, tokens, samples, pairs, classifier, args)
-            atomic_write_bytes(path, json.dumps({"settings": settings, "results": results[base]}).encode())
-        elif path.exists() and json.loads(path.read_text())["settings"] == json.loads(json.dumps(settings)):
-            results[base] = json.loads(path.read_text())["results"]
-            print(f"{base}: read from {path} (same settings)")
-    for base in results:
-        print("\n".join(table(base, results[base], args)))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    models = {"web": (args.web_model, args.web_tokens), "clean": (args.clean_model, args.clean_tokens)}
+    results = {base: evaluate_base(base, model, tokens, samples, pairs, classifier, args, base in args.bases)
+               for base, (model, tokens) in models.items()}
+    for base, entries in results.items():
+        if entries:
+            print("\n".join(table(base, entries, args)))
     print(result_line(results, args))
     return results
 
