@@ -15,12 +15,15 @@ sigma 0.5, guidance 3.5; m = 4 tokens on the first min(5, blocks) double blocks 
 rows). The real model has 19 + 38 blocks and tokens on 5 of them; here they are on half the
 blocks, so the measured overhead overstates the real one.
 
+``--order abba`` flips the order every repeat (on off, off on, ...), so a cost that comes with
+running first or second in a pair cancels out of the medians (the default is on, off every time).
+
 ``--clock cpu`` times each forward by the process's CPU time (``time.process_time``) instead of
 the wall clock: with ``--threads 1`` that is the forward's own compute, which other processes on
 a shared machine do not stretch (the default stays the wall clock).
 
     python benchmarks/token_overhead.py [--kind sd3.5-large|flux] [--blocks 4] [--single-blocks 2] [--repeats 7]
-        [--device cpu] [--threads 1] [--clock wall|cpu]
+        [--device cpu] [--threads 1] [--clock wall|cpu] [--order on-off|abba]
 
 Ends with ``RESULT overhead_pct=<x> model=random-<kind>-<blocks>x<width> tokens_layers=<L> batch=<b> dtype=<dtype>``
 (the model is always this random-weight transformer; ``--blocks`` sets its depth).
@@ -59,6 +62,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--order", default="on-off", choices=["on-off", "abba"],
+                        help="on-off: each repeat times on then off; abba: the order flips every repeat")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="wall: perf_counter; cpu: process CPU time (CPU device, use with --threads 1)")
     args = parser.parse_args(argv)
@@ -163,8 +168,11 @@ def main(argv=None) -> float:
             with attached.switch(flag), counting_flops() as counter:
                 timed()
             flops[name] = counter.get_total_flops()
-        for _ in tqdm(range(args.repeats), desc="token overhead", leave=False):
-            for name, flag in (("on", True), ("off", False)):
+        for repeat in tqdm(range(args.repeats), desc="token overhead", leave=False):
+            order = (("on", True), ("off", False))
+            if args.order == "abba" and repeat % 2:  # on off, off on, ...: a cost of running second cancels
+                order = order[::-1]
+            for name, flag in order:
                 with attached.switch(flag):
                     times[name].append(timed())
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
@@ -179,9 +187,9 @@ def main(argv=None) -> float:
     print(f"overhead of the fastest runs: {100.0 * (min(times['on']) - min(times['off'])) / min(times['off']):.2f} %")
     print(f"FLOPs per forward (counted, independent of machine load): off {flops['off'] / 1e9:.1f} G, "
           f"on {flops['on'] / 1e9:.1f} G: {100.0 * (flops['on'] - flops['off']) / flops['off']:+.3f} %")
-    # each on run with the off run right after it: load that drifts slowly cancels within a pair
+    # each on run with the off run beside it: load that drifts slowly cancels within a pair
     paired = sorted(100.0 * (a - b) / b for a, b in zip(times["on"], times["off"]))
-    print(f"paired overhead (each on run vs the off run after it): median {statistics.median(paired):.2f} %, "
+    print(f"paired overhead (each on run vs the off run of its pair): median {statistics.median(paired):.2f} %, "
           f"range {paired[0]:.2f} .. {paired[-1]:.2f} % over {len(paired)} pairs")
     print(f"RESULT overhead_pct={overhead:.2f} model={model_name} tokens_layers={tokens.config.num_layers} "
           f"batch={args.batch} dtype={args.dtype}")
