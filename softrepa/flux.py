@@ -13,7 +13,8 @@ Where the tokens go
     (B, m, 3072) to ``encoder_hidden_states`` (the text stream after ``context_embedder``) and a
     forward hook drops the m token outputs, so every hooked layer gets fresh tokens and the
     next block sees the original n text positions (as for SD3). The single-stream blocks never
-    see the tokens. Defaults m 4, L 5 (the first 5 of 19) are SD3's, not tuned.
+    see the tokens. Defaults m 4, L 5 (the first 5 of 19) are SD3's, not tuned. Switched off or
+    detached, the hooks change nothing: the outputs are bitwise the vanilla model's.
 
 Rotary position ids
     FLUX has no learned positions: every block gets one shared rotary table ``image_rotary_emb``
