@@ -16,7 +16,7 @@ from app.controls import side_slider_range
 from app.settings import AppSettings
 from editing.editor import FlowEditor
 from softrepa.models import KINDS, load_pipeline
-from softrepa.runtime import memory_from_args, resolve_device, resolve_dtype
+from softrepa.runtime import memory_from_args, model_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def load_editor(settings: AppSettings) -> LoadedModel:
         torch.set_num_threads(settings.threads)
     try:  # settings a person can fix: their own message
         device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
+        dtype = model_dtype(settings.dtype, device, settings.kind)
         memory = memory_from_args(settings, device)  # the same rules as the command lines' --offload / --vae-tiling
     except ValueError as exc:
         raise RuntimeError(f"Cannot start the model: {exc}.") from None

@@ -42,7 +42,7 @@ from editing.token_file import TokenFile
 from softrepa.atomic import atomic_write_text
 from softrepa.images import ImageInputError
 from softrepa.models import KINDS, get_kind, load_pipeline, resolve_model
-from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, process_device, process_state, resolve_dtype
+from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, model_dtype, process_device, process_state
 
 DEFAULT_MODEL = KINDS["sd3"].hub_id
 # command-line flag -> FlowEditParams field; None means "take the preset's value"
@@ -424,7 +424,7 @@ def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device
     model, kind = model_and_kind(args.model, args.kind, token_file.kind if token_file is not None else None)
     params = params_from_args(args, kind, use_tokens)
     mask_options = mask_options_from_args(args)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = model_dtype(args.dtype, device, kind)
     memory = memory_from_args(args, device)
     log(f"loading {model} on {device} ({str(dtype).replace('torch.', '')})")
     pipe = load_pipeline(model, kind, dtype, device, without_t5=True if args.no_t5 else None, memory=memory)

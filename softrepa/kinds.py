@@ -32,6 +32,9 @@ class ModelKind:
     max_sequence_length: int = 256  # SD3 pipelines: T5 tokens (zeros when there is no T5); FLUX: T5 tokens
     without_t5: bool = False  # load SD3-family pipelines with text_encoder_3=None
     guidance_embeds: bool | None = None  # FLUX: the denoiser has a guidance embedding (dev) or not (schnell)
+    # what ``--dtype auto`` loads on a GPU: the dtype of the model card's example. FLUX.1 and SD3.5
+    # are published in bfloat16 (FLUX.1's activations overflow float16 into black images)
+    accelerator_dtype: str = "float16"
 
 
 KINDS: dict[str, ModelKind] = {
@@ -58,10 +61,12 @@ KINDS: dict[str, ModelKind] = {
 # 40 steps, CFG 4.5; large: 28 steps, CFG 3.5).
 KINDS["sd3.5-medium"] = ModelKind(arch="mmdit", hub_id="stabilityai/stable-diffusion-3.5-medium",
                                   pipeline_class="StableDiffusion3Pipeline", denoiser_attr="transformer",
-                                  num_tokens=4, num_layers=5, dweight=0.0, steps=40, cfg=4.5, resolution=1024)
+                                  num_tokens=4, num_layers=5, dweight=0.0, steps=40, cfg=4.5, resolution=1024,
+                                  accelerator_dtype="bfloat16")
 KINDS["sd3.5-large"] = ModelKind(arch="mmdit", hub_id="stabilityai/stable-diffusion-3.5-large",
                                  pipeline_class="StableDiffusion3Pipeline", denoiser_attr="transformer",
-                                 num_tokens=4, num_layers=5, dweight=0.0, steps=28, cfg=3.5, resolution=1024)
+                                 num_tokens=4, num_layers=5, dweight=0.0, steps=28, cfg=3.5, resolution=1024,
+                                 accelerator_dtype="bfloat16")
 
 
 # FLUX.1 (Black Forest Labs' published diffusers configs): FluxTransformer2DModel, 19 double-stream
@@ -73,10 +78,12 @@ KINDS["sd3.5-large"] = ModelKind(arch="mmdit", hub_id="stabilityai/stable-diffus
 # taken from SD3, not tuned. Where the tokens go and how they are trained: ``softrepa.flux``.
 KINDS["flux-dev"] = ModelKind(arch="flux", hub_id="black-forest-labs/FLUX.1-dev", pipeline_class="FluxPipeline",
                               denoiser_attr="transformer", num_tokens=4, num_layers=5, dweight=0.0, steps=28,
-                              cfg=3.5, resolution=1024, max_sequence_length=512, guidance_embeds=True)
+                              cfg=3.5, resolution=1024, max_sequence_length=512, guidance_embeds=True,
+                              accelerator_dtype="bfloat16")
 KINDS["flux-schnell"] = ModelKind(arch="flux", hub_id="black-forest-labs/FLUX.1-schnell", pipeline_class="FluxPipeline",
                                   denoiser_attr="transformer", num_tokens=4, num_layers=5, dweight=0.0, steps=4,
-                                  cfg=0.0, resolution=1024, max_sequence_length=256, guidance_embeds=False)
+                                  cfg=0.0, resolution=1024, max_sequence_length=256, guidance_embeds=False,
+                                  accelerator_dtype="bfloat16")
 
 
 # The bundled shapes-world model (shapes/model.py): SD3 architecture, no T5, 64 px.

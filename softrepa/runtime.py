@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import torch
 
-from softrepa.models import OFFLOAD_MODES, MemoryOptions
+from softrepa.models import OFFLOAD_MODES, MemoryOptions, get_kind
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,6 +52,12 @@ def resolve_dtype(name: str | None, device: torch.device, accelerator_dtype: tor
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def model_dtype(name: str | None, device: torch.device, kind: str) -> torch.dtype:
+    """``--dtype`` for a model kind's pipeline: ``auto`` is the kind's ``accelerator_dtype`` on a GPU
+    (bfloat16 for FLUX.1 and SD3.5, float16 for SD3), float32 on a CPU."""
+    return resolve_dtype(name, device, DTYPES[get_kind(kind).accelerator_dtype])
 
 
 def add_memory_args(parser: argparse.ArgumentParser) -> None:

@@ -53,8 +53,12 @@ def test_parse_args_and_params(workspace):
     assert (params.guidance, params.tar_cfg, params.seed) == ("authors", 9.0, 7)
     with pytest.raises(ValueError, match="n_min"):
         cli.params_from_args(cli.parse_args(["--batch", "b.yaml", "--n-min", "40"]), "sd3", False)
-    assert cli.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert cli.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    # --dtype auto: float32 on a CPU; on a GPU the model card's dtype (FLUX.1 overflows float16)
+    assert cli.model_dtype("auto", torch.device("cpu"), "flux-dev") == torch.float32
+    assert cli.model_dtype("auto", torch.device("cuda"), "sd3") == torch.float16
+    assert cli.model_dtype("auto", torch.device("cuda"), "flux-dev") == torch.bfloat16
+    assert cli.model_dtype("auto", torch.device("cuda"), "sd3.5-large") == torch.bfloat16
+    assert cli.model_dtype("float16", torch.device("cuda"), "flux-dev") == torch.float16  # asked for: as asked
 
 
 def test_single_edit_metadata_and_resume(workspace, tmp_path, capsys):
