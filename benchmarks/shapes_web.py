@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="base models to evaluate now (methods already stored with the same settings are "
                              "read back); the others are only read from OUT/<base>-<method>.json "
                              "(--bases alone only reads and prints)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="evaluate only these methods now (base or token names; default: all), e.g. in "
+                             "parallel processes; the others are only read back")
     parser.add_argument("--quick", action="store_true", help="64 captions, sweep on 32, 16 edit pairs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -165,7 +168,7 @@ def evaluate_base(base: str, model: str, token_files: dict[str, str], samples, p
     for method, path in [("base", None), *token_files.items()]:
         file, settings = Path(args.out) / f"{base}-{method}.json", method_settings(model, path, args)
         results[method] = stored(file, settings)
-        if results[method] is not None or not compute:
+        if results[method] is not None or not compute or (args.methods and method not in args.methods):
             print(f"{base} {method}: {'read from ' + str(file) if results[method] else 'not stored'}")
             continue
         if pipe is None:
