@@ -23,6 +23,7 @@ is::
 
     RESULT reedit_ratio=<re-edit / first edit> tokens_overhead_pct=<(tokens on / off - 1) * 100>
            candidates4_vs_single4=<4 candidates / 4 single edits>
+           transformer_candidates_vs_single=<the same, transformer wall seconds only>
            model=<shapes-sd3 | random-sd3-<layers>x<width> | folder> size=<px> steps=<T> n_max=<n>
            repeats=<r> transformer_pct=<transformer share of a first edit, %> clock=<cpu | wall>
 """
@@ -132,8 +133,9 @@ class TransformerClock:
         self.total = 0.0
 
 
-def measure(model: BenchModel, args: argparse.Namespace) -> tuple[dict[str, list], list[float]]:
-    """Per case, (wall, cpu) seconds of each repeat; the transformer's share of each first edit."""
+def measure(model: BenchModel, args: argparse.Namespace) -> tuple[dict[str, list], list[float], dict[str, list]]:
+    """Per case, (wall, cpu) seconds of each repeat; the transformer's share of each first edit; the
+    transformer's wall seconds in the 4 single edits and in the 4 candidates of each repeat."""
     pipe, length = model.pipe, KINDS[model.kind].max_sequence_length
     params = FlowEditParams(steps=args.steps, n_max=args.n_max, src_cfg=3.5, tar_cfg=13.5, seed=42)
     tokens = new_tokens(pipe, model.kind, num_layers=min(5, len(pipe.transformer.transformer_blocks) - 1))
@@ -154,6 +156,7 @@ def measure(model: BenchModel, args: argparse.Namespace) -> tuple[dict[str, list
                               "4 candidates, one batched run": []}
     off, on, reedit, singles, candidates = cases.values()
     share = []
+    inside = {"singles": [], "candidates": []}  # transformer wall seconds: where a batching cost would sit
     warm = FlowEditor(pipe, max_sequence_length=length)
     warm.edit(image, source, "a blue circle", params, use_tokens=False)
     for r in tqdm(range(args.repeats), desc=f"edit latency ({model.name})", leave=False):
@@ -163,16 +166,20 @@ def measure(model: BenchModel, args: argparse.Namespace) -> tuple[dict[str, list
         on.append(first_edit(True, f"a blue circle {r}"))
         reedit.append(timed(lambda: warm.edit(image, source, f"a green triangle {r}", params, use_tokens=False)))
         seeds = [1000 + 8 * r + k for k in range(4)]  # new seeds: no cached source velocities
+        clock.reset()
         singles.append(timed(lambda: [warm.edit(image, source, "a blue circle", params.replace(seed=seed),
                                                 use_tokens=False) for seed in seeds]))
+        inside["singles"].append(clock.total)
         seeds = [1004 + 8 * r + k for k in range(4)]
+        clock.reset()
         candidates.append(timed(lambda: warm.edit_candidates(image, source, "a blue circle", params, seeds=seeds,
                                                              use_tokens=False)))
-    return cases, share
+        inside["candidates"].append(clock.total)
+    return cases, share, inside
 
 
 def report(model: BenchModel, args: argparse.Namespace, cases: dict[str, list], share: list[float],
-           device: torch.device) -> None:
+           inside: dict[str, list], device: torch.device) -> None:
     clock = args.clock if args.clock != "auto" else ("cpu" if device.type == "cpu" and args.threads == 1 else "wall")
     print(f"model: {model.described}; image {args.size}x{args.size}; T={args.steps} n_max={args.n_max}; "
           f"{args.repeats} repeats, {torch.get_num_threads()} thread(s) on {device}")
@@ -182,12 +189,16 @@ def report(model: BenchModel, args: argparse.Namespace, cases: dict[str, list], 
         print(f"{name:<36} {statistics.median(walls):>14.3f} {min(walls):>11.3f} {statistics.median(cpus):>13.3f}")
     transformer_pct = statistics.median(share) * 100
     print(f"transformer share of a first edit (tokens off, wall): {transformer_pct:.0f}%")
+    in_singles, in_candidates = (statistics.median(inside[name]) for name in ("singles", "candidates"))
+    print(f"inside the transformer (wall medians): 4 single edits {in_singles:.3f} s (batch 4 per call), "
+          f"4 candidates {in_candidates:.3f} s (batch 16 per call): ratio {in_candidates / in_singles:.3f}")
     pick = 0 if clock == "wall" else 1
     first, with_tokens, again, singles, candidates = (statistics.median(v[pick] for v in values)
                                                       for values in cases.values())
     print(f"ratios below use {clock}-time medians")
     print(f"RESULT reedit_ratio={again / first:.3f} tokens_overhead_pct={(with_tokens / first - 1) * 100:.1f} "
           f"candidates4_vs_single4={candidates / singles:.3f} "
+          f"transformer_candidates_vs_single={in_candidates / in_singles:.3f} "
           f"model={model.name} size={args.size} steps={args.steps} n_max={args.n_max} repeats={args.repeats} "
           f"transformer_pct={transformer_pct:.0f} clock={clock}")
 
@@ -197,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = build_model(args, device)
-    cases, share = measure(model, args)
-    report(model, args, cases, share, device)
+    cases, share, inside = measure(model, args)
+    report(model, args, cases, share, inside, device)
     return 0
 
 
