@@ -30,7 +30,7 @@ from PIL import Image
 from softrepa.hooks import attach_tokens
 from softrepa.images import write_png
 from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
-from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, resolve_device, resolve_dtype
+from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, model_dtype, resolve_device
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens, resolve_tokens_path
 
 # Generated PNGs (here and in evaluation/t2i.py): each parameter in its own text chunk for image
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         token_path = resolve_tokens_path(args.tokens) if args.tokens else None  # a Hub reference: fetched once
         device = resolve_device(args.device)
         source, kind = resolve_model(args.model, args.kind)
-        pipe = load_pipeline(source, kind, resolve_dtype(args.dtype, device), device, progress_bar=False,
+        pipe = load_pipeline(source, kind, model_dtype(args.dtype, device, kind), device, progress_bar=False,
                              without_t5=True if args.no_t5 else None, memory=memory_from_args(args, device))
         tokens = load_tokens(token_path, model=pipe) if token_path else None
         spec = get_kind(kind)
