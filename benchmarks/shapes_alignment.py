@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 
-from shapes.judge import edit_outcomes, load_classifier, score
+from evaluation.fid import fid_of_images
+from shapes.judge import edit_summary, load_classifier, score
 from shapes.world import generate_samples, make_edit_pairs
 from softrepa.generate import generate_images
 from softrepa.models import KINDS, load_pipeline, model_label
@@ -68,13 +69,6 @@ def parse_args(argv=None):
     return args
 
 
-def fid_against_renders(generated, renders) -> float:
-    from evaluation.fid import InceptionFeatures, fid_from_features
-
-    extractor = InceptionFeatures(progress=False)
-    return fid_from_features(extractor(renders), extractor(generated))
-
-
 @torch.no_grad()
 def vae_round_trip(pipe, images, batch_size: int = 50) -> list:
     """The renders encoded and decoded by the model's VAE: what a perfect denoiser could reach."""
@@ -96,7 +90,7 @@ def text_to_image(pipe, tokens, samples, args) -> dict:
     recon = vae_round_trip(pipe, renders)
     results = {"vae ceiling": {"seconds": 0.0, **score(recon, samples)}}
     if not args.no_fid:
-        results["vae ceiling"]["fid"] = fid_against_renders(recon, renders)
+        results["vae ceiling"]["fid"] = fid_of_images(recon, renders)
     print(f"t2i vae ceiling: full-prompt {results['vae ceiling']['overall']['full_prompt_acc']:.3f}", flush=True)
     for method, method_tokens in (("base", None), ("tokens", tokens)):
         start = time.perf_counter()
@@ -106,18 +100,10 @@ def text_to_image(pipe, tokens, samples, args) -> dict:
         scores = score(images, samples)
         entry = {"seconds": seconds, **scores}
         if not args.no_fid:
-            entry["fid"] = fid_against_renders(images, renders)
+            entry["fid"] = fid_of_images(images, renders)
         results[method] = entry
         print(f"t2i {method}: full-prompt {scores['overall']['full_prompt_acc']:.3f} in {seconds:.0f}s", flush=True)
     return results
-
-
-def edit_metrics(edited, pairs, classifier) -> dict:
-    outcomes = edit_outcomes(edited, pairs, classifier)
-    distance = [float(np.abs(np.asarray(image, np.float32) - np.asarray(pair["source_image"], np.float32)).mean() / 255)
-                for image, pair in zip(edited, pairs)]
-    return {"success": float(np.mean([o["success"] for o in outcomes])),
-            "preservation": float(np.mean([o["preservation"] for o in outcomes])), "pixel_l1": float(np.mean(distance))}
 
 
 def editing(pipe, tokens, pairs, args) -> dict:
@@ -137,7 +123,7 @@ def editing(pipe, tokens, pairs, args) -> dict:
                 edited = [editor.edit(p["source_image"], p["source_prompt"], p["target_prompt"], params,
                                       use_tokens=use_tokens).image for p in bar]
                 entry = {"n_max": n_max, "tar_cfg": tar_cfg, "seconds": time.perf_counter() - start,
-                         **edit_metrics(edited, pairs, classifier)}
+                         **edit_summary(edited, pairs, classifier)}
                 results.setdefault(method, []).append(entry)
                 print(f"edit {method} n_max {n_max} cfg {tar_cfg}: success {entry['success']:.3f} "
                       f"preservation {entry['preservation']:.3f}", flush=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -39,19 +38,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, run as a script or imported
+from evaluation.fid import fid_of_images
+from shapes.classifier import load_classifier, predict_scenes
+from shapes.judge import edit_summary, score_predictions
+from shapes.statements import check
+from shapes.world import generate_samples, make_edit_pairs
+from softrepa.atomic import atomic_write_bytes
+from softrepa.generate import generate_images
+from softrepa.models import KINDS, load_pipeline
+from softrepa.runtime import resolve_device
+from softrepa.tokens import load_tokens
 
-from shapes_alignment import KIND, edit_metrics, fid_against_renders  # noqa: E402
-
-from shapes.classifier import load_classifier, predict_scenes  # noqa: E402
-from shapes.judge import score_predictions  # noqa: E402
-from shapes.statements import check  # noqa: E402
-from shapes.world import generate_samples, make_edit_pairs  # noqa: E402
-from softrepa.generate import generate_images  # noqa: E402
-from softrepa.models import KINDS, load_pipeline  # noqa: E402
-from softrepa.runtime import resolve_device  # noqa: E402
-from softrepa.atomic import atomic_write_bytes  # noqa: E402
-from softrepa.tokens import load_tokens  # noqa: E402
+KIND = "shapes-sd3"  # the bundled model's kind; the web base is the same architecture
 
 BASES = ("web", "clean")
 
@@ -124,7 +122,7 @@ def text_to_image(pipe, tokens, samples, renders, classifier, args) -> dict:
         judged = judge_images(images, samples[:n], classifier)
         judged["seconds"] = time.perf_counter() - start
         if cfg == args.cfg and not args.no_fid:
-            judged["fid"] = fid_against_renders(images, renders)
+            judged["fid"] = fid_of_images(images, renders)
         entry[f"cfg{cfg:g}"] = judged
     return entry
 
@@ -142,7 +140,7 @@ def editing(pipe, tokens, pairs, classifier, args) -> dict:
                   for p in tqdm(pairs, desc="edit", leave=False)]
     finally:
         editor.close()
-    return edit_metrics(edited, pairs, classifier)
+    return edit_summary(edited, pairs, classifier)
 
 
 def method_settings(model: str, token_file: str | None, args) -> dict:

@@ -207,3 +207,9 @@ class InceptionFeatureCache:
             with atomic_path(self.path) as temp:  # the temp name ends in .npz, so savez adds nothing
                 np.savez(temp, keys=np.array(keys), features=ordered)
         return np.stack([cached[key] for key in keys])
+
+
+def fid_of_images(images_a, images_b) -> float:
+    """FID between two lists of images (PIL or arrays) with a fresh ``InceptionFeatures``."""
+    extractor = InceptionFeatures(progress=False)
+    return fid_from_features(extractor(images_a), extractor(images_b))

@@ -8,6 +8,8 @@ What this module implements
 * `score(images, samples)` / `score_predictions(scenes, samples)` - attribute accuracy, count
   accuracy, spatial accuracy, background accuracy and full-prompt accuracy (every statement of
   the caption holds in the predicted scene), overall and per caption grammar.
+* `edit_outcomes(edited, pairs)` / `edit_summary(edited, pairs)` - FlowEdit on edit pairs: whether
+  the changed attribute reads as the target, whether the other cells stayed, pixel distance.
 * The command line: `python -m shapes.judge train --out assets/shapes-classifier.safetensors`
   (`shapes.classifier_training`), `... evaluate`,
   `... score --metadata DIR/metadata.jsonl [--image-root GENERATED_DIR]`.
@@ -23,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -103,6 +106,16 @@ def edit_outcomes(edited, pairs: Sequence[dict], classifier: ShapesClassifier | 
         outcomes.append({"success": obj is not None and getattr(obj, changed["attribute"]) == changed["to"],
                          "preservation": sum(kept) / len(kept) if kept else 1.0})
     return outcomes
+
+
+def edit_summary(edited, pairs: Sequence[dict], classifier: ShapesClassifier | None = None) -> dict:
+    """Means over the pairs: ``success`` and ``preservation`` (``edit_outcomes``), and ``pixel_l1``
+    (mean absolute difference to the source image, in [0, 1])."""
+    outcomes = edit_outcomes(edited, pairs, classifier)
+    distance = [float(np.abs(np.asarray(image, np.float32) - np.asarray(pair["source_image"], np.float32)).mean() / 255)
+                for image, pair in zip(edited, pairs)]
+    return {"success": float(np.mean([o["success"] for o in outcomes])),
+            "preservation": float(np.mean([o["preservation"] for o in outcomes])), "pixel_l1": float(np.mean(distance))}
 
 
 # ---------------------------------------------------------------------------------------------
