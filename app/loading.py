@@ -15,7 +15,7 @@ import torch
 from app.controls import side_slider_range
 from app.settings import AppSettings
 from editing.editor import FlowEditor
-from softrepa.models import KINDS, load_pipeline
+from softrepa.models import load_pipeline
 from softrepa.runtime import memory_from_args, model_dtype, resolve_device
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ def load_editor(settings: AppSettings) -> LoadedModel:
     Raises ``RuntimeError`` with a message for a person when the model cannot be loaded. A token
     file that does not load or fit is not fatal: the app edits without tokens and says why.
     """
-    spec = KINDS[settings.kind]
     if settings.is_bundled_model and not Path(settings.model).is_dir():
         raise RuntimeError(f"The bundled shapes model is not installed at {settings.model_label}. Build it with "
                            "`python -m shapes.model build --out assets/shapes-sd3`, or start the app with "
@@ -54,9 +53,9 @@ def load_editor(settings: AppSettings) -> LoadedModel:
         raise RuntimeError(f"Could not load the model {settings.model_label!r} ({type(exc).__name__}: {exc}). Give "
                            "a local diffusers folder or a Hub id you can access (gated models need "
                            "`huggingface-cli login`).") from exc
-    max_length = settings.max_sequence_length or spec.max_sequence_length
     editor = FlowEditor(pipe, tokens=None, max_side=side_slider_range(settings.kind)[1],
-                        max_sequence_length=max_length, model_name=settings.model_label, kind=settings.kind)
+                        max_sequence_length=settings.max_sequence_length, model_name=settings.model_label,
+                        kind=settings.kind)  # no length given: the kind's
     warnings = []
     if settings.tokens is not None:
         try:

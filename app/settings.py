@@ -78,7 +78,8 @@ class AppSettings:
         prompt length.
     tokens: soft-token file (.safetensors), or None to edit without tokens; ``token_file()`` reads it
         (once).
-    device, dtype: "auto" = CUDA, then MPS, then CPU; float16 on GPUs, float32 on CPU.
+    device, dtype: "auto" = CUDA, then MPS, then CPU; on GPUs the kind's dtype
+        (``softrepa.runtime.model_dtype``), float32 on CPU.
     no_t5: skip the T5 text encoder (SD3 medium: saves about 9 GB).
     offload: "model" / "sequential" keep the weights on the CPU and move them to the GPU while they
         run (``softrepa.models.MemoryOptions``); vae_tiling: encode / decode large images in tiles.
@@ -200,8 +201,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                          "(default: the bundled tokens with the bundled model)")
     tokens.add_argument("--no-tokens", action="store_true", help="start without soft tokens")
     model.add_argument("--device", help=f"auto, cpu, cuda, cuda:1, mps [{ENV_VARS['device']}] (default auto)")
-    model.add_argument("--dtype", choices=DTYPE_CHOICES, help=f"[{ENV_VARS['dtype']}] (default auto: float16 on "
-                                                              "GPUs, float32 on CPU)")
+    model.add_argument("--dtype", choices=DTYPE_CHOICES, help=f"[{ENV_VARS['dtype']}] (default auto: the model card's "
+                                                              "on GPUs, float16 for SD3, bfloat16 for SD3.5 and FLUX.1; "
+                                                              "float32 on CPU)")
     model.add_argument("--no-t5", action="store_const", const=True, default=None,
                        help=f"do not load SD3's T5 text encoder (saves ~9 GB) [{ENV_VARS['no_t5']}=1]")
     model.add_argument("--offload", choices=OFFLOAD_CHOICES,

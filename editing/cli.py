@@ -42,7 +42,8 @@ from editing.token_file import TokenFile
 from softrepa.atomic import atomic_write_text
 from softrepa.images import ImageInputError
 from softrepa.models import KINDS, get_kind, load_pipeline, resolve_model
-from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, model_dtype, process_device, process_state
+from softrepa.runtime import (DTYPES, MODEL_DTYPE_HELP, add_memory_args, memory_from_args, model_dtype, process_device,
+                              process_state)
 
 DEFAULT_MODEL = KINDS["sd3"].hub_id
 # command-line flag -> FlowEditParams field; None means "take the preset's value"
@@ -82,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "(default: the tokens' kind, else a local folder's by its pipeline class, FLUX dev / schnell "
                        "by its guidance embedding, else sd3)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
-    model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: float16 on GPUs, float32 on CPU")
+    model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=MODEL_DTYPE_HELP)
     add_memory_args(parser)
     params = parser.add_argument_group("FlowEdit parameters (default: the preset's)")
     params.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -429,7 +430,7 @@ def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device
     log(f"loading {model} on {device} ({str(dtype).replace('torch.', '')})")
     pipe = load_pipeline(model, kind, dtype, device, without_t5=True if args.no_t5 else None, memory=memory)
     editor = FlowEditor(pipe, tokens=token_file, max_side=args.max_side,
-                        max_sequence_length=KINDS[kind].max_sequence_length, model_name=model, kind=kind)
+                        model_name=model, kind=kind)  # the kind's T5 length
     return editor, params, mask_options
 
 

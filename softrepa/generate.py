@@ -30,7 +30,7 @@ from PIL import Image
 from softrepa.hooks import attach_tokens
 from softrepa.images import write_png
 from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
-from softrepa.runtime import DTYPES, add_memory_args, memory_from_args, model_dtype, resolve_device
+from softrepa.runtime import DTYPES, MODEL_DTYPE_HELP, add_memory_args, memory_from_args, model_dtype, resolve_device
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens, resolve_tokens_path
 
 # Generated PNGs (here and in evaluation/t2i.py): each parameter in its own text chunk for image
@@ -144,8 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                        help="auto: float16 on accelerators, float32 on CPU")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=MODEL_DTYPE_HELP)
     parser.add_argument("--max-sequence-length", type=int, default=None,
                         help="T5 length (default: the kind's: SD3 256, shapes-sd3 8, flux-dev 512, flux-schnell 256)")
     parser.add_argument("--progress", action="store_true")

@@ -54,6 +54,9 @@ def resolve_dtype(name: str | None, device: torch.device, accelerator_dtype: tor
     return DTYPES[name]
 
 
+MODEL_DTYPE_HELP = "auto: the model card's on GPUs (float16 for SD3, bfloat16 for SD3.5 and FLUX.1), float32 on CPU"
+
+
 def model_dtype(name: str | None, device: torch.device, kind: str) -> torch.dtype:
     """``--dtype`` for a model kind's pipeline: ``auto`` is the kind's ``accelerator_dtype`` on a GPU
     (bfloat16 for FLUX.1 and SD3.5, float16 for SD3), float32 on a CPU."""
