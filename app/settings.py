@@ -11,7 +11,6 @@ into the app's folder before Gradio is imported (Gradio reads some paths at impo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from softrepa.atomic import file_sha256
 from softrepa.kinds import SHAPES_MODEL_DIR, kind_of_hub_id
 
 if TYPE_CHECKING:
@@ -125,6 +125,8 @@ class AppSettings:
     mcp: bool = False
     # (path, TokenFile / None / the read's error) once ``token_file`` has read ``tokens``
     _token_read: tuple[str | None, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    # (path, sha256) once ``token_sha256`` has hashed a local ``tokens`` file that was not read yet
+    _token_hash: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def token_file(self) -> TokenFile | None:
         """The soft-token file ``tokens``, read and hashed on first use and kept.
@@ -135,7 +137,8 @@ class AppSettings:
         """
         with _TOKEN_READ_LOCK:
             if self._token_read is None or self._token_read[0] != self.tokens:  # first use, or new tokens
-                self._token_read = (self.tokens, _read_token_file(self.tokens))
+                known = self._token_hash[1] if self._token_hash and self._token_hash[0] == self.tokens else None
+                self._token_read = (self.tokens, _read_token_file(self.tokens, known))
             result = self._token_read[1]
         if isinstance(result, Exception):
             raise result
@@ -145,14 +148,16 @@ class AppSettings:
         """The sha256 of the token file's bytes; None without tokens or when it cannot be read.
 
         The example gallery needs only this, on the page served before torch loads: a local file not
-        read yet is hashed as bytes (``hashlib``), not loaded as tokens; a Hub reference is fetched
+        read yet is hashed as bytes (``softrepa.atomic.file_sha256``), not loaded as tokens, and the
+        hash is kept for ``token_file``'s read (the file is hashed once); a Hub reference is fetched
         and read (``token_file``). A file that is not a token file matches no gallery result anyway.
         """
         with _TOKEN_READ_LOCK:
-            read = self._token_read[1] if self._token_read and self._token_read[0] == self.tokens else None
-        if self.tokens is not None and read is None and Path(self.tokens).is_file():
-            with open(self.tokens, "rb") as f:
-                return hashlib.file_digest(f, "sha256").hexdigest()
+            read = self._token_read is not None and self._token_read[0] == self.tokens
+            if self.tokens is not None and not read and Path(self.tokens).is_file():
+                if self._token_hash is None or self._token_hash[0] != self.tokens:
+                    self._token_hash = (self.tokens, file_sha256(self.tokens))
+                return self._token_hash[1]
         try:
             token_file = self.token_file()
         except (OSError, ValueError):
@@ -272,14 +277,15 @@ def _int_setting(name: str, value: str, minimum: int) -> int:
     return number
 
 
-def _read_token_file(path: str | None) -> TokenFile | Exception | None:
-    """``path`` read as a ``TokenFile``, or the error saying why it cannot be (None: no tokens)."""
+def _read_token_file(path: str | None, sha256: str | None = None) -> TokenFile | Exception | None:
+    """``path`` read as a ``TokenFile`` (``sha256``: its hash, when already known), or the error saying
+    why it cannot be (None: no tokens)."""
     if path is None:
         return None
     from editing.token_file import TokenFile  # torch: only when there are tokens to read
 
     try:
-        return TokenFile.load(path)
+        return TokenFile.load(path, sha256)
     except (OSError, ValueError) as exc:
         return exc
 

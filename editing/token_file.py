@@ -32,12 +32,13 @@ class TokenFile:
     sha256: str  # of the file's bytes
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TokenFile":
+    def load(cls, path: str | os.PathLike, sha256: str | None = None) -> "TokenFile":
         """Read and check ``path`` (a file, or a Hub reference fetched once) and hash it once;
-        ``OSError`` / ``ValueError`` say what is wrong."""
+        ``OSError`` / ``ValueError`` say what is wrong. ``sha256``: the local file's hash when the
+        caller already has it (the app's gallery hashes the file before torch loads)."""
         local = resolve_tokens_path(path)
         tokens = load_tokens(local)  # raises before the file is hashed when it is not a token file
-        return cls(path=local, tokens=tokens, sha256=file_sha256(local))
+        return cls(path=local, tokens=tokens, sha256=sha256 or file_sha256(local))
 
     @property
     def name(self) -> str:

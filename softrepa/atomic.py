@@ -16,10 +16,13 @@ ending with the target's suffix, so PIL infers the format and ``numpy.savez`` do
 second ``.npz``. A run killed mid-write can leave one behind; :data:`TEMP_GLOB` matches them.
 Finished files get mode 0o644 (``mkstemp`` creates 0600; outputs are meant to be shared).
 Directory swaps (checkpoint or staging folders) are not file writes and do not use this module.
+``file_sha256`` hashes a finished file (token files are recorded by it); this module imports no
+torch, so the web page can use it before the model loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -66,3 +69,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Replace ``path`` with ``text`` atomically; returns ``path`` as a ``Path``."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (token files are recorded by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from softrepa.atomic import atomic_path
+from softrepa.atomic import atomic_path, file_sha256  # noqa: F401 (file_sha256 re-exported)
 from softrepa.models import ARCHITECTURES, KINDS, check_compatible, denoiser_of, get_kind
 
 FORMAT_VERSION = "1"
@@ -293,14 +292,6 @@ def load_tokens(path: str | os.PathLike, model: nn.Module | None = None,
         if tokens.time is not None:
             tokens.time.weight.copy_(tensors["time"])
     return tokens.to(device) if device is not None else tokens
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- the Hub

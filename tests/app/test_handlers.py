@@ -531,6 +531,28 @@ def test_the_token_file_is_read_and_hashed_once_per_app(tmp_path, monkeypatch):
     assert len(reads) == len(hashes) == 1
 
 
+def test_a_token_file_hashed_for_the_gallery_is_not_hashed_again(tmp_path, monkeypatch):
+    # with --kind given the settings do not read the file: the gallery (before torch loads) hashes
+    # its bytes, and the model load reads the tokens and reuses that hash
+    import app.settings
+    from editing import token_file
+    from softrepa.tiny import save_tiny_pipeline, tiny_sd3_pipeline
+    from softrepa.tokens import new_tokens, save_tokens
+
+    folder = save_tiny_pipeline("sd3", tmp_path / "tiny")
+    tokens = save_tokens(new_tokens(tiny_sd3_pipeline(), "sd3", num_layers=2), tmp_path / "tokens.safetensors")
+    hashes, sha256 = [], token_file.file_sha256
+    for module in (app.settings, token_file):
+        monkeypatch.setattr(module, "file_sha256", lambda path: hashes.append(path) or sha256(path))
+    settings = resolve_settings(parse_args(["--model", str(folder), "--kind", "sd3", "--tokens", str(tokens),
+                                            "--temp-dir", str(tmp_path / "app"), "--max-sequence-length", "8"]), {})
+    service = EditorService(settings)
+    service.examples()
+    service.load()
+    assert service.editor().tokens_info["sha256"] == sha256(tokens)
+    assert len(hashes) == 1
+
+
 def test_the_page_takes_controls_by_name():
     from app.components import inputs_for
     from app.controls import CONTROL_NAMES
