@@ -192,29 +192,6 @@ def make_loss_fn(config: LossConfig, noise: NoiseDraw, positives: torch.Tensor |
     return PairLoss(config, noise, positives)
 
 
-def _positive_pairs_backward(scorer: PairScorer, loss_fn: PairLoss, pair_chunk: int,
-                             backward: Callable[[torch.Tensor], None]) -> LossOutput:
-    """cweight 0: the loss and its gradient from the B_img positive pairs only (chunked like the
-    full path: a no-grad pass, dL/derr, then one chunk's graph at a time)."""
-    pairs = loss_fn.positive_pairs(scorer.num_images, scorer.num_captions)  # (B_img,)
-    chunks = list(pairs.split(pair_chunk if pair_chunk > 0 else len(pairs)))
-    if len(chunks) == 1:
-        out = loss_fn.positive_loss(scorer.errors(pairs))
-        if torch.isfinite(out.loss):
-            backward(out.loss)
-        return out.detach()
-    with torch.no_grad():
-        err = torch.cat([scorer.errors(chunk) for chunk in chunks])
-    err_leaf = err.requires_grad_(True)
-    out = loss_fn.positive_loss(err_leaf)
-    if not torch.isfinite(out.loss):
-        return out.detach()
-    (grad_err,) = torch.autograd.grad(out.loss, err_leaf)
-    for grad_chunk, chunk in zip(grad_err.split([len(c) for c in chunks]), chunks):
-        backward((grad_chunk * scorer.errors(chunk)).sum())
-    return out.detach()
-
-
 def default_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
@@ -229,33 +206,39 @@ def pair_loss_backward(scorer: PairScorer, loss_fn: Callable[[torch.Tensor], Los
     A non-finite loss is returned without any backward, so the caller can skip the step.
     """
     if getattr(loss_fn, "positives_only", False):  # prompt tuning: only the positives matter
-        return _positive_pairs_backward(scorer, loss_fn, pair_chunk, backward)
-    n_pairs = scorer.num_pairs
-    if pair_chunk <= 0 or n_pairs <= pair_chunk:  # naive: everything fits in one chunk
-        err = scorer.errors(torch.arange(n_pairs)).view(scorer.num_images, scorer.num_captions)  # (B_img, B_txt)
-        out = loss_fn(err)
+        pairs = loss_fn.positive_pairs(scorer.num_images, scorer.num_captions)  # (B_img,)
+        loss_of = loss_fn.positive_loss
+    else:
+        pairs = torch.arange(scorer.num_pairs)  # (B_img * B_txt,)
+
+        def loss_of(err: torch.Tensor) -> LossOutput:
+            return loss_fn(err.view(scorer.num_images, scorer.num_captions))  # (B_img, B_txt)
+    return _chunked_loss_backward(scorer, pairs, loss_of, pair_chunk, backward)
+
+
+def _chunked_loss_backward(scorer: PairScorer, pairs: torch.Tensor, loss_of: Callable[[torch.Tensor], LossOutput],
+                           pair_chunk: int, backward: Callable[[torch.Tensor], None]) -> LossOutput:
+    """``loss_of(err of pairs)`` and its gradient, by the two passes of the module docstring."""
+    if pair_chunk <= 0 or len(pairs) <= pair_chunk:  # naive: everything fits in one chunk
+        out = loss_of(scorer.errors(pairs))
         if torch.isfinite(out.loss):
             backward(out.loss)
         return out.detach()
 
-    chunks = scorer.chunks(pair_chunk)
-    err = torch.empty(n_pairs, dtype=scorer.err_dtype, device=scorer.device)  # (B_img * B_txt,)
+    chunks = list(pairs.split(pair_chunk))
     with torch.no_grad():  # pass 1: err of every pair, no activations kept
-        for chunk in chunks[:-1]:
-            err[chunk.to(scorer.device)] = scorer.errors(chunk)
+        first = [scorer.errors(chunk) for chunk in chunks[:-1]]
     last_err = scorer.errors(chunks[-1])  # with grad; its graph is used below instead of a recompute
-    err[chunks[-1].to(scorer.device)] = last_err.detach()
-
-    err_leaf = err.view(scorer.num_images, scorer.num_captions).requires_grad_(True)  # (B_img, B_txt)
-    out = loss_fn(err_leaf)
+    err_leaf = torch.cat([*first, last_err.detach()]).requires_grad_(True)  # (len(pairs),)
+    out = loss_of(err_leaf)
     if not torch.isfinite(out.loss):
         return out.detach()
     (grad_err,) = torch.autograd.grad(out.loss, err_leaf)  # dL/derr: every cross-term of the softmax
-    grad_err = grad_err.reshape(-1)  # (B_img * B_txt,)
+    grads = grad_err.split([len(chunk) for chunk in chunks])
 
     # pass 2: sum_p dL/derr_p * derr_p/dpsi, one chunk's graph at a time
-    backward((grad_err[chunks[-1].to(scorer.device)] * last_err).sum())
+    backward((grads[-1] * last_err).sum())
     del last_err
-    for chunk in chunks[:-1]:
-        backward((grad_err[chunk.to(scorer.device)] * scorer.errors(chunk)).sum())
+    for grad_chunk, chunk in zip(grads[:-1], chunks[:-1]):
+        backward((grad_chunk * scorer.errors(chunk)).sum())
     return out.detach()
