@@ -43,7 +43,7 @@ import torch
 
 from editing.family import ModelFamily, PromptEmbeds, checked_schedule
 from editing.params import FlowEditParams, ParameterError
-from softrepa.flux import image_ids, pack_latents, unpack_latents
+from softrepa.flux import call_flux
 from softrepa.models import execution_device
 
 
@@ -87,20 +87,12 @@ class FluxFamily(ModelFamily):
         return flux_schedule(scheduler, steps, (height // 2) * (width // 2), device)
 
     def velocity(self, transformer, latents, timestep, embeds, pooled, guidance):
-        b, _, h, w = latents.shape  # (B, C, h, w)
-        dtype, device = latents.dtype, latents.device
         if not transformer.config.guidance_embeds:
             guidance = None  # FLUX.1-schnell: no guidance input
         elif guidance is None:
             raise ValueError("this FLUX transformer is guidance-distilled: give each item its guidance scale")
-        out = transformer(hidden_states=pack_latents(latents),  # (B, hw/4, 4C)
-                          timestep=timestep.expand(b).to(device=device, dtype=dtype) / 1000,  # sigma, as FluxPipeline
-                          guidance=None if guidance is None else guidance.to(device),
-                          pooled_projections=pooled, encoder_hidden_states=embeds,
-                          txt_ids=torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype),  # (n, 3)
-                          img_ids=image_ids(h, w, device, dtype),  # (hw/4, 3)
-                          return_dict=False)[0]  # (B, hw/4, 4C)
-        return unpack_latents(out, h, w)
+        sigma = timestep.expand(latents.shape[0]).to(device=latents.device, dtype=latents.dtype) / 1000  # (B,)
+        return call_flux(transformer, latents, sigma, embeds, pooled, guidance)  # (B, C, h, w)
 
     def check(self, params: FlowEditParams, transformer: Any) -> None:
         if params.guidance != "standard":

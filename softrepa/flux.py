@@ -90,6 +90,21 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     return FluxPipeline._prepare_latent_image_ids(1, height // 2, width // 2, device, dtype)
 
 
+def call_flux(transformer: nn.Module, latents: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor,
+              pooled: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+    """One FLUX forward on unpacked latents (B, C, h, w), as FluxPipeline calls it: the 2x2 packing,
+    text ids 0 and image ids (row, column), ``sigma`` (B,) in 0..1, ``guidance`` (B,) or None
+    (schnell); returns the prediction unpacked, (B, C, h, w)."""
+    _, _, h, w = latents.shape
+    device, dtype = latents.device, latents.dtype
+    packed = transformer(hidden_states=pack_latents(latents),  # (B, h/2 * w/2, 4C)
+                         timestep=sigma, guidance=None if guidance is None else guidance.to(device),
+                         pooled_projections=pooled, encoder_hidden_states=embeds,
+                         txt_ids=torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype),  # (n, 3)
+                         img_ids=image_ids(h, w, device, dtype), return_dict=False)[0]  # (B, h/2 * w/2, 4C)
+    return unpack_latents(packed, h, w)
+
+
 def training_guidance(kind: str, denoiser: nn.Module) -> float | None:
     """The guidance fed to a guidance-distilled denoiser in training: the kind's sampling default
     (module docstring); None without a guidance embedding (schnell)."""
@@ -120,17 +135,12 @@ class FluxDenoiser(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 pooled_projections: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
-        b, _, h, w = hidden_states.shape  # x_t (B, C, h, w)
-        device, dtype = hidden_states.device, hidden_states.dtype
-        guidance = None
+        guidance = None  # x_t: hidden_states (B, C, h, w)
         if self.guidance is not None:
-            guidance = torch.full((b,), self.guidance, device=device, dtype=torch.float32)  # (B,)
-        text_ids = torch.zeros(encoder_hidden_states.shape[1], 3, device=device, dtype=dtype)  # (n, 3)
-        packed = self.transformer(hidden_states=pack_latents(hidden_states),  # (B, h/2 * w/2, 4C)
-                                  timestep=timestep.to(torch.float32) / 1000, guidance=guidance,
-                                  pooled_projections=pooled_projections, encoder_hidden_states=encoder_hidden_states,
-                                  txt_ids=text_ids, img_ids=image_ids(h, w, device, dtype), return_dict=False)[0]
-        return (unpack_latents(packed, h, w),)  # (B, C, h, w)
+            guidance = torch.full((hidden_states.shape[0],), self.guidance, device=hidden_states.device,
+                                  dtype=torch.float32)  # (B,)
+        return (call_flux(self.transformer, hidden_states, timestep.to(torch.float32) / 1000, encoder_hidden_states,
+                          pooled_projections, guidance),)  # (B, C, h, w)
 
 
 def flux_objective() -> DiffusionObjective:
