@@ -7,12 +7,25 @@ time waiting for each other (a tiny forward took 1.7 s with the default threads,
 * ``gpu`` tests run only where CUDA is available;
 * ``browser`` tests skip (fail under CI) without Chromium and Playwright, and a skipped browser
   test is repeated in a banner at the end of the run, so nobody mistakes it for a pass.
+
+Property-based tests (``hypothesis``) of untrusted input run under one of two profiles: ``ci``
+(the default: 500 generated cases per target, no deadline, since a shared machine's timing is not
+the property) and ``slow`` (5000 cases; chosen with ``SOFTREPA_SLOW_TESTS=1`` or
+``HYPOTHESIS_PROFILE=slow``). The examples are derandomized under CI, so a failure there reproduces.
 """
 
 import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+FUZZ_CASES = {"ci": 500, "slow": 5000}  # generated cases per fuzz target (issue #24: at least 500 in CI)
+for _profile, _cases in FUZZ_CASES.items():
+    settings.register_profile(_profile, max_examples=_cases, deadline=None, derandomize=bool(os.environ.get("CI")),
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("slow" if os.environ.get("SOFTREPA_SLOW_TESTS") == "1" else "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")
