@@ -47,6 +47,7 @@ LABELS: dict[str, str] = {
     "variations": "Variations",
     "replay": "Replay a result",
     "instruction": "Instruction",
+    "result": "Result PNG",  # Edit again through the API: a result of this app (or of python -m editing)
 }
 # What the two guidance sliders (src_cfg, tar_cfg) are on each architecture (softrepa.kinds): their
 # info lines on the page. FLUX.1 is guidance-distilled: the scale is an input of the model, not a mix
@@ -88,7 +89,19 @@ API_HELP: dict[str, str] = {
     "variations": "how many candidates (1 to 8) to make in one batched run: seeds seed, seed + 1, ... (random "
                   "ones with randomize_seed); png_files holds each candidate's PNG, details['candidates'] their "
                   "seeds",
+    "instruction": "what to change, in one line, e.g. 'make the square an outline'",
+    "png": "a result PNG this app or python -m editing wrote (its settings are in its metadata)",
+    "result": "a result PNG of this app (or of python -m editing): it becomes the source image, and its settings "
+              "are the defaults of every parameter left out",
 }
+# Files the API takes (image, mask, png, result) may also be given to the MCP tools as a
+# "data:image/png;base64,..." URL or an http(s) URL: an agent's local image needs no upload step.
+FILE_PARAMETERS = ("image", "mask", "png", "result")
+for _name in FILE_PARAMETERS:
+    API_HELP[_name] += "; over MCP, a data:image/png;base64,... URL or an http(s) URL"
+# Prompts longer than this many characters are refused before they are tokenized (no model reads
+# more than a few hundred tokens, a few thousand characters; a huge one would only cost time)
+MAX_PROMPT_CHARS = 4000
 # the CFG sliders (the FlowEdit demo's go to 30); 0..1 is allowed (standard CFG 1 = conditional only)
 CFG_RANGE = (0.0, 30.0)
 MAX_STEPS = 100  # the app's caps: what one press may cost on the shared device
@@ -188,6 +201,37 @@ def side_limits(editor: FlowEditor) -> tuple[int, int]:
     return smallest, editor.max_side
 
 
+def prompt_text(name: str, prompt: Any) -> str:
+    """A prompt control's value as text: a non-empty string of at most ``MAX_PROMPT_CHARS``
+    characters; ``UserInputError`` naming the control otherwise. How many tokens the model reads
+    is the editor's rule (``FlowEditor.check_prompt_length``)."""
+    label = LABELS[name]
+    if not isinstance(prompt, str) or not prompt.strip():
+        what = "what the picture shows" if name == "source_prompt" else "what you want the picture to show"
+        got = "" if isinstance(prompt, str) or prompt is None else f" (got {type(prompt).__name__})"
+        raise UserInputError(f"The {label.lower()} is empty{got}: describe {what}.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UserInputError(f"The {label.lower()} is {len(prompt):,} characters long, over the limit of "
+                             f"{MAX_PROMPT_CHARS:,}: describe the picture in a sentence or two.")
+    return prompt
+
+
+def check_mask_mode(mode: Any) -> str:
+    """The Mask control's value, one of ``MASK_MODES``; ``UserInputError`` naming the control otherwise."""
+    if not isinstance(mode, str) or mode not in MASK_MODES:
+        raise UserInputError(f"{LABELS['mask_mode']} must be one of {', '.join(MASK_MODES)}, got {mode!r}.")
+    return mode
+
+
+def flag(name: str, value: Any) -> bool:
+    """A checkbox control's value (True / False; an API client may also send 0 / 1)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise UserInputError(f"{LABELS[name]} must be true or false, got {value!r}.")
+
+
 def side_slider_range(kind: str) -> tuple[int, int, int]:
     """(minimum, maximum, step) of the max-side slider for a model kind: a quarter to twice its
     training resolution, in steps of its usual patch size (the loaded model clamps further)."""
@@ -196,9 +240,10 @@ def side_slider_range(kind: str) -> tuple[int, int, int]:
     return max(step, resolution // 4), resolution * 2, step
 
 
-def _max_side(controls: EditControls, editor: FlowEditor) -> int:
-    """The control's max side within what the model takes (the max side is the app's, not FlowEdit's)."""
-    smallest, largest = side_limits(editor)
+def _max_side(controls: EditControls, sides: tuple[int, int]) -> int:
+    """The control's max side within ``sides``, the (smallest, largest) long side the model takes
+    (the max side is the app's, not FlowEdit's)."""
+    smallest, largest = sides
     max_side = _whole_number("max_side", controls.max_side)
     if not smallest <= max_side <= 2**16:
         raise UserInputError(f"{LABELS['max_side']} must be between {smallest} and {2**16}, got {max_side}.")
@@ -236,25 +281,42 @@ def variations_from_controls(controls: EditControls) -> int:
     return count
 
 
-def params_from_controls(controls: EditControls, editor: FlowEditor) -> RunValues:
-    """What to run from the controls; ``UserInputError`` naming the control to fix.
+def params_from_controls(controls: EditControls, sides: tuple[int, int]) -> RunValues:
+    """What to run from the controls; ``UserInputError`` naming the control to fix. ``sides``: the
+    (smallest, largest) long side the model takes (``side_limits``, or the kind's while it loads).
 
     The parameters are not checked here: the editor checks them once per edit and each candidate's
-    seed (``FlowEditParams.check``), and the app shows a ``ParameterError`` on its control.
+    seed (``FlowEditParams.check``), and the app shows a ``ParameterError`` on its control. What no
+    edit follows (a replayed PNG) calls ``check_controls``.
     """
     counts = {name: _whole_number(name, getattr(controls, name)) for name in ("steps", "n_max", "n_min", "n_avg")}
     cfgs = {name: _number(name, getattr(controls, name)) for name in ("src_cfg", "tar_cfg")}
     _check_app_caps({**counts, **cfgs}, counts["steps"], counts["n_max"])
     variations = variations_from_controls(controls)
     notes: list[str] = []
-    if controls.randomize_seed:
+    if flag("randomize_seed", controls.randomize_seed):
         seeds = [secrets.randbelow(MAX_SEED + 1) for _ in range(variations)]
     else:
         first = _seed(controls, notes)
         seeds = [first + index for index in range(variations)]
     params = FlowEditParams(**counts, **cfgs, seed=seeds[0], guidance=controls.guidance,
                             token_branches=controls.token_branches)
-    return RunValues(params, _max_side(controls, editor), seeds, notes)
+    return RunValues(params, _max_side(controls, sides), seeds, notes)
+
+
+def check_controls(controls: EditControls, sides: tuple[int, int]) -> RunValues:
+    """Every check an edit makes of its controls before the model runs, for values no edit follows
+    yet (a replayed PNG's): the prompts (``prompt_text``), the tokens box, the mask mode, then
+    ``params_from_controls`` and ``FlowEditParams.check``. ``UserInputError`` or ``ParameterError``
+    (``parameter_message`` names its control)."""
+    for name in ("source_prompt", "target_prompt"):
+        prompt_text(name, getattr(controls, name))
+    for name in ("use_tokens", "randomize_seed"):
+        flag(name, getattr(controls, name))
+    check_mask_mode(controls.mask_mode)
+    values = params_from_controls(controls, sides)
+    values.params.check()
+    return values
 
 
 # ----------------------------------------------------------------------------- presets

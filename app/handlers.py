@@ -1,6 +1,7 @@
 """What the web app does with a press, without the page: check the inputs, run edits (one, the
-candidates of one: Variations, or tokens off vs on: Compare), pick a candidate, chain a result into
-the next edit (Edit again), keep history.
+candidates of one: Variations, or tokens off vs on: Compare), pick a candidate, record the result a
+chained edit started from (Edit again), keep history. The public actions built on these are the API
+layer's (``app/api.py``).
 
 Every function here takes and returns plain values (paths, strings, numbers, dataclasses), so the
 tests drive them without a browser. The Gradio layer (``app/ui.py`` and the modules it wires) only
@@ -27,7 +28,7 @@ import gradio as gr
 from PIL import Image
 
 from app.controls import (LABELS, EditControls, RunValues, UserInputError, controls_for_params, default_preset,
-                          parameter_message, params_from_controls, preset_controls)
+                          parameter_message, params_from_controls, preset_controls, prompt_text, side_limits)
 from app.examples import OUTPUT_KEYS
 from app.masks import mask_message, mask_request, mask_summary, save_region
 from app.service import EditorService
@@ -69,7 +70,7 @@ def reports_errors(fn: F) -> F:
         except (UserInputError, ImageInputError) as exc:
             if raised(exc, "editing.masks", "MaskError"):  # an ImageInputError: headed by the mask control's label
                 raise gr.Error(mask_message(exc), title="Check the mask", print_exception=False) from None
-            raise gr.Error(str(exc), title="Check the inputs", print_exception=False) from None
+            raise gr.Error(input_message(exc), title="Check the inputs", print_exception=False) from None
         except ParameterError as exc:  # FlowEditParams.check, the one home of the parameter rules
             raise gr.Error(parameter_message(exc), title="Check the inputs", print_exception=False) from None
         except ValueError as exc:  # parameter checks of the editing library, worded for people
@@ -83,6 +84,15 @@ def reports_errors(fn: F) -> F:
                            print_exception=False) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def input_message(error: UserInputError | ImageInputError) -> str:
+    """A problem with an input as the page shows it: the app's own messages already name their
+    control; the image library's (``softrepa.images``: "the image is not an image PIL can read")
+    are headed by the source image's label."""
+    if isinstance(error, UserInputError):
+        return str(error)
+    return _sentence(f"{LABELS['image']}: {error}")
 
 
 def raised(exc: BaseException, module: str, name: str) -> bool:
@@ -114,9 +124,7 @@ def check_prompt(editor: FlowEditor, name: str, prompt: Any) -> list[str]:
     CLIP without T5 (the shapes model), the end of the prompt would be silently dropped (an error).
     """
     label = LABELS[name]
-    if not isinstance(prompt, str) or not prompt.strip():
-        what = "what the picture shows" if name == "source_prompt" else "what you want the picture to show"
-        raise UserInputError(f"The {label.lower()} is empty: describe {what}.")
+    prompt = prompt_text(name, prompt)
     try:
         warning = editor.check_prompt_length(prompt, label.lower())
     except ValueError as exc:
@@ -241,19 +249,33 @@ def _details(service: EditorService, editor: FlowEditor, mode: str, controls: Ed
                     for r in results],
         "seconds": round(sum(r.stats.seconds for r in runs), 3),
         "notices": list(notices),  # what was changed on the way (also shown as notices)
-        "parent": None,  # Edit again: the result this source image was (with_parent)
     }
 
 
-def _run(service: EditorService, image: Any, controls: EditControls, token_states: list[bool], session: str,
-         progress: ProgressFn | None, mask: Any) -> EditOutcome:
+NO_TOKENS = "this app runs without soft tokens (none were given, or they could not be loaded)"
+
+
+def _token_states(editor: FlowEditor, token_states: list[bool], notices: list[str]) -> list[bool]:
+    """The tokens states to run: an edit asked with tokens on an app that has none runs with them off
+    (with a notice: the API's default may say on); Compare cannot run without them."""
+    if editor.has_tokens or not any(token_states):
+        return token_states
+    if len(token_states) > 1:
+        raise UserInputError(f"Compare tokens needs soft tokens, but {NO_TOKENS}: use Edit instead.")
+    notices.append(f"{LABELS['use_tokens']}: {_sentence(NO_TOKENS)[:-1]}, so the edit ran with tokens off.")
+    return [False]
+
+
+def run_edits(service: EditorService, image: Any, controls: EditControls, token_states: list[bool], session: str,
+              progress: ProgressFn | None, mask: Any, parent: dict[str, Any] | None = None) -> EditOutcome:
+    """Check the inputs, run one edit per tokens state (or the candidates of one), save the PNGs
+    (their metadata records ``parent``, the result the image was) and describe the outcome. The API
+    layer's ``edit`` and ``compare`` (``app/api.py``) are this with one or two tokens states."""
     editor = service.editor()
-    if any(token_states) and not editor.has_tokens:
-        raise UserInputError("This app runs without soft tokens (none were given or they could not be loaded), so "
-                             "it can only edit with tokens off: untick 'Soft tokens'. Compare needs tokens.")
     notices = check_prompt(editor, "source_prompt", controls.source_prompt)
     notices += check_prompt(editor, "target_prompt", controls.target_prompt)
-    values = params_from_controls(controls, editor)
+    token_states = _token_states(editor, token_states, notices)
+    values = params_from_controls(controls, side_limits(editor))
     notices += values.notes
     region = mask_request(controls.mask_mode, mask)
     prepared = prepare_source(editor, image, values.max_side)
@@ -261,10 +283,11 @@ def _run(service: EditorService, image: Any, controls: EditControls, token_state
     results = _edit_each(service, editor, prepared, controls, values, token_states, session, progress, region)
     notices += [_sentence(note) for note in (results[-1].mask_info or {}).get("notes", [])]  # e.g. mask resized
 
-    mode = "compare" if len(token_states) > 1 else "edit"
-    source_path, images = _save_images(service.session_dir(session), prepared, results, mode, controls.target_prompt,
-                                       values.max_side)
-    details = _details(service, editor, mode, controls, values, prepared, results, notices)
+    mode, key = "compare" if len(token_states) > 1 else "edit", _new_key()
+    app_record = {"mode": mode, "max_side": values.max_side, "key": key, "parent": parent}
+    source_path, images = _save_images(service.session_dir(session), prepared, results, controls.target_prompt,
+                                       app_record)
+    details = {**_details(service, editor, mode, controls, values, prepared, results, notices), "parent": parent}
     if mode == "edit" and len(results) > 1:
         details["candidates"] = [{"seed": image.seed, "file": Path(image.path).name} for image in images]
     used = dataclasses.replace(controls, seed=values.params.seed, randomize_seed=False, max_side=values.max_side,
@@ -272,7 +295,8 @@ def _run(service: EditorService, image: Any, controls: EditControls, token_state
     summary = _summary(mode, values, results, prepared, controls.mask_mode)
     # a drawn mask is restored as saved beside the result: fitted to the restored input (source_path)
     restore_mask = images[-1].mask_path if controls.mask_mode == "drawn" else None
-    return EditOutcome(mode, source_path, images, used, details, summary, notices, restore_mask)
+    return EditOutcome(mode, source_path, images, used, details, summary, notices, restore_mask, key=key,
+                       parent=parent)
 
 
 def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedImage, controls: EditControls,
@@ -311,17 +335,19 @@ def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedIma
     return results
 
 
-def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult], mode: str,
-                 target_prompt: str, max_side: int) -> tuple[str, list[OutputImage]]:
+def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult], target_prompt: str,
+                 app_record: dict[str, Any]) -> tuple[str, list[OutputImage]]:
     """The prepared input (the "before") and each result as PNGs in the session's folder; a masked
     result also gets its mask beside it (``EditResult.save``) and the input with the region tinted.
-    Each PNG names its input file and the max side in its metadata ("app"), so a replay finds both."""
+    Each PNG's metadata holds ``app_record`` (mode, max side, the run's key, its parent: Edit again)
+    and its input file's name under "app", so a replay finds both and a chain can be followed."""
     from editing.cli import safe_name  # the editing library: loaded by now, an edit ran
     from editing.editor import mask_path
 
+    mode = app_record["mode"]
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-{safe_name(target_prompt, 40)}"
     source_path = write_png(prepared.image, folder / f"{stem}-input.png")
-    app_record = {"mode": mode, "input_file": source_path.name, "max_side": max_side}
+    app_record = {**app_record, "input_file": source_path.name}
     images = []
     for result in results:
         suffix = ("tokens" if result.use_tokens else "no-tokens") + (f"-seed{result.params.seed}"
@@ -335,23 +361,6 @@ def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult
                                   region_path=save_region(result, folder / f"{stem}-{suffix}.region.png"),
                                   seed=result.params.seed))
     return str(source_path), images
-
-
-@reports_errors
-def edit(service: EditorService, image: Any, controls: EditControls, session: str = "",
-         progress: ProgressFn | None = None, mask: Any = None) -> EditOutcome:
-    """One edit with the tokens state of ``controls.use_tokens``, or ``controls.variations``
-    candidates of it (seeds seed, seed + 1, ...; random ones with ``randomize_seed``) in one
-    batched run; ``mask``: the mask image for ``controls.mask_mode`` "drawn" (``app.masks.mask_request``).
-    ``EditCancelled`` when Cancel stopped it."""
-    return _run(service, image, controls, [bool(controls.use_tokens)], session, progress, mask)
-
-
-@reports_errors
-def compare(service: EditorService, image: Any, controls: EditControls, session: str = "",
-            progress: ProgressFn | None = None, mask: Any = None) -> EditOutcome:
-    """The same edit (same seed, same mask) without and with soft tokens (one candidate of each)."""
-    return _run(service, image, dataclasses.replace(controls, variations=1), [False, True], session, progress, mask)
 
 
 # ----------------------------------------------------------------------------- picking, chaining
@@ -375,32 +384,6 @@ def parent_of(outcome: EditOutcome) -> dict[str, Any]:
     """What a chained run records about the result its source image was (Edit again)."""
     return {"key": outcome.key, "file": Path(outcome.final.path).name, "source_prompt": outcome.controls.source_prompt,
             "target_prompt": outcome.controls.target_prompt, "seed": outcome.final.seed}
-
-
-def with_parent(outcome: EditOutcome, parent: dict[str, Any] | None) -> EditOutcome:
-    """``outcome`` knowing the result it started from (None: a picture of its own)."""
-    if parent is None:
-        return outcome
-    return dataclasses.replace(outcome, parent=parent, details={**outcome.details, "parent": parent})
-
-
-@dataclass
-class EditAgain:
-    """The inputs that edit a result further: its image as the source, its target prompt as the
-    source prompt (the target prompt stays, to edit from), its mask for a drawn one."""
-
-    image: str
-    source_prompt: str
-    target_prompt: str
-    mask: str | None
-    parent: dict[str, Any]
-
-
-def edit_again(outcome: EditOutcome | None) -> EditAgain:
-    if outcome is None:
-        raise UserInputError("There is no result to edit again yet: press Edit first (or pick a history entry).")
-    return EditAgain(outcome.final.path, outcome.controls.target_prompt, outcome.controls.target_prompt,
-                     outcome.mask, parent_of(outcome))
 
 
 # ----------------------------------------------------------------------------- history

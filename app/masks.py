@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from app.controls import LABELS, MASK_MODES, UserInputError
+from app.controls import LABELS, UserInputError, check_mask_mode
 from softrepa.images import write_png
 
 if TYPE_CHECKING:  # editing.masks imports torch, which loads after the page is served (app/main.py)
@@ -59,8 +59,7 @@ def mask_request(mode: Any, mask: Any) -> bytes | Image.Image | AutoMask | None:
     """What ``FlowEditor.edit`` gets as ``mask`` for the Mask control's ``mode`` and the mask image
     (module docstring); ``UserInputError`` saying what to change when the two do not go together."""
     label = LABELS["mask_mode"]
-    if mode not in MASK_MODES:
-        raise UserInputError(f"{label} must be one of {', '.join(MASK_MODES)}, got {mode!r}.")
+    check_mask_mode(mode)
     source = _mask_source(mask)
     if mode == "drawn":
         if source is None:

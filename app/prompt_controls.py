@@ -20,10 +20,11 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
+from app.api import describe, instruct
 from app.components import HELPER_EVENT
 from app.controls import LABELS
-from app.handlers import reports_errors
-from app.prompt_help import Describer, Instructor, PromptHelpError
+from app.prompt_help import Describer, Instructor
+from app.service import EditorService
 
 
 @dataclass
@@ -51,21 +52,16 @@ def instruction_inputs(instructor: Instructor | None) -> dict[str, Component]:
 
 
 def wire_prompt_help(parts: PromptHelpComponents, image: gr.Image, source_prompt: gr.Textbox,
-                     target_prompt: gr.Textbox, describer: Describer | None, instructor: Instructor | None) -> None:
-    @reports_errors
-    def describe(picture: str | None) -> dict[Component, Any]:
-        if describer is None:
-            raise PromptHelpError("This app has no describer (start it with --captioner MODEL).")
-        return {source_prompt: describer.describe(picture),
-                parts.note: f"The source prompt was written by the {describer.name}: check it, change what is wrong."}
+                     target_prompt: gr.Textbox, service: EditorService) -> None:
+    """Describe and Instruction -> target on the page, through the API layer (``app.api``)."""
+    def describe_image(picture: str | None) -> dict[Component, Any]:
+        described = describe(service, picture)
+        return {source_prompt: described.source_prompt, parts.note: described.note}
 
-    parts.describe.click(describe, [image], [source_prompt, parts.note], **HELPER_EVENT)
+    parts.describe.click(describe_image, [image], [source_prompt, parts.note], **HELPER_EVENT)
 
-    @reports_errors
     def write_target(instruction: str, source: str, picture: str | None) -> dict[Component, Any]:
-        if instructor is None:
-            raise PromptHelpError("This app has no instruction helper (start it with --rewriter MODEL).")
-        result = instructor.rewrite(instruction, source, picture if instructor.needs_image else None)
+        result = instruct(service, instruction, source, picture)  # a refused target is shown, with the verdict
         return {target_prompt: result.target, source_prompt: result.source if result.source_changed else gr.skip(),
                 parts.note: result.message}
 

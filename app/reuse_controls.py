@@ -20,9 +20,10 @@ from gradio.components import Component
 
 from app.components import HELPER_EVENT, LIGHT_EVENT, session_of
 from app.controls import LABELS
-from app.handlers import EditOutcome, edit_again, reports_errors
+from app.api import next_edit, replay
+from app.handlers import EditOutcome, reports_errors
 from app.page import Page
-from app.replay import replay, replay_note
+from app.replay import replay_note
 from app.service import EditorService
 
 
@@ -46,7 +47,7 @@ def wire_reuse(page: Page, service: EditorService) -> None:
 
     @reports_errors
     def again(outcome: EditOutcome | None) -> dict[Component, Any]:
-        chained = edit_again(outcome)
+        chained = next_edit(outcome)
         return {page.image: chained.image, controls.source_prompt: chained.source_prompt,
                 controls.target_prompt: chained.target_prompt, page.masks.mask: chained.mask,
                 page.parent: chained.parent,
@@ -58,18 +59,18 @@ def wire_reuse(page: Page, service: EditorService) -> None:
                            page.replay_note], **HELPER_EVENT)
     page.image.input(lambda: None, None, [page.parent], **LIGHT_EVENT)  # the person's own picture: a new chain
 
-    @reports_errors
     def replay_png(values: dict[Component, Any], request: gr.Request = None) -> dict[Component, Any]:
         path = values[page.replay]
         if not path:
             return {page.replay_note: gr.skip()}  # Gradio takes no empty dict
-        result = replay(path, controls.read(values), service.settings, service.has_tokens,
-                        service.settings.model_label, service.session_dir(session_of(request)))
+        result = replay(service, path, controls.read(values), session_of(request))
         # the box empties, ready for the next PNG; the note says which one came back
         return {page.image: result.image if result.image is not None else gr.skip(), page.masks.mask: result.mask,
                 **controls.updates(result.controls, service.has_tokens), page.parent: None,
                 page.replay_note: replay_note(result, Path(path).name), page.replay: None}
 
-    page.replay.upload(replay_png, {page.replay, *controls.as_set()},
-                       [page.image, page.masks.mask, *controls.as_outputs(), page.parent, page.replay_note,
-                        page.replay], **HELPER_EVENT)
+    replayed = page.replay.upload(replay_png, {page.replay, *controls.as_set()},
+                                  [page.image, page.masks.mask, *controls.as_outputs(), page.parent, page.replay_note,
+                                   page.replay], **HELPER_EVENT)
+    # a refused PNG (its message is shown) leaves the box empty for the next one; the controls stay
+    replayed.failure(lambda: None, None, [page.replay], **LIGHT_EVENT)

@@ -18,8 +18,9 @@ from gradio.components import Component
 from app.components import (HELPER_EVENT, LIGHT_EVENT, client_gone, describe_endpoint, inputs_for, session_of,
                             session_waits)
 from app.controls import EditControls
-from app.handlers import (EditCancelled, EditOutcome, add_to_history, choose_candidate, compare, edit, history_gallery,
-                          in_history, replace_in_history, reports_errors, with_parent)
+from app.api import compare, edit, summary
+from app.handlers import (EditCancelled, EditOutcome, add_to_history, choose_candidate, history_gallery, in_history,
+                          replace_in_history, reports_errors)
 from app.page import Page, candidates_gallery
 from app.service import EditorService
 
@@ -47,7 +48,7 @@ def running_on_zero_gpu() -> bool:
     return True
 
 
-def _progress_callback(progress: gr.Progress) -> Callable[[int, int], None]:
+def progress_callback(progress: gr.Progress) -> Callable[[int, int], None]:
     """The edit's progress bar, which also stops the edit (between steps) once its client is gone."""
     def report(done: int, total: int) -> None:
         if client_gone():
@@ -57,7 +58,7 @@ def _progress_callback(progress: gr.Progress) -> Callable[[int, int], None]:
     return report
 
 
-def _notify(outcome: EditOutcome) -> None:
+def notify(outcome: EditOutcome) -> None:
     for notice in outcome.notices:
         gr.Info(notice)
 
@@ -69,17 +70,17 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
     def run_edit(image: str | None, source_prompt: str, target_prompt: str, use_tokens: bool, tar_cfg: float,
                  src_cfg: float, n_max: float, steps: float, n_min: float, n_avg: float, seed: float,
                  randomize_seed: bool, max_side: float, guidance: str, token_branches: str, mask_mode: str,
-                 mask: str | None = None, variations: float = 1, request: gr.Request = None,
-                 progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
+                 mask: str | None = None, variations: float = 1, parent: dict[str, Any] | None = None,
+                 request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=use_tokens,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
                                 token_branches=token_branches, mask_mode=mask_mode, variations=variations)
         try:
-            outcome = edit(service, image, controls, session_of(request), _progress_callback(progress), mask=mask)
+            outcome = edit(service, image, controls, session_of(request), progress_callback(progress), mask, parent)
         except EditCancelled:
             return {page.summary: CANCELLED}  # the rest as it was (the finish step then skips)
-        _notify(outcome)
+        notify(outcome)
         # the API's returns: every candidate's PNG (the page then shows the chosen one's, see finish)
         return {page.slider: (outcome.source_path, outcome.final.path), page.result: outcome.final.path,
                 page.files: outcome.all_files(), page.summary: outcome.summary, page.details: outcome.details,
@@ -89,17 +90,17 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
     def run_compare(image: str | None, source_prompt: str, target_prompt: str, tar_cfg: float, src_cfg: float,
                     n_max: float, steps: float, n_min: float, n_avg: float, seed: float, randomize_seed: bool,
                     max_side: float, guidance: str, token_branches: str, mask_mode: str,
-                    mask: str | None = None, request: gr.Request = None,
+                    mask: str | None = None, parent: dict[str, Any] | None = None, request: gr.Request = None,
                     progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=True,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
                                 token_branches=token_branches, mask_mode=mask_mode)
         try:
-            outcome = compare(service, image, controls, session_of(request), _progress_callback(progress), mask=mask)
+            outcome = compare(service, image, controls, session_of(request), progress_callback(progress), mask, parent)
         except EditCancelled:
             return {page.summary: CANCELLED}
-        _notify(outcome)
+        notify(outcome)
         without, with_ = outcome.images
         return {page.slider: (outcome.source_path, with_.path), page.without_tokens: without.path,
                 page.with_tokens: with_.path, page.files: outcome.files(), page.summary: outcome.summary,
@@ -107,13 +108,11 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
                 page.shown_outcome: outcome}
 
     # mask=None and variations=1 above make them optional in the API (Gradio reads the defaults), and
-    # they come last, so calls that pass the others by position still work. The API's documentation
-    # of each endpoint (the API page, the MCP tools): a summary and every parameter's meaning (API_HELP).
-    describe_endpoint(run_edit, "Edit the image from the source prompt to the target prompt (tokens on or off), "
-                                "optionally only inside a mask, optionally as several candidates (variations).",
-                      name="edit")
-    describe_endpoint(run_compare, "The same edit (same seed, same mask) without and with soft tokens.",
-                      name="compare")
+    # they come last, so calls that pass the others by position still work; parent is the page's
+    # state (Edit again), which the API does not show. The API's documentation of each endpoint (the
+    # API page, the MCP tools): the API layer's summary and every parameter's meaning (API_HELP).
+    describe_endpoint(run_edit, summary(edit), name="edit")
+    describe_endpoint(run_compare, summary(compare), name="compare")
     _wire_buttons(page, service, run_edit, run_compare)
     _wire_cancel(page, service, demo)
     _wire_pick(page)
@@ -125,15 +124,13 @@ def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_co
     finish_outputs = [page.history, page.history_state, page.controls.seed, page.result, page.compare_row,
                       page.candidates, page.files, page.details, page.shown_outcome, page.masks.region]
 
-    def finish(outcome: EditOutcome | None, history_entries: list[EditOutcome],
-               parent: dict[str, Any] | None) -> dict[Component, Any]:
+    def finish(outcome: EditOutcome | None, history_entries: list[EditOutcome]) -> dict[Component, Any]:
         """After a run: the history (with the chain: Edit again's parent), the seed actually used, which
         result areas show, the chosen candidate's files (not in the endpoints' returns: an API client
         gets plain values, never visibility updates). Nothing after a cancelled run (the outcome shown
         is the one before it, already in the history)."""
         if outcome is None or in_history(history_entries, outcome):
             return {component: gr.skip() for component in finish_outputs}  # Gradio takes no empty dict
-        outcome = with_parent(outcome, parent)
         entries = add_to_history(history_entries, outcome, service.settings.history_size)
         pair = outcome.mode == "compare"
         return {page.history: history_gallery(entries), page.history_state: entries,
@@ -142,7 +139,7 @@ def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_co
                 page.files: outcome.files(), page.details: outcome.details, page.shown_outcome: outcome,
                 page.masks.region: gr.Image(visible=outcome.final.region_path is not None)}
 
-    named = {"image": page.image, "mask": page.masks.mask, **page.controls.by_name()}
+    named = {"image": page.image, "mask": page.masks.mask, "parent": page.parent, **page.controls.by_name()}
     for button, run, outputs, api_name in (
             (page.edit_button, run_edit, [page.result], "edit"),
             (page.compare_button, run_compare, [page.without_tokens, page.with_tokens], "compare")):
@@ -150,7 +147,7 @@ def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_co
                              [page.slider, *outputs, page.files, page.summary, page.details, page.masks.region,
                               page.shown_outcome],
                              api_name=api_name, concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
-        event.success(finish, [page.shown_outcome, page.history_state, page.parent], finish_outputs,
+        event.success(finish, [page.shown_outcome, page.history_state], finish_outputs,
                       **LIGHT_EVENT)
 
 

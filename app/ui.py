@@ -7,8 +7,10 @@ tokens-on pair, the candidates, the region edited, a summary line, Edit again, P
 parameters as JSON), then the examples and the session's history (``_layout``, which returns them
 as a ``Page``, ``app/page.py``). Events: the runs (Edit, Compare, Cancel, picking a candidate) in
 ``app/runs.py``, Edit again and Replay in ``app/reuse_controls.py``, the mask's parts in
-``app/mask_controls.py``, prompt help in ``app/prompt_controls.py``, the rest in ``_wire_*`` here. Public API endpoints: ``/edit`` and
-``/compare`` (see docs/app.md); every other event is private to the page.
+``app/mask_controls.py``, prompt help in ``app/prompt_controls.py``, the rest in ``_wire_*`` here. Public API endpoints:
+``/edit`` and ``/compare`` (the two buttons' events) and the API-only ``/describe``, ``/instruct``,
+``/replay``, ``/edit_again`` (``app/endpoints.py``), all calling the API layer (``app/api.py``);
+every other event is private to the page (see docs/app.md).
 
 Controls travel by name, never by position: ``ControlComponents`` has one component per
 ``EditControls`` field under the same name; events read and set them as {component: value}
@@ -36,6 +38,7 @@ from app.components import LIGHT_EVENT, checked_by_the_app, inputs_for, unopened
 from app.controls import (CFG_RANGE, CONTROL_NAMES, LABELS, MAX_SEED, VARIATIONS_RANGE, EditControls, default_preset,
                           guidance_sliders, initial_controls, preset_choices, preset_controls, slider_range)
 from app.handlers import EditOutcome, example_rows, history_entry, reports_errors, select_example
+from app.endpoints import wire_endpoints
 from app.mask_controls import MaskComponents, mask_inputs, region_image, wire_mask
 from app.page import ControlComponents, Page, slider_in_range
 from app.prompt_controls import PromptHelpComponents, describe_button, instruction_inputs, wire_prompt_help
@@ -227,7 +230,8 @@ def build_demo(service: EditorService) -> gr.Blocks:
         wire_mask(page.masks, page.controls.mask_mode, page.image, service)
         wire_reuse(page, service)
         wire_prompt_help(page.prompt_help, page.image, page.controls.source_prompt, page.controls.target_prompt,
-                         *service.prompt_helpers())
+                         service)
+        wire_endpoints(page, service)
         _wire_examples_and_history(page, service)
         _wire_status(page, service, demo)
     return demo

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.handlers import edit
+from app.api import edit
 from app.prompt_help import ShapesDescriber, ShapesInstructor
 from app.service import EditorService
 from app.testing import fast_controls, free_port, tiny_loader, tiny_settings

@@ -16,13 +16,16 @@ from PIL import Image
 
 from app.controls import UserInputError, initial_controls, preset_controls
 from app.examples import Example, manifest_path, produced_by, write_manifest
-from app.handlers import (EditCancelled, add_to_history, choose_candidate, compare, edit, edit_again, history_entry,
-                          history_gallery, replace_in_history, reports_errors, select_example, with_parent)
+from app.api import compare, edit, next_edit
+from app.handlers import (EditCancelled, add_to_history, choose_candidate, history_entry, history_gallery,
+                          replace_in_history, reports_errors, select_example)
 from app.loading import load_editor
 from app.service import EditorService
 from app.settings import BUNDLED_MODEL_DIR, AppSettings, SettingsError, parse_args, resolve_settings
 from app.testing import TINY_MODEL_LABEL, fast_controls, tiny_app_service, tiny_loader, tiny_settings
 from editing.editor import mask_from_metadata, mask_path, read_png_metadata
+
+SIDES = (16, 64)  # the long sides the tiny model takes (app.controls.side_limits)
 
 
 @pytest.fixture(scope="module")
@@ -175,13 +178,17 @@ def test_bad_controls_give_readable_errors(service, picture_path, overrides, exp
 
 
 def test_tokens_requested_without_tokens(service_without_tokens, picture_path):
-    for run in (lambda: edit(service_without_tokens, picture_path, fast_controls(use_tokens=True)),
-                lambda: compare(service_without_tokens, picture_path, fast_controls())):
-        with pytest.raises(gr.Error) as excinfo:
-            run()
-        assert "without soft tokens" in error_message(excinfo)
+    # an edit asking for tokens (the API's default may) runs without them and says so; Compare cannot
+    asked = edit(service_without_tokens, picture_path, fast_controls(use_tokens=True))
+    assert read_png_metadata(asked.final.path)["use_tokens"] is False and asked.controls.use_tokens is False
+    assert any(notice.startswith("Soft tokens: This app runs without soft tokens") and "ran with tokens off" in notice
+               for notice in asked.notices)
+    with pytest.raises(gr.Error) as excinfo:
+        compare(service_without_tokens, picture_path, fast_controls())
+    assert error_message(excinfo).startswith("Compare tokens needs soft tokens") and "Use Edit" not in \
+        error_message(excinfo)
     outcome = edit(service_without_tokens, picture_path, fast_controls(use_tokens=False))
-    assert read_png_metadata(outcome.final.path)["use_tokens"] is False
+    assert read_png_metadata(outcome.final.path)["use_tokens"] is False and outcome.notices == []
 
 
 def test_unexpected_failures_become_a_short_message(caplog):
@@ -643,17 +650,18 @@ def test_transparent_and_animated_pictures_are_changed_with_a_note(service, tmp_
 
 def test_edit_again_chains_results_and_the_history_keeps_the_chain(service, picture_path):
     first = edit(service, picture_path, fast_controls(), session="chain")
-    again = edit_again(first)
+    again = next_edit(first)
     assert again.image == first.final.path and again.source_prompt == again.target_prompt == first.controls.target_prompt
-    second = with_parent(edit(service, again.image, fast_controls(source_prompt=again.source_prompt,
-                                                                  target_prompt="a green circle on a white background"),
-                              session="chain"), again.parent)
+    second = edit(service, again.image, fast_controls(source_prompt=again.source_prompt,
+                                                      target_prompt="a green circle on a white background"),
+                  session="chain", parent=again.parent)
     assert second.parent["key"] == first.key and second.details["parent"]["file"] == Path(first.final.path).name
+    assert read_png_metadata(second.final.path)["app"]["parent"] == again.parent  # the chain is in the files too
     assert np.array_equal(pixels(second.source_path), pixels(first.final.path))  # the result became the source
     history = add_to_history(add_to_history([], first, limit=5), second, limit=5)
     assert history_gallery(history)[0][1].endswith("edited again") and history[1].parent is None
     with pytest.raises(UserInputError, match="no result to edit again"):
-        edit_again(None)
+        next_edit(None)
 
 
 def test_replay_restores_the_controls_mask_and_input_of_an_app_result(service, picture_path, app_dir):
@@ -665,14 +673,14 @@ def test_replay_restores_the_controls_mask_and_input_of_an_app_result(service, p
     controls = fast_controls(seed=11, n_max=4, tar_cfg=6.5, guidance="authors", mask_mode="drawn", max_side=48)
     outcome = edit(service, picture_path, controls, session="replay", mask=str(app_dir / "replay-mask.png"))
     base = fast_controls(source_prompt="", target_prompt="", seed=1, variations=4)
-    result = replay(outcome.final.path, base, service.settings, True, TINY_MODEL_LABEL, app_dir)
+    result = replay(outcome.final.path, base, service.settings, True, TINY_MODEL_LABEL, app_dir, SIDES)
     restored = result.controls
     assert (restored.source_prompt, restored.target_prompt) == (controls.source_prompt, controls.target_prompt)
     assert (restored.seed, restored.n_max, restored.tar_cfg, restored.guidance) == (11, 4, 6.5, "authors")
     assert (restored.mask_mode, restored.max_side, restored.variations, restored.use_tokens) == ("drawn", 48, 1, True)
     assert np.array_equal(np.asarray(Image.open(result.mask)) > 127, mask > 127)
     assert result.image == outcome.source_path and result.notes == []
-    without_tokens = replay(outcome.final.path, base, service.settings, False, "another-model", app_dir)
+    without_tokens = replay(outcome.final.path, base, service.settings, False, "another-model", app_dir, SIDES)
     assert without_tokens.controls.use_tokens is False
     assert any("does not have" in note for note in without_tokens.notes)
     assert any("another-model" in note for note in without_tokens.notes)
@@ -688,22 +696,22 @@ def test_replay_of_a_cli_result_and_of_foreign_pngs(service, tmp_path):
     result = editor.edit(str(picture), "a red square", "a blue square", params, use_tokens=False)
     out = result.save(tmp_path / "cli.png", extra={"input_image": str(picture)})  # as editing.cli.run_jobs saves
     base = fast_controls()
-    replayed = replay(out, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+    replayed = replay(out, base, service.settings, True, TINY_MODEL_LABEL, tmp_path, SIDES)
     assert replayed.image == str(picture) and replayed.controls.seed == 21 and replayed.controls.n_max == 2
     assert replayed.controls.mask_mode == "none" and replayed.controls.use_tokens is False
     elsewhere = result.save(tmp_path / "cli-elsewhere.png", extra={"input_image": "/etc/hosts"})
-    outside = replay(elsewhere, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+    outside = replay(elsewhere, base, service.settings, True, TINY_MODEL_LABEL, tmp_path, SIDES)
     assert outside.image is None and "outside the folders this app serves" in outside.notes[0]
 
     plain = tmp_path / "plain.png"
     Image.new("RGB", (16, 16)).save(plain)
     with pytest.raises(UserInputError, match="this PNG was not written by softrepa-edit: no 'softrepa_edit' metadata"):
-        replay(plain, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+        replay(plain, base, service.settings, True, TINY_MODEL_LABEL, tmp_path, SIDES)
     jpeg = tmp_path / "photo.jpg"
     Image.new("RGB", (16, 16)).save(jpeg)
     with pytest.raises(UserInputError, match="this is a JPEG image, not a PNG written by softrepa-edit"):
-        replay(jpeg, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+        replay(jpeg, base, service.settings, True, TINY_MODEL_LABEL, tmp_path, SIDES)
     text = tmp_path / "notes.png"
     text.write_text("hello")
     with pytest.raises(UserInputError, match="Replay a result: the file is not an image"):
-        replay(text, base, service.settings, True, TINY_MODEL_LABEL, tmp_path)
+        replay(text, base, service.settings, True, TINY_MODEL_LABEL, tmp_path, SIDES)

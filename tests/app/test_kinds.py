@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from app.controls import GUIDANCE_INFO, NO_GUIDANCE_INFO, initial_controls, presets_for
-from app.handlers import compare, edit
+from app.api import compare, edit
 from app.service import EditorService
 from app.settings import DEVICE_KINDS, SettingsError, parse_args, resolve_settings
 from app.testing import fast_controls, tiny_loader, tiny_settings
