@@ -30,6 +30,7 @@ from app.controls import LABELS, EditControls, UserInputError, flag, initial_con
 from app.handlers import EditOutcome, ProgressFn, parent_of, reports_errors, run_edits
 from app.replay import Replay, replay as replay_png
 from app.service import EditorService
+from editing.params import shown
 
 if TYPE_CHECKING:  # data_prep and shapes (torch) load when a helper is first asked for (EditorService.prompt_helpers)
     from app.prompt_help import InstructionResult
@@ -109,7 +110,7 @@ def refuse_unless_valid(result: InstructionResult) -> InstructionResult:
     if result.ok:
         return result
     reasons = " ".join(note.rstrip(".") + "." for note in result.notes)
-    raise UserInputError(f"{LABELS['instruction']}: refused, the proposed target {result.target!r} is not one "
+    raise UserInputError(f"{LABELS['instruction']}: refused, the proposed target {shown(result.target)} is not one "
                           f"change of the source prompt. {reasons}")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from editing.inputs import MIN_PATCHES
-from editing.params import FlowEditParams, ParameterError
+from editing.params import FlowEditParams, ParameterError, shown
 from editing.presets import DEFAULT_PRESETS, PRESETS, default_preset_name, get_preset
 from softrepa.kinds import KINDS
 
@@ -154,24 +154,24 @@ def _whole_number(name: str, value: Any) -> int:
     """A whole-number control's value as an int (a slider sends 6.0 for 6; an API client may send "6")."""
     label = LABELS[name]
     if isinstance(value, bool) or value is None:
-        raise UserInputError(f"{label} must be a whole number, got {value!r}.")
+        raise UserInputError(f"{label} must be a whole number, got {shown(value)}.")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserInputError(f"{label} must be a whole number, got {value!r}.") from None
+        raise UserInputError(f"{label} must be a whole number, got {shown(value)}.") from None
     if not math.isfinite(number) or number != math.floor(number):
-        raise UserInputError(f"{label} must be a whole number, got {value!r}.")
+        raise UserInputError(f"{label} must be a whole number, got {shown(value)}.")
     return int(number)
 
 
 def _number(name: str, value: Any) -> float:
     """A number control's value as a float (NaN and infinities pass: whether they run is FlowEdit's rule)."""
     if isinstance(value, bool):
-        raise UserInputError(f"{LABELS[name]} must be a number, got {value!r}.")
+        raise UserInputError(f"{LABELS[name]} must be a number, got {shown(value)}.")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise UserInputError(f"{LABELS[name]} must be a number, got {value!r}.") from None
+        raise UserInputError(f"{LABELS[name]} must be a number, got {shown(value)}.") from None
 
 
 def slider_range(name: str, steps: int, n_max: int) -> tuple[float, float]:
@@ -219,7 +219,7 @@ def prompt_text(name: str, prompt: Any) -> str:
 def check_mask_mode(mode: Any) -> str:
     """The Mask control's value, one of ``MASK_MODES``; ``UserInputError`` naming the control otherwise."""
     if not isinstance(mode, str) or mode not in MASK_MODES:
-        raise UserInputError(f"{LABELS['mask_mode']} must be one of {', '.join(MASK_MODES)}, got {mode!r}.")
+        raise UserInputError(f"{LABELS['mask_mode']} must be one of {', '.join(MASK_MODES)}, got {shown(mode)}.")
     return mode
 
 
@@ -229,7 +229,7 @@ def flag(name: str, value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise UserInputError(f"{LABELS[name]} must be true or false, got {value!r}.")
+    raise UserInputError(f"{LABELS[name]} must be true or false, got {shown(value)}.")
 
 
 def side_slider_range(kind: str) -> tuple[int, int, int]:

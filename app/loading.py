@@ -10,13 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from app.controls import side_slider_range
 from app.settings import AppSettings
 from editing.editor import FlowEditor
 from softrepa.models import load_pipeline
-from softrepa.runtime import memory_from_args, model_dtype, resolve_device
+from softrepa.runtime import apply_threads, memory_from_args, model_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +35,7 @@ def load_editor(settings: AppSettings) -> LoadedModel:
         raise RuntimeError(f"The bundled shapes model is not installed at {settings.model_label}. Build it with "
                            "`python -m shapes.model build --out assets/shapes-sd3`, or start the app with "
                            "--model <Hub id or folder> (SOFTREPA_MODEL on a Space).")
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    apply_threads(settings.threads)  # the command lines' rule: auto is 1 thread on small machines
     try:  # settings a person can fix: their own message
         device = resolve_device(settings.device)
         dtype = model_dtype(settings.dtype, device, settings.kind)

@@ -18,7 +18,6 @@ Whatever cannot be restored is said in the notes (shown under the replay box).
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import json
 import uuid
@@ -31,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from app.controls import (CONTROL_NAMES, LABELS, EditControls, UserInputError, check_controls, controls_for_params,
                           parameter_message)
 from app.settings import REPO_ROOT, AppSettings
-from editing.params import FlowEditParams, ParameterError
+from editing.params import FlowEditParams, ParameterError, shown
 from softrepa.images import write_png
 
 REPLAYED_MASK_PREFIX = "replayed-mask"
@@ -154,17 +153,19 @@ def _mask(metadata: dict[str, Any], folder: Path, label: str) -> tuple[str, str 
     if mode == "auto":
         return "auto", None
     if mode != "given":
-        raise _fail(f"its mask's mode is {str(mode)[:40]!r}, not 'given' or 'auto'; nothing was changed", label)
+        raise _fail(f"its mask's mode is {shown(mode)}, not 'given' or 'auto'; nothing was changed", label)
     from editing.masks import MaskError, mask_image, read_mask
 
     encoded = info.get("png_base64")
     if not isinstance(encoded, str) or not encoded:
         raise _fail("it was a masked edit but its metadata does not carry the mask", label)
     try:
-        values = read_mask(base64.b64decode(encoded, validate=True))
-    except binascii.Error:
+        data = base64.b64decode(encoded, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
         raise _fail("its mask cannot be read (the metadata's png_base64 is not base64); nothing was changed",
                     label) from None
+    try:
+        values = read_mask(data)
     except MaskError as exc:  # read like an uploaded mask: its own words
         raise _fail(f"its mask cannot be used: {str(exc).rstrip('.')}; nothing was changed", label) from None
     path = folder / f"{REPLAYED_MASK_PREFIX}-{uuid.uuid4().hex[:8]}.png"

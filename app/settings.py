@@ -84,8 +84,10 @@ class AppSettings:
     offload: "model" / "sequential" keep the weights on the CPU and move them to the GPU while they
         run (``softrepa.models.MemoryOptions``); vae_tiling: encode / decode large images in tiles.
     max_sequence_length: T5 tokens per prompt (None: the kind's; the shapes model uses 8).
-    threads: CPU threads for torch (None: torch's default, one per core). On a machine shared with
-        other work, 1 can be several times faster than oversubscribed cores.
+    threads: CPU threads for torch: "auto" or a count. auto is 1 on machines with at most 4 cores, where
+        torch's one per core spin-waits for cores other work holds (an edit many times slower), else
+        torch's default; an OMP_NUM_THREADS already set is kept. The command lines' rule, applied when
+        the model loads: ``softrepa.runtime.threads_for``.
     temp_dir: the only folder the app writes to: uploads (Gradio's cache), results, examples.
     examples_dir: precomputed examples (``app/make_examples.py`` writes them).
     queue_size: edits that may wait in the queue; one runs at a time (one device).
@@ -110,7 +112,7 @@ class AppSettings:
     offload: str = "none"
     vae_tiling: bool = False
     max_sequence_length: int | None = None
-    threads: int | None = None
+    threads: int | str = "auto"
     host: str = "127.0.0.1"
     port: int = 7860
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "softrepa-app")
@@ -219,8 +221,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--max-sequence-length", type=int,
                        help=f"T5 tokens per prompt [{ENV_VARS['max_sequence_length']}] (default: the kind's, 256 for "
                             "sd3, 8 for shapes-sd3)")
-    model.add_argument("--threads", type=int, help=f"CPU threads for torch [{ENV_VARS['threads']}] (default: one per "
-                                                   "core; 1 is faster on a busy shared machine)")
+    model.add_argument("--threads", help=f"CPU threads for torch: auto or a count [{ENV_VARS['threads']}] (default "
+                                         "auto: 1 on machines with at most 4 cores, where more make a busy machine "
+                                         "many times slower; else torch's default)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -354,10 +357,14 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
     if settings.offload not in OFFLOAD_CHOICES:
         raise SettingsError(f"--offload / {ENV_VARS['offload']} {settings.offload!r}: choose one of "
                             f"{', '.join(OFFLOAD_CHOICES)}")
-    for name, minimum in (("port", 0), ("queue_size", 1), ("max_sequence_length", 1), ("threads", 1)):
+    for name, minimum in (("port", 0), ("queue_size", 1), ("max_sequence_length", 1)):
         value = pick(name)
         if value is not None:
             setattr(settings, name, _int_setting(f"--{name.replace('_', '-')} / {ENV_VARS[name]}", value, minimum))
+    threads = pick("threads")
+    if threads is not None:  # what auto means is decided when the model loads (softrepa.runtime.threads_for)
+        auto = threads.strip().lower() == "auto"
+        settings.threads = "auto" if auto else _int_setting(f"--threads / {ENV_VARS['threads']}", threads, 1)
     if settings.port > 65535:
         raise SettingsError(f"port {settings.port} is over 65535")
     for name in ("temp_dir", "examples_dir"):

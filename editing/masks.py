@@ -189,6 +189,9 @@ def _image_values(image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.float32) / 65535.0
     if image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():  # a float image (TIFF) may hold NaN or infinities
+            raise MaskError("the mask holds values that are not numbers (NaN or infinite): use a black-and-white "
+                            "PNG (white = edit)")
         return np.clip(values if values.max() <= 1.0 else values / 255.0, 0.0, 1.0)
     if image.mode in ("1", "L"):
         return np.asarray(image.convert("L"), dtype=np.float32) / 255.0

@@ -16,6 +16,19 @@ import numpy as np
 
 GUIDANCE_MODES = ("standard", "authors")
 TOKEN_BRANCHES = ("both", "target")
+# Prompts (negative ones and the batch files' too) longer than this many characters are refused
+# before they are tokenized: no model reads more than a few hundred tokens, a few thousand
+# characters, and a huge one would only cost time
+MAX_PROMPT_CHARS = 4000
+
+
+SHOWN_CHARS = 60  # how much of a refused value a message quotes: a huge one must not make a huge message
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut to ``SHOWN_CHARS`` characters (a value may come from a file)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS - 5]}...{text[-2:]}"
 
 
 class ParameterError(ValueError):
@@ -81,7 +94,7 @@ class FlowEditParams:
         for name in ranges:  # types first: the ranges of n_max and n_min are made of steps and n_max
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ParameterError(name, f"{name} must be a whole number, got {value!r}")
+                raise ParameterError(name, f"{name} must be a whole number, got {shown(value)}")
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if value < low or (high is not None and value > high):
@@ -89,13 +102,18 @@ class FlowEditParams:
         for name in ("src_cfg", "tar_cfg"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ParameterError(name, f"{name} must be a finite number >= 0, got {value!r}")
+                raise ParameterError(name, f"{name} must be a finite number >= 0, got {shown(value)}")
         for name in ("src_negative_prompt", "tar_negative_prompt"):
             if not isinstance(getattr(self, name), str):
-                raise ParameterError(name, f"{name} must be a string (use \"\" for none), got {getattr(self, name)!r}")
+                raise ParameterError(name, f"{name} must be a string (use \"\" for none), got "
+                                           f"{shown(getattr(self, name))}")
+            if len(getattr(self, name)) > MAX_PROMPT_CHARS:
+                raise ParameterError(name, f"{name} is {len(getattr(self, name)):,} characters long, over the limit of "
+                                           f"{MAX_PROMPT_CHARS:,}: a few words say what to avoid")
         for name, choices in (("guidance", GUIDANCE_MODES), ("token_branches", TOKEN_BRANCHES)):
             if getattr(self, name) not in choices:
-                raise ParameterError(name, f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                raise ParameterError(name, f"{name} must be one of {', '.join(choices)}, got "
+                                           f"{shown(getattr(self, name))}")
 
     def _out_of_range(self, name: str, low: int, high: int | None) -> str:
         """Why ``name`` is outside ``ranges()``, in the words of what it counts."""
