@@ -1,5 +1,5 @@
-"""The page's runs: Edit and Compare (the two public API endpoints), Cancel, and picking one of an
-edit's candidates (Variations).
+"""The page's runs: Edit and Compare (and their public API endpoints, ``/edit`` and ``/compare``:
+the same runs without the page's states), Cancel, and picking one of an edit's candidates (Variations).
 
 Edits share one concurrency slot ("device") and wait in a bounded queue. A run stops between
 steps when Cancel is pressed on its page (``EditorService.cancel``) or when its client goes away
@@ -10,6 +10,7 @@ device is free for the next edit within a step. A cancelled run is not an error:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import gradio as gr
@@ -70,8 +71,9 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
     def run_edit(image: str | None, source_prompt: str, target_prompt: str, use_tokens: bool, tar_cfg: float,
                  src_cfg: float, n_max: float, steps: float, n_min: float, n_avg: float, seed: float,
                  randomize_seed: bool, max_side: float, guidance: str, token_branches: str, mask_mode: str,
-                 mask: str | None = None, variations: float = 1, parent: dict[str, Any] | None = None,
-                 request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
+                 mask: str | None = None, variations: float = 1, request: gr.Request = None,
+                 progress: gr.Progress = gr.Progress(), parent: dict[str, Any] | None = None
+                 ) -> dict[Component, Any]:
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=use_tokens,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
@@ -90,8 +92,8 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
     def run_compare(image: str | None, source_prompt: str, target_prompt: str, tar_cfg: float, src_cfg: float,
                     n_max: float, steps: float, n_min: float, n_avg: float, seed: float, randomize_seed: bool,
                     max_side: float, guidance: str, token_branches: str, mask_mode: str,
-                    mask: str | None = None, parent: dict[str, Any] | None = None, request: gr.Request = None,
-                    progress: gr.Progress = gr.Progress()) -> dict[Component, Any]:
+                    mask: str | None = None, request: gr.Request = None, progress: gr.Progress = gr.Progress(),
+                    parent: dict[str, Any] | None = None) -> dict[Component, Any]:
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=True,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
@@ -108,11 +110,8 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
                 page.shown_outcome: outcome}
 
     # mask=None and variations=1 above make them optional in the API (Gradio reads the defaults), and
-    # they come last, so calls that pass the others by position still work; parent is the page's
-    # state (Edit again), which the API does not show. The API's documentation of each endpoint (the
-    # API page, the MCP tools): the API layer's summary and every parameter's meaning (API_HELP).
-    describe_endpoint(run_edit, summary(edit), name="edit")
-    describe_endpoint(run_compare, summary(compare), name="compare")
+    # they come last, so calls that pass the others by position still work; parent, the page's state
+    # (Edit again), follows Gradio's own arguments: the API events have no input for it (None).
     _wire_buttons(page, service, run_edit, run_compare)
     _wire_cancel(page, service, demo)
     _wire_pick(page)
@@ -139,16 +138,32 @@ def _wire_buttons(page: Page, service: EditorService, run_edit: Callable, run_co
                 page.files: outcome.files(), page.details: outcome.details, page.shown_outcome: outcome,
                 page.masks.region: gr.Image(visible=outcome.final.region_path is not None)}
 
-    named = {"image": page.image, "mask": page.masks.mask, "parent": page.parent, **page.controls.by_name()}
-    for button, run, outputs, api_name in (
-            (page.edit_button, run_edit, [page.result], "edit"),
-            (page.compare_button, run_compare, [page.without_tokens, page.with_tokens], "compare")):
-        event = button.click(run, inputs_for(run, named),
-                             [page.slider, *outputs, page.files, page.summary, page.details, page.masks.region,
-                              page.shown_outcome],
-                             api_name=api_name, concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+    named = {"image": page.image, "mask": page.masks.mask, **page.controls.by_name()}
+    for button, run, outputs, action in (
+            (page.edit_button, run_edit, [page.result], edit),
+            (page.compare_button, run_compare, [page.without_tokens, page.with_tokens], compare)):
+        returns = [page.slider, *outputs, page.files, page.summary, page.details, page.masks.region]
+        event = button.click(run, inputs_for(run, {**named, "parent": page.parent}), [*returns, page.shown_outcome],
+                             api_visibility="private", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
         event.success(finish, [page.shown_outcome, page.history_state], finish_outputs,
                       **LIGHT_EVENT)
+        endpoint = describe_endpoint(without_state(run, returns), summary(action), name=action.__name__)
+        gr.on([], endpoint, inputs_for(run, named), returns, api_name=action.__name__, concurrency_id=DEVICE_QUEUE,
+              concurrency_limit=1)
+
+
+def without_state(run: Callable, returns: list[Component]) -> Callable:
+    """``run`` as an API endpoint: the same parameters (its ``parent`` left at None) and only the
+    values the API returns. The page's button events also hand over and set Gradio ``State``s
+    (the chain's parent, the outcome shown), but an endpoint with a ``State`` breaks Gradio's MCP
+    server (6.31 drops a state's value that its own bookkeeping then pops: "pop index out of
+    range"), so ``/edit`` and ``/compare`` are events of their own, like the API-only endpoints."""
+
+    @functools.wraps(run)
+    def endpoint(*args: Any, **kwargs: Any) -> dict[Component, Any]:
+        return {component: value for component, value in run(*args, **kwargs).items() if component in returns}
+
+    return endpoint
 
 
 def _wire_cancel(page: Page, service: EditorService, demo: gr.Blocks) -> None:

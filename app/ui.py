@@ -8,9 +8,10 @@ parameters as JSON), then the examples and the session's history (``_layout``, w
 as a ``Page``, ``app/page.py``). Events: the runs (Edit, Compare, Cancel, picking a candidate) in
 ``app/runs.py``, Edit again and Replay in ``app/reuse_controls.py``, the mask's parts in
 ``app/mask_controls.py``, prompt help in ``app/prompt_controls.py``, the rest in ``_wire_*`` here. Public API endpoints:
-``/edit`` and ``/compare`` (the two buttons' events) and the API-only ``/describe``, ``/instruct``,
-``/replay``, ``/edit_again`` (``app/endpoints.py``), all calling the API layer (``app/api.py``);
-every other event is private to the page (see docs/app.md).
+``/edit`` and ``/compare`` (the two buttons' runs, ``app/runs.py``) and ``/describe``, ``/instruct``,
+``/replay``, ``/edit_again`` (``app/endpoints.py``): events of their own with no trigger on the page,
+calling the API layer (``app/api.py``) as the page's events do; every other event is private to
+the page (see docs/app.md).
 
 Controls travel by name, never by position: ``ControlComponents`` has one component per
 ``EditControls`` field under the same name; events read and set them as {component: value}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import re
 import subprocess
@@ -17,10 +19,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from app import api
 from app.controls import API_HELP
 from app.testing import FAST_CONTROLS, free_port, tiny_app_service
 from app.ui import create_app
-from editing.editor import read_png_metadata
+from editing.editor import METADATA_KEY, read_png_metadata
+from softrepa.images import write_png
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "app.md"
 
@@ -62,12 +66,17 @@ def picture(tmp_path_factory) -> str:
     return str(path)
 
 
+# each endpoint and the API layer's action its description comes from
+ENDPOINTS = {"edit": api.edit, "compare": api.compare, "describe": api.describe, "instruct": api.instruct,
+             "replay": api.replay, "edit_again": api.edit_again}
+EXAMPLE = "assets/examples/shapes-sd3/shapes-01-shape.png"  # a bundled picture (the shapes model's describer reads it)
 PROMPTS = dict(source_prompt="a red square on a white background", target_prompt="a blue square on a white background")
 
 
 def test_api_lists_the_named_endpoints(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(endpoints) == {"/edit", "/compare"}  # the page's helper events stay private
+    # every action of the page; its helper events (presets, history, the mask's views) stay private
+    assert set(endpoints) == {"/edit", "/compare", "/describe", "/instruct", "/replay", "/edit_again"}
     names = [p["parameter_name"] for p in endpoints["/edit"]["parameters"]]
     assert names[:4] == ["image", "source_prompt", "target_prompt", "use_tokens"]
     # the whole API, in order: the page matches components to these names, so none may move
@@ -320,7 +329,7 @@ def test_the_mcp_schema_lists_the_edit_tool_with_its_parameters(tmp_path):
         response = httpx.get(f"{url}gradio_api/mcp/schema", timeout=30)
     assert response.status_code == 200
     tools = {tool["name"]: tool for tool in response.json()}
-    assert set(tools) == {"edit", "compare"}  # the two public endpoints, nothing private
+    assert set(tools) == set(ENDPOINTS)  # the public endpoints, nothing private
     edit = tools["edit"]
     assert edit["description"].startswith("Edit the image from the source prompt to the target prompt")
     properties = edit["inputSchema"]["properties"]
@@ -328,3 +337,77 @@ def test_the_mcp_schema_lists_the_edit_tool_with_its_parameters(tmp_path):
         assert properties[name]["description"] == API_HELP[name], name
     assert "between" not in str(properties["n_max"])  # no range from the page's slider: the app checks
     assert properties["mask_mode"]["enum"] == ["none", "drawn", "auto"]
+
+
+def data_url(path: str) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+async def _mcp_session_calls(url: str, calls: list[tuple[str, dict]]) -> tuple[list, list]:
+    """(tools listed, results of ``calls``) of an MCP client session at the app's MCP server."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async with streamablehttp_client(f"{url}gradio_api/mcp/") as (read, write, _):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = (await session.list_tools()).tools
+            return tools, [await session.call_tool(name, arguments) for name, arguments in calls]
+
+
+def test_an_mcp_client_lists_every_action_and_edits_a_local_image_sent_as_a_data_url(tmp_path):
+    picture = data_url(EXAMPLE)
+    edit_call = dict(image=picture, **PROMPTS, **dict(FAST_CONTROLS, max_side=64))
+    with serving(tmp_path, mcp=True, kind="shapes-sd3") as (url, _, _):
+        tools, (described, edited, refused) = asyncio.run(_mcp_session_calls(url, [
+            ("describe", {"image": picture}), ("edit", edit_call),
+            ("edit", dict(edit_call, n_max=999))]))
+    tools = {tool.name: tool for tool in tools}
+    assert set(tools) == set(ENDPOINTS)
+    for name, action in ENDPOINTS.items():  # each tool's description is its action's summary, then its parameters
+        assert tools[name].description.startswith(api.summary(action)), name
+    assert not described.isError and "on a white background" in described.content[0].text
+    assert not edited.isError and "Done in" in str([getattr(c, "text", "") for c in edited.content])
+    assert refused.isError and "Edit strength (n_max): n_max is 999" in refused.content[0].text
+
+
+def test_tampered_pngs_replay_to_a_message_naming_the_field_with_no_traceback(client, picture, tmp_path, capfd):
+    edited = client.predict(image=handle_file(picture), **PROMPTS, **FAST_CONTROLS, api_name="/edit")[1]
+    settings, image, mask, note = client.predict(png=handle_file(edited), api_name="/replay")
+    assert settings == {**settings, **PROMPTS, **{k: v for k, v in FAST_CONTROLS.items() if k != "max_side"}}
+    assert Path(image).is_file() and mask is None and settings["mask_mode"] == "none"
+    capfd.readouterr()
+    for change, expected in ((dict(steps="many"), "Steps (T) must be a whole number, got 'many'."),
+                             (dict(n_max=999), "Edit strength (n_max): n_max is 999 but there are only"),
+                             (dict(tar_cfg=1e9), "Target guidance must be between 0 and 30, got 1e+09."),
+                             (dict(seed=-5), "Seed: seed must be between 0 and")):
+        metadata = read_png_metadata(edited)
+        metadata["params"].update(change)
+        tampered = write_png(Image.open(edited), tmp_path / "tampered.png", metadata, key=METADATA_KEY)
+        with pytest.raises(AppError) as excinfo:
+            client.predict(png=handle_file(str(tampered)), api_name="/replay")
+        assert str(excinfo.value).startswith("Replay a result: its metadata holds a value") and expected in \
+            str(excinfo.value)
+        with pytest.raises(AppError, match=r"^Result PNG: its metadata holds a value"):
+            client.predict(result=handle_file(str(tampered)), target_prompt="a cat", api_name="/edit_again")
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err  # the server log: a person's mistake is no error
+
+
+def test_describe_instruct_and_edit_again_through_the_api(tmp_path):
+    with serving(tmp_path, kind="shapes-sd3") as (url, _, _):
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        source, note = client.predict(image=handle_file(EXAMPLE), api_name="/describe")
+        target, same_source, verdict = client.predict(instruction="make the star red", source_prompt=source,
+                                                      image=handle_file(EXAMPLE), api_name="/instruct")
+        assert same_source == source and target == source.replace("blue star", "red star") and "Valid" in verdict
+        with pytest.raises(AppError, match="The instruction is empty"):
+            client.predict(instruction=" ", source_prompt=source, image=handle_file(EXAMPLE), api_name="/instruct")
+        first = client.predict(image=handle_file(EXAMPLE), source_prompt=source, target_prompt=target,
+                               **dict(FAST_CONTROLS, max_side=64), api_name="/edit")
+        again = client.predict(result=handle_file(first[1]), target_prompt=target.replace("star", "circle"),
+                               api_name="/edit_again")
+    details = again[4]
+    assert details["source_prompt"] == target and details["params"] == first[4]["params"]  # its settings kept
+    assert details["parent"]["file"] == Path(first[1]).name and details["parent"]["key"] is not None
+    assert read_png_metadata(again[1])["app"]["parent"] == details["parent"]
