@@ -1,4 +1,5 @@
-"""The caption pipeline's input images: listing a folder (sorted, hidden files skipped), each image's
+"""The caption pipeline's input images: listing a folder (sorted; hidden files and softrepa-edit's own
+outputs skipped), each image's
 stable key (relative name + content hash), and opening one upright in RGB, downscaled for the
 captioner but with its original size recorded.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from softrepa.images import load_rgb
+from softrepa.images import is_edit_output, load_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -38,8 +39,10 @@ def list_images(folder: Path, limit: int | None = None) -> list[ImageItem]:
         raise SystemExit(f"error: --images {folder}: not a folder (give the folder that holds the images)")
     # hidden files and folders are skipped: editor metadata, and the project's own atomic-write
     # temp files (".name.tmp-XXXX.png") that a killed process can leave behind
+    # and so are softrepa-edit's own outputs (results, their masks): a folder of edits is not one of pictures
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                   and not is_edit_output(p))
     if not paths:
         raise SystemExit(
             f"error: no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}. "

@@ -54,13 +54,13 @@ from editing.masks import (AutoMask, MaskLike, MaskOptions, PixelMask, feathered
 from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.hooks import AttachedTokens, attach_tokens
-from softrepa.images import write_png
+from softrepa.images import EDIT_METADATA_KEY, write_png
 from softrepa.models import check_compatible, execution_device, get_kind, kind_of_pipeline
 from softrepa.tokens import SoftTokens
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "softrepa_edit"  # PNG text chunk holding the edit's parameters as JSON
+METADATA_KEY = EDIT_METADATA_KEY  # PNG text chunk holding the edit's parameters as JSON
 METADATA_VERSION = 1
 
 K = TypeVar("K", bound=Hashable)

@@ -30,6 +30,29 @@ PngLayout = Literal["json", "per-key"]
 PNG_LAYOUTS: tuple[str, ...] = ("json", "per-key")
 
 
+# The PNG text chunk in which an edit's result carries its parameters (JSON, ``editing.editor``). Here,
+# in the lowest layer, so that readers of image folders (the caption pipeline) can tell an edit's
+# output from a picture to work on without importing the editor.
+EDIT_METADATA_KEY = "softrepa_edit"
+# The files an edit writes beside its result: its mask and, in the app, the input with the region tinted.
+EDIT_SIDE_FILES = (".mask.png", ".region.png")
+
+
+def is_edit_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file softrepa-edit wrote as an edit's output (a result PNG carrying
+    ``EDIT_METADATA_KEY``, or a mask or region view beside one) rather than a picture to edit."""
+    name = os.fspath(path).lower()
+    if name.endswith(EDIT_SIDE_FILES):
+        return True
+    if not name.endswith(".png"):
+        return False
+    try:
+        with Image.open(path) as image:
+            return EDIT_METADATA_KEY in getattr(image, "text", {})
+    except (OSError, ValueError, SyntaxError):  # unreadable: not ours; the reader reports it later
+        return False
+
+
 class ImageInputError(ValueError):
     """An image that cannot be used, with a message for a person."""
 

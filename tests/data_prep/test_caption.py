@@ -568,3 +568,18 @@ def test_list_images_skips_hidden_files_and_folders(tmp_path):
     (tmp_path / "imgs" / ".thumbs").mkdir()
     (tmp_path / "imgs" / ".thumbs" / "t.png").write_bytes(b"x")
     assert [item.name for item in list_images(tmp_path / "imgs")] == names and len(names) == 2
+
+
+def test_a_folder_of_edits_lists_its_pictures_not_the_results_and_masks(tmp_path):
+    # the README tour captions assets/examples/shapes-sd3, which also holds precomputed results and masks
+    from data_prep.images import list_images
+    from softrepa.images import EDIT_METADATA_KEY, write_png
+
+    picture = Image.new("RGB", (16, 16), (10, 200, 30))
+    picture.save(tmp_path / "cat.png")
+    picture.save(tmp_path / "cat.jpg")
+    write_png(picture, tmp_path / "cat__with_tokens.png", {"params": {}}, key=EDIT_METADATA_KEY)  # an edit's result
+    write_png(picture, tmp_path / "plain-metadata.png", {"prompt": "a cat"}, key="parameters")  # softrepa.generate's
+    Image.new("L", (16, 16), 255).save(tmp_path / "cat__with_tokens.mask.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "cat__with_tokens.region.png")
+    assert [item.name for item in list_images(tmp_path)] == ["cat.jpg", "cat.png", "plain-metadata.png"]
