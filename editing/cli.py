@@ -13,7 +13,7 @@ Outputs are PNGs carrying every parameter (and the token file's sha256) as JSON 
 where it stopped; use one ``--out`` per setting (the file name holds the image, target and tokens
 state, not every parameter; a masked edit adds ``__mask`` or ``__automask`` and writes its mask beside
 it as ``<name>.mask.png``). Batch rows may carry a ``mask`` (a mask image path, or "auto"). A malformed batch row is reported with its line and the rest continue;
-the exit status is 1 when any row failed.
+the exit status is 1 when any row failed. What a row is checked for: ``editing.batch``.
 
 Device and dtype are decided here only: the library code follows the pipeline it is given.
 """
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Any
 
 import torch
 
+# the batch files' reader; safe_name stays an editing.cli name too (the app's result files use it)
+from editing.batch import AUTO_MASK, Job, job_name, missing_input, output_path, read_batch, safe_name  # noqa: F401
 from editing.editor import FlowEditor
 from editing.flowedit import FAMILIES
 from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
@@ -148,170 +148,6 @@ def params_from_args(args: argparse.Namespace, kind: str, use_tokens: bool) -> F
     return params
 
 
-# ----------------------------------------------------------------------------- batch files
-
-
-@dataclass
-class Job:
-    image: Path
-    source_prompt: str
-    target_prompt: str
-    name: str  # output file stem, already sanitized
-    origin: str  # "file:line" for messages
-    mask: Path | str | None = None  # a mask image, AUTO_MASK, or None (the whole image)
-
-    def with_mask(self, mask: Path | str | None) -> "Job":
-        """This job restricted to ``mask``; the output name says so (``__mask`` / ``__automask``)."""
-        if mask is None:
-            return self
-        suffix = "__automask" if mask == AUTO_MASK else "__mask"
-        return Job(self.image, self.source_prompt, self.target_prompt, self.name + suffix, self.origin, mask)
-
-
-AUTO_MASK = "auto"  # the batch files' and the jobs' word for editing.masks.AutoMask()
-
-
-def safe_name(text: str, max_length: int = 80) -> str:
-    """A file-name stem with no path separators, no leading dots and only portable characters."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:max_length].rstrip("._-")
-    return name or "edit"
-
-
-def output_path(out_dir: Path, name: str) -> Path:
-    """``out_dir / <safe name>.png``; refuses anything that would land outside ``out_dir``."""
-    path = out_dir / f"{safe_name(name, 160)}.png"
-    if path.resolve().parent != out_dir.resolve():
-        raise ValueError(f"output name {name!r} escapes the output folder {out_dir}")
-    return path
-
-
-def job_name(image: Path, target_prompt: str, code: str | None = None) -> str:
-    # without a code: a short slug plus a hash of the prompt, stable when the batch file is edited
-    if code:
-        label = safe_name(str(code), 60)
-    else:
-        label = f"{safe_name(target_prompt, 40)}-{hashlib.sha256(target_prompt.encode()).hexdigest()[:8]}"
-    return f"{safe_name(image.stem, 60)}__{label}"
-
-
-def _resolve_image(value: Any, batch_dir: Path) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"image path must be a non-empty string, got {value!r}")
-    path = Path(value).expanduser()
-    if not path.is_absolute() and (batch_dir / path).exists():  # FlowEdit's paths are relative to its repo
-        return batch_dir / path
-    return path
-
-
-def _row_mask(entry: dict, batch_dir: Path) -> Path | str | None:
-    """A row's optional ``mask``: "auto", or a mask image path (relative to the batch file like images)."""
-    value = entry.get("mask")
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().lower() == AUTO_MASK:
-        return AUTO_MASK
-    try:
-        return _resolve_image(value, batch_dir)
-    except ValueError:
-        raise ValueError(f"'mask' must be a mask image path or \"auto\", got {value!r}") from None
-
-
-def _text(entry: dict, key: str) -> str:
-    value = entry.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"'{key}' must be a non-empty string, got {value!r}")
-    return value
-
-
-def _yaml_jobs(entry: Any, batch_dir: Path, origin: str) -> list[Job]:
-    if not isinstance(entry, dict):
-        raise ValueError(f"expected a mapping with input_img, source_prompt, target_prompts; got {type(entry).__name__}")
-    image_key = "input_img" if "input_img" in entry else "init_img"
-    image = _resolve_image(entry.get(image_key), batch_dir)
-    mask = _row_mask(entry, batch_dir)
-    source = _text(entry, "source_prompt")
-    targets = entry.get("target_prompts")
-    if isinstance(targets, str):
-        targets = [targets]
-    if not isinstance(targets, list) or not targets:
-        raise ValueError(f"'target_prompts' must be a non-empty list of prompts, got {targets!r}")
-    codes = entry.get("target_codes")
-    if codes is not None and (not isinstance(codes, list) or len(codes) != len(targets)):
-        raise ValueError(f"'target_codes' must be a list as long as target_prompts ({len(targets)}), got {codes!r}")
-    jobs = []
-    for j, target in enumerate(targets):
-        if not isinstance(target, str) or not target.strip():
-            raise ValueError(f"target_prompts[{j}] must be a non-empty string, got {target!r}")
-        code = str(codes[j]) if codes is not None else None
-        jobs.append(Job(image, source, target, job_name(image, target, code), origin).with_mask(mask))
-    return jobs
-
-
-def read_yaml_batch(path: Path) -> tuple[list[Job], list[str]]:
-    """Jobs and error messages ("file:line: ...") from a FlowEdit edits.yaml."""
-    import yaml
-
-    try:
-        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
-        try:
-            root = loader.get_single_node()  # nodes keep their line numbers; entries are built one by one
-            if root is None:
-                return [], [f"{path}: the file is empty"]
-            if not isinstance(root, yaml.SequenceNode):
-                return [], [f"{path}:{root.start_mark.line + 1}: expected a list of edits"]
-            jobs, errors = [], []
-            for node in root.value:
-                origin = f"{path}:{node.start_mark.line + 1}"
-                try:
-                    jobs.extend(_yaml_jobs(loader.construct_document(node), path.parent, origin))
-                except (ValueError, yaml.YAMLError) as exc:
-                    errors.append(f"{origin}: {exc}")
-            return jobs, errors
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
-        return [], [f"{path}:{line}: not valid YAML ({exc.problem})"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return [], [f"{path}: cannot read ({exc})"]
-
-
-def read_jsonl_batch(path: Path) -> tuple[list[Job], list[str]]:
-    """Jobs and error messages from data-prep rows {"image", "source_prompt", "target_prompt"[, "id"]}."""
-    jobs, errors = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        return [], [f"{path}: cannot read ({exc})"]
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        origin = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-            image = _resolve_image(row.get("image"), path.parent)
-            target = _text(row, "target_prompt")
-            code = str(row["id"]) if row.get("id") is not None else None
-            job = Job(image, _text(row, "source_prompt"), target, job_name(image, target, code), origin)
-            jobs.append(job.with_mask(_row_mask(row, path.parent)))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            errors.append(f"{origin}: {exc}")
-    return jobs, errors
-
-
-def read_batch(path: str | Path) -> tuple[list[Job], list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        return [], [f"batch file {path} does not exist"]
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return read_jsonl_batch(path)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return read_yaml_batch(path)
-    return [], [f"{path}: unknown batch format (use .yaml/.yml or .jsonl)"]
-
-
 # ----------------------------------------------------------------------------- running
 
 
@@ -399,9 +235,9 @@ def plan_jobs(args: argparse.Namespace, use_tokens: bool, log) -> tuple[list[Job
         out.mkdir(parents=True, exist_ok=True)
     jobs, outputs, plan_errors = plan_outputs(jobs, out, use_tokens, single_file)
     errors += plan_errors
-    found = [job.image.is_file() and (not isinstance(job.mask, Path) or job.mask.is_file()) for job in jobs]
-    errors += [f"{job.origin}: image file {job.image} does not exist" if not job.image.is_file() else
-               f"{job.origin}: mask file {job.mask} does not exist" for job, ok in zip(jobs, found) if not ok]
+    missing = [missing_input(job) for job in jobs]  # "image file X does not exist", never an exception
+    errors += [f"{job.origin}: {problem}" for job, problem in zip(jobs, missing) if problem is not None]
+    found = [problem is None for problem in missing]
     return ([job for job, ok in zip(jobs, found) if ok], [path for path, ok in zip(outputs, found) if ok], errors)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,15 @@ MAX_PROMPT_CHARS = 4000
 SHOWN_CHARS = 60  # how much of a refused value a message quotes: a huge one must not make a huge message
 
 
+# lists and mappings go through reprlib, which never builds the whole repr: in a YAML batch file
+# aliases can put one large string thousands of times into a small row (editing.batch)
+_CONTAINERS = reprlib.Repr()
+_CONTAINERS.maxlevel, _CONTAINERS.maxstring, _CONTAINERS.maxother = 3, SHOWN_CHARS, SHOWN_CHARS
+
+
 def shown(value: Any) -> str:
     """``repr(value)`` for a message, cut to ``SHOWN_CHARS`` characters (a value may come from a file)."""
-    text = repr(value)
+    text = _CONTAINERS.repr(value) if isinstance(value, (list, tuple, dict, set, frozenset)) else repr(value)
     return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS - 5]}...{text[-2:]}"
 
 

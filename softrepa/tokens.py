@@ -8,7 +8,8 @@ The time bin is computed *per batch element* from the 0..1000 timestep the denoi
 clamped to 0..bins-1 (the authors' code shifted the whole batch when any entry hit 1000).
 
 Token files are safetensors: tensors ``static`` (L, m, d) and, when the time part is on,
-``time`` (bins, L*d); the config (and the base model id) as JSON in the metadata. Nothing here
+``time`` (bins, L*d), finite floats; the config (and the base model id) as JSON in the metadata
+(``softrepa.token_config``: ``SoftTokensConfig`` and the checks of a file's metadata). Nothing here
 ever unpickles: legacy ``.pth`` files from the authors go through ``convert`` with
 ``torch.load(weights_only=True)`` and an explicit allow-list.
 
@@ -34,8 +35,8 @@ import dataclasses
 import json
 import os
 import re
+import reprlib
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,63 +45,9 @@ from torch import nn
 
 from softrepa.atomic import atomic_path, file_sha256  # noqa: F401 (file_sha256 re-exported)
 from softrepa.models import ARCHITECTURES, KINDS, check_compatible, denoiser_of, get_kind
-
-FORMAT_VERSION = "1"
-METADATA_KEY = "softrepa_tokens"
-INITS = ("normal", "zeros")  # "null_prompt" is applied after construction: see init_from_null_prompt
-
-
-@dataclass
-class SoftTokensConfig:
-    """What a set of soft tokens is and where it attaches.
-
-    kind: a key of ``softrepa.models.KINDS`` (sd3, sd3.5-*, flux-dev, flux-schnell, sd15, sdxl,
-        shapes-sd3, ...); token files are for one kind and refused on a model of another.
-    num_tokens: m, tokens per layer.
-    num_layers: L. MM-DiT: the first L joint blocks; FLUX: the first L double-stream blocks.
-        UNet: 1 = one token set shared by every hooked cross-attention (the authors' layout), or
-        one set per hooked cross-attention.
-    width: d, the text-stream width the tokens join (SD3: caption_projection_dim; FLUX:
-        heads x head_dim, 3072; UNet: cross_attention_dim).
-    block_groups: UNet only: which of "down", "mid", "up" see the tokens.
-    time_bins: number of time bins over the 0..1000 timestep range (FLUX's sigma x 1000).
-    use_time: whether the time-indexed part exists.
-    init: "normal" (N(0, init_std)) or "zeros"; SD1.5 uses init_from_null_prompt afterwards.
-    base_model: the Hub id or folder the tokens were trained on (informational).
-    """
-
-    kind: str
-    num_tokens: int = 4
-    num_layers: int = 5
-    width: int = 1536
-    block_groups: tuple[str, ...] = ()
-    time_bins: int = 100
-    use_time: bool = True
-    init: str = "normal"
-    init_std: float = 0.02
-    base_model: str = ""
-
-    def __post_init__(self) -> None:
-        self.block_groups = tuple(self.block_groups)
-        for name in ("num_tokens", "num_layers", "width", "time_bins"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SoftTokensConfig.{name} must be a positive integer, got {value!r}")
-        if self.init not in INITS:
-            raise ValueError(f"SoftTokensConfig.init must be one of {INITS}, got {self.init!r}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "SoftTokensConfig":
-        data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown soft-token config fields {sorted(unknown)}; file written by a newer version?")
-        return cls(**data)
-
+# the config and its checks; softrepa.tokens' names for them too (TokenConfigError re-exported)
+from softrepa.token_config import (FORMAT_VERSION, INITS, METADATA_KEY, REPAIR, SoftTokensConfig,  # noqa: F401
+                                   TokenConfigError, file_config)
 
 def timestep_bins(timestep: torch.Tensor, time_bins: int) -> torch.Tensor:
     """Per-element time bin of a 0..1000 timestep: floor(t) * bins // 1000, clamped to 0..bins-1.
@@ -258,23 +205,33 @@ def read_token_file(path: str | os.PathLike) -> tuple[SoftTokensConfig, dict[str
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
         raise ValueError(f"{path} is not a readable safetensors soft-token file ({exc})") from exc
-    if METADATA_KEY not in metadata:
-        raise ValueError(f"{path} has no '{METADATA_KEY}' metadata: not a softrepa token file "
-                         "(authors' .pth files: use `python -m softrepa.tokens convert`)")
-    config = SoftTokensConfig.from_json(metadata[METADATA_KEY])
+    config = file_config(path, metadata)
     L, m, d = config.num_layers, config.num_tokens, config.width
-    expected = {"static": (L, m, d)}
+    expected = {"static": ((L, m, d), "(num_layers, num_tokens, width)")}
     if config.use_time:
-        expected["time"] = (config.time_bins, L * d)
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise ValueError(f"{path} is missing tensor '{name}' (expected shape {shape})")
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, config says {shape}")
+        expected["time"] = ((config.time_bins, L * d), "(time_bins, num_layers * width)")
+    for name, (shape, fields) in expected.items():
+        problem = _tensor_problem(tensors.get(name), shape)
+        if problem is not None:
+            raise ValueError(f"{path}: tensor '{name}' {problem}; the config (metadata '{METADATA_KEY}') asks for "
+                             f"{fields} = {shape}. {REPAIR}")
     extra = set(tensors) - set(expected)
     if extra:
-        raise ValueError(f"{path} has unexpected tensors {sorted(extra)}")
+        raise ValueError(f"{path} has unexpected tensors {reprlib.repr(sorted(extra))}. {REPAIR}")
     return config, tensors, metadata
+
+
+def _tensor_problem(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with a token file's tensor ("is missing", "has shape ..."), None when nothing is."""
+    if tensor is None:
+        return "is missing"
+    if tuple(tensor.shape) != shape:
+        return f"has shape {tuple(tensor.shape)}"
+    if not tensor.is_floating_point():
+        return f"holds {str(tensor.dtype).replace('torch.', '')}, not floating-point numbers"
+    if not torch.isfinite(tensor).all():
+        return "holds NaN or infinite numbers (saved from a training that diverged?)"
+    return None
 
 
 def load_tokens(path: str | os.PathLike, model: nn.Module | None = None,

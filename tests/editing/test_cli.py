@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,131 @@ def test_two_processes_split_a_batch_and_write_what_one_process_writes(workspace
     for name in one:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert not list((tmp_path / "two").glob(".softrepa-edit-summary*"))
+
+
+# ----------------------------------------------------------------------------- batch files as untrusted input
+
+
+def test_yaml_alias_bombs_and_oversized_files_are_refused_at_once(tmp_path, monkeypatch):
+    """A billion laughs (and its merge-key and self-referencing kin) is one message about its own
+    entry, in milliseconds; the rows beside it still run. A file over the size or node bound is one
+    message saying so."""
+    from editing import batch as batch_files
+
+    (tmp_path / "a.png").write_bytes(b"PNG")
+    laughs = "".join(f"  l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 10)}]\n" for k in range(1, 9))
+    merges = "".join(f"  m{k}: &m{k} {{<<: [*m{k - 1}, *m{k - 1}]}}\n" for k in range(1, 30))
+    path = tmp_path / "edits.yaml"
+    path.write_text("- input_img: a.png\n  source_prompt: a cat\n  target_prompts: [a dog]\n"   # line 1: runs
+                    "- l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + laughs +  # line 4
+                    "  target_prompts: *l8\n"
+                    "- m0: &m0 {k: v}\n" + merges +                                               # line 14
+                    "- &self [*self]\n")                                                          # line 44
+    started = time.monotonic()
+    jobs, errors = cli.read_batch(path)
+    assert time.monotonic() - started < 5
+    assert [job.origin for job in jobs] == [f"{path}:1"]
+    assert [e.split(": ", 1)[0] for e in errors] == [f"{path}:4", f"{path}:14", f"{path}:44"]
+    assert "more than 10,000 values once its aliases (*name) are expanded" in errors[0]
+    assert "contains itself through an alias" in errors[2]
+    shared = tmp_path / "shared.yaml"  # one 1 MB string 4,000 times in a refused field: quoted cut short, at once
+    shared.write_text("- big: &big " + "x" * 2**20 + "\n  input_img: a.png\n  target_prompts: [a dog]\n"
+                      "  source_prompt: {" + ", ".join(f"k{k}: *big" for k in range(4000)) + "}\n")
+    started = time.monotonic()
+    (message,) = cli.read_batch(shared)[1]
+    assert time.monotonic() - started < 5 and len(message) < len(str(shared)) + 200
+    assert message.startswith(f"{shared}:1: 'source_prompt' must be a non-empty string, got {{'k0': 'xxx")
+    monkeypatch.setattr(batch_files, "MAX_YAML_NODES", 20)
+    assert "more than 20 YAML values" in cli.read_batch(path)[1][0] and "write the rows as .jsonl" in cli.read_batch(
+        path)[1][0]
+    monkeypatch.setattr(batch_files, "MAX_YAML_BYTES", 100)
+    assert cli.read_batch(path) == ([], [f"{path}: over 0 MiB, the limit of a .yaml batch (PyYAML holds all of it in "
+                                         "memory): split it, or write the rows as .jsonl, which is read line by line"])
+
+
+def test_every_problem_of_a_row_is_named_and_the_good_rows_still_run(tmp_path, monkeypatch):
+    from editing import batch as batch_files
+
+    (tmp_path / "a.png").write_bytes(b"PNG")
+    monkeypatch.setattr(batch_files, "MAX_ROW_BYTES", 5000)
+    good = {"image": "a.png", "source_prompt": "a cat", "target_prompt": "a dog"}
+    data_prep = {**good, "target_prompt": "a fox", "image_sha256": "ab12", "changed_span": {"target": "fox"}}
+    lines = [json.dumps(good).encode(),                                                    # 1 runs
+             json.dumps({"image": 3, "source_prompt": float("nan"), "target_prompt": "x" * 4001, "id": [1],
+                         "n_max": 10, "masks": "m.png", "target_prompts": ["a"]}).encode(),  # 2: seven problems
+             b'{"image": "a.png", "source_prompt": "\\ud800", "target_prompt": "b"}',    # 3: a lone surrogate
+             b"\xff\xfe not UTF-8",                                                        # 4
+             b"[" * 4000,                                                                  # 5: too deep
+             json.dumps({**good, "note": "x" * 6000}).encode(),                            # 6: over the line bound
+             b"",                                                                          # 7: blank, skipped
+             json.dumps(data_prep).encode()]                                               # 8: provenance ignored
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    jobs, errors = cli.read_batch(path)
+    assert [job.origin for job in jobs] == [f"{path}:1", f"{path}:8"]
+    by_line = {}
+    for message in errors:
+        by_line.setdefault(int(message.split(":")[1]), []).append(message.split(": ", 1)[1])
+    assert sorted(by_line) == [2, 3, 4, 5, 6]
+    assert [m.split(" ")[0] for m in by_line[2]] == ["'n_max'", "'masks'", "'target_prompts'", "'image'",
+                                                     "'source_prompt'", "'target_prompt'", "'id'"]
+    assert "every row runs with the command's settings" in by_line[2][0] and "did you mean 'mask'" in by_line[2][1]
+    assert "got nan: write the prompt as quoted text" in by_line[2][4]
+    assert "4,001 characters long, over the limit of 4,000" in by_line[2][5]
+    assert by_line[3] == ["'source_prompt' holds '\\ud800', half of a UTF-16 pair, which is not text: fix the "
+                          "file's encoding (write it as UTF-8)"]
+    assert by_line[4][0].startswith("not UTF-8 text (byte 0xff at column 1)")
+    assert "nested deeper than Python can read" in by_line[5][0] and "the line is over 4 kB" in by_line[6][0]
+
+
+def test_missing_files_folders_and_impossible_paths_are_messages(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"PNG")
+    (tmp_path / "folder.png").mkdir()
+    rows = [{"image": "folder.png"}, {"image": "x" * 300}, {"image": "~nobody-here/a.png"},
+            {"image": "a.png", "mask": "gone.png"}, {"image": "a\x00.png"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"source_prompt": "a", "target_prompt": f"b{k}", **row}) + "\n"
+                            for k, row in enumerate(rows)))
+    args = cli.parse_args(["--batch", str(path), "--out", str(tmp_path / "out")])
+    jobs, _, errors = cli.plan_jobs(args, use_tokens=False, log=print)
+    errors = [message.split(":", 1)[1] for message in sorted(errors, key=lambda e: int(e.split(":")[1]))]
+    assert jobs == [] and len(errors) == 5
+    assert errors[0].startswith("1: image file") and errors[0].endswith("is a folder, not a file")
+    assert errors[1].startswith("2: 'image' is not a usable path (File name too long): give the image file's path")
+    assert errors[2] == "3: 'image' is not a usable path (Could not determine home directory.): give the image file's path"
+    assert errors[3].startswith("4: mask file") and errors[3].endswith("gone.png does not exist")
+    assert errors[4].startswith("5: 'image' holds a NUL character")
+
+
+def test_a_batch_with_nothing_to_run_exits_1_before_any_model_loads(tmp_path, capsys):
+    for name, text in (("empty.yaml", ""), ("none.yaml", "[]\n"), ("blank.jsonl", "\n\n"),
+                       ("bad.jsonl", '{"image": null}\n'), ("map.yaml", "input_img: a.png\n")):
+        (tmp_path / name).write_text(text)
+        argv = ["--batch", str(tmp_path / name), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o")]
+        assert cli.main(argv) == 1, name
+        assert f"{tmp_path / name}" in capsys.readouterr().err
+    assert cli.read_batch(tmp_path / "none.yaml")[1] == [f"{tmp_path / 'none.yaml'}: the file holds no edits: give "
+                                                          "at least one (docs/editing.md, Batch files)"]
+
+
+def test_token_files_with_bad_metadata_are_named_before_the_model_loads(workspace, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(workspace["tokens"]))
+    config = json.loads(safe_metadata(workspace["tokens"])["softrepa_tokens"])
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"softrepa_tokens": json.dumps({**config, "num_layers": -1}),
+                                           "format_version": "1"})
+    argv = ["--model", str(tmp_path / "no-model"), "--image", str(workspace["images"] / "pic0.png"), "--source", "a",
+            "--target", "b", "--tokens", str(bad), "--out", str(tmp_path / "out"), *FAST]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert (f"error: {bad}: metadata 'softrepa_tokens', field 'num_layers': num_layers must be a whole number >= 1, "
+            "got -1. The file is damaged") in error and "Traceback" not in error
+
+
+def safe_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 from softrepa.atomic import TEMP_GLOB
 from softrepa.hooks import attach_tokens
@@ -329,3 +333,122 @@ def test_sd3_medium_token_count_under_one_million():
     count = count_parameters(config)
     assert count == 5 * 4 * 1536 + 100 * 5 * 1536
     assert count < 1_000_000
+
+
+# ----------------------------------------------------------------------------- token files as untrusted input
+
+GOOD_CONFIG = {"kind": "sd3", "num_tokens": 2, "num_layers": 2, "width": 4, "block_groups": [], "time_bins": 3,
+               "use_time": True, "init": "normal", "init_std": 0.02, "base_model": ""}
+
+
+def write_token_file(path, metadata: dict, tensors: dict | None = None):
+    from safetensors.torch import save_file
+
+    tensors = {"static": torch.zeros(2, 2, 4), "time": torch.zeros(3, 8)} if tensors is None else tensors
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def config_metadata(**changes) -> dict[str, str]:
+    return {"softrepa_tokens": json.dumps({**GOOD_CONFIG, **changes}), "format_version": "1"}
+
+
+@pytest.mark.parametrize("metadata, tensors, says", [
+    ({"softrepa_tokens": "{not json", "format_version": "1"}, None, "metadata 'softrepa_tokens': is not JSON"),
+    ({"softrepa_tokens": "[1, 2]"}, None, "metadata 'softrepa_tokens': must be a JSON object"),
+    (config_metadata(num_layers=-1), None, "field 'num_layers': num_layers must be a whole number >= 1, got -1"),
+    (config_metadata(num_tokens=True), None, "field 'num_tokens': num_tokens must be a whole number >= 1, got True"),
+    (config_metadata(width="4"), None, "field 'width': width must be a whole number >= 1, got '4'"),
+    (config_metadata(kind="sd9"), None, "field 'kind': kind 'sd9' is not a model kind (sd3, "),
+    (config_metadata(kind=None), None, "field 'kind': kind must be a model kind's name, got None"),
+    (config_metadata(block_groups="down"), None, "field 'block_groups': block_groups must be a list of"),
+    (config_metadata(use_time="yes"), None, "field 'use_time': use_time must be true or false"),
+    (config_metadata(init_std=float("nan")), None, "field 'init_std': init_std must be a finite number >= 0"),
+    (config_metadata(init="pickle"), None, "field 'init': init must be one of ('normal', 'zeros')"),
+    (config_metadata(extra=1), None, "field 'extra': unknown fields ['extra']"),
+    ({"softrepa_tokens": json.dumps({k: v for k, v in GOOD_CONFIG.items() if k != "kind"})}, None,
+     "field 'kind': kind is missing"),
+    ({**config_metadata(), "format_version": "2"}, None, "metadata 'format_version' is '2', this version reads 1"),
+    (config_metadata(width=8), None, "tensor 'static' has shape (2, 2, 4); the config (metadata 'softrepa_tokens') "
+                                     "asks for (num_layers, num_tokens, width) = (2, 2, 8)"),
+    (config_metadata(), {"static": torch.zeros(2, 2, 4)}, "tensor 'time' is missing"),
+    (config_metadata(), {"static": torch.zeros(2, 2, 4, dtype=torch.int32), "time": torch.zeros(3, 8)},
+     "tensor 'static' holds int32, not floating-point numbers"),
+    (config_metadata(), {"static": torch.full((2, 2, 4), float("nan")), "time": torch.zeros(3, 8)},
+     "tensor 'static' holds NaN or infinite numbers"),
+    (config_metadata(use_time=False), None, "unexpected tensors ['time']"),
+])
+def test_token_metadata_is_checked_field_by_field(tmp_path, metadata, tensors, says):
+    """Every problem of a file's metadata or tensors is a ValueError naming the file and the field
+    (or tensor) and saying what to do; never a KeyError, TypeError or json error."""
+    from editing.token_file import TokenFile
+
+    path = write_token_file(tmp_path / "t.safetensors", metadata, tensors)
+    for load in (load_tokens, TokenFile.load):
+        with pytest.raises(ValueError) as error:
+            load(path)
+        assert type(error.value) is ValueError and str(error.value).startswith(str(path)), str(error.value)
+        assert says in str(error.value)
+    if "tensor" not in says and "format_version" not in says:
+        assert "save the tokens again" in str(error.value)  # what to do
+    assert load_tokens(write_token_file(tmp_path / "good.safetensors", config_metadata())).config.width == 4
+
+
+config_values = {"kind": st.sampled_from(["sd3", "sd15", "nope", ""]) | st.none() | st.integers(),
+                 "num_tokens": st.integers(-1, 3), "num_layers": st.integers(-1, 3) | st.just(10**12),
+                 "width": st.integers(-1, 4) | st.floats() | st.text(max_size=3),
+                 "block_groups": st.lists(st.sampled_from(["down", "mid", "up", "side"]), max_size=2)
+                 | st.text(max_size=4),
+                 "time_bins": st.integers(0, 3) | st.booleans(), "use_time": st.booleans() | st.integers(0, 1),
+                 "init": st.sampled_from(["normal", "zeros", "xavier"]), "init_std": st.floats() | st.integers(-1, 1),
+                 "base_model": st.text(max_size=5) | st.none(), "extra": st.integers()}
+# a valid config (often: a valid load is a case too), or with fields replaced by generated values and dropped
+configs = st.builds(lambda changes, dropped: {k: v for k, v in {**GOOD_CONFIG, **changes}.items() if k not in dropped},
+                    st.just({}) | st.fixed_dictionaries({}, optional=config_values),
+                    st.just(set()) | st.sets(st.sampled_from(sorted(GOOD_CONFIG))))
+token_metadata = st.one_of(
+    st.fixed_dictionaries({"softrepa_tokens": configs.map(json.dumps), "format_version": st.just("1")}),
+    st.fixed_dictionaries({"softrepa_tokens": configs.map(json.dumps)},
+                          optional={"format_version": st.sampled_from(["1", "2", ""])}),
+    st.dictionaries(st.sampled_from(["softrepa_tokens", "format_version", "other"]), st.text(max_size=20)))
+tensor_shapes = st.lists(st.integers(0, 3), min_size=1, max_size=3).map(tuple)
+
+
+@given(token_metadata, st.dictionaries(st.sampled_from(["static", "time", "junk"]), tensor_shapes, max_size=3),
+       st.sampled_from([torch.float32, torch.float16, torch.int64]), st.booleans())
+def test_fuzzed_token_metadata_loads_or_names_the_file_and_field(metadata, shapes, dtype, match_config):
+    """Generated metadata (wrong types, out of range, missing and extra keys, junk text) and tensors,
+    written with safetensors: a valid load, or a ValueError naming the file; nothing else."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "t.safetensors"
+        config = _json_or_none(metadata.get("softrepa_tokens", ""))
+        if match_config and isinstance(config, dict):  # the tensors the config asks for, when they are small
+            shapes = _config_shapes(config) or shapes
+        write_token_file(path, metadata, {name: torch.ones(shape, dtype=dtype) for name, shape in shapes.items()})
+        try:
+            tokens = load_tokens(path)
+        except ValueError as error:
+            assert str(error).startswith(str(path)) and type(error) is ValueError, str(error)
+            return
+        loaded = tokens.config
+        assert loaded.kind in KINDS and min(loaded.num_tokens, loaded.num_layers, loaded.width) >= 1
+        assert tokens.static.shape == (loaded.num_layers, loaded.num_tokens, loaded.width)
+
+
+def _json_or_none(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _config_shapes(config: dict) -> dict | None:
+    dims = [config.get(name, default) for name, default in (("num_layers", 5), ("num_tokens", 4), ("width", 1536),
+                                                      ("time_bins", 100))]
+    if not all(type(d) is int and 1 <= d <= 4 for d in dims):
+        return None
+    layers, tokens, width, bins = dims
+    shapes = {"static": (layers, tokens, width)}
+    if config.get("use_time", True) is True:
+        shapes["time"] = (bins, layers * width)
+    return shapes
