@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import contextlib
+import inspect
 import re
 import subprocess
 import sys
@@ -26,7 +28,8 @@ from app.ui import create_app
 from editing.editor import METADATA_KEY, read_png_metadata
 from softrepa.images import write_png
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "app.md"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCS, README = REPO_ROOT / "docs" / "app.md", REPO_ROOT / "README.md"
 
 MAX_FILE_SIZE = "300kb"
 
@@ -177,38 +180,37 @@ def test_zero_gpu_decorator_is_a_no_op_without_spaces():
 # ----------------------------------------------------------------------------- the API's values, checked by the app
 
 
-def docs_api_examples() -> list[str]:
-    """The Python blocks of docs/app.md's API section, in order, as a reader copies them."""
-    section = DOCS.read_text().split("\n## API\n", 1)[1].split("\n## ", 1)[0]
+def python_blocks(path: Path, heading: str) -> list[str]:
+    """The Python blocks of ``path``'s section ``heading`` (level 2, with its subsections), in order,
+    as a reader copies them."""
+    section = path.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
-def run_docs_examples(url: str, folder: Path, blocks: list[str]) -> None:
-    """Run ``blocks`` one after the other in ``folder`` (with the cat.png and cat-mask.png they open,
-    64 px like the shapes model's pictures), the server's URL for the documented one."""
-    Image.fromarray((np.random.RandomState(2).rand(64, 64, 3) * 255).astype(np.uint8)).save(folder / "cat.png")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[16:48, 8:40] = 255
-    Image.fromarray(mask).save(folder / "cat-mask.png")
+def run_as_written(url: str, blocks: list[str], source: str) -> None:
+    """Run ``blocks`` one after the other in one namespace, from the repository root (their files
+    are the bundled examples), with the server's URL for the documented one; a block with a
+    top-level ``await`` (the MCP example, for ``python -m asyncio``) runs in an event loop."""
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block.replace("http://127.0.0.1:7860/", url), "docs/app.md", "exec"), namespace)
+        code = compile(block.replace("http://127.0.0.1:7860/", url), source, "exec",
+                       flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        result = eval(code, namespace)  # noqa: S307 - the project's own documentation
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
 
 
-def test_the_docs_first_api_example_runs_as_written(server, tmp_path, monkeypatch):
-    # the call a new user copied: n_max 30 (with steps 50) on the shapes model, whose page opens at T 28
-    first = docs_api_examples()[0]
-    assert 'Client("http://127.0.0.1:7860/")' in first and "n_max=30" in first
-    monkeypatch.chdir(tmp_path)
-    run_docs_examples(server[0], tmp_path, [first])
-
-
-@pytest.mark.slow  # about 40 s here: four calls of 20 to 30 steps, one with 4 candidates
-def test_every_docs_api_example_runs_as_written(server, tmp_path, monkeypatch):
-    blocks = docs_api_examples()
-    assert len(blocks) == 3 and "variations=4" in blocks[2] and 'api_name="/compare"' in blocks[2]
-    monkeypatch.chdir(tmp_path)
-    run_docs_examples(server[0], tmp_path, blocks)
+def test_the_readme_and_docs_api_examples_run_as_written(tmp_path, monkeypatch):
+    readme, docs = python_blocks(README, "The API: scripts and agents"), python_blocks(DOCS, "API")
+    assert len(readme) == 1 and len(docs) == 6
+    assert 'Client("http://127.0.0.1:7860/")' in docs[0] and "n_max=30" in docs[0]  # beyond the page's T 28
+    assert all(f'api_name="/{name}"' in "".join(docs) for name in ENDPOINTS)
+    assert "streamablehttp_client" in docs[-1] and "call_tool" in docs[-1]
+    monkeypatch.chdir(REPO_ROOT)
+    # the shapes kind: its describer and instruction helper read the bundled pictures (the tiny model edits)
+    with serving(tmp_path, mcp=True, kind="shapes-sd3") as (url, _, _):
+        run_as_written(url, readme, "README.md")
+        run_as_written(url, docs, "docs/app.md")
 
 
 @pytest.mark.parametrize("overrides, expected", [
