@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from editing.inputs import MIN_PATCHES
-from editing.params import FlowEditParams, ParameterError, shown
+from editing.params import MAX_PROMPT_CHARS, FlowEditParams, ParameterError, shown
 from editing.presets import DEFAULT_PRESETS, PRESETS, default_preset_name, get_preset
 from softrepa.kinds import KINDS
 
@@ -99,9 +99,6 @@ API_HELP: dict[str, str] = {
 FILE_PARAMETERS = ("image", "mask", "png", "result")
 for _name in FILE_PARAMETERS:
     API_HELP[_name] += "; over MCP, a data:image/png;base64,... URL or an http(s) URL"
-# Prompts longer than this many characters are refused before they are tokenized (no model reads
-# more than a few hundred tokens, a few thousand characters; a huge one would only cost time)
-MAX_PROMPT_CHARS = 4000
 # the CFG sliders (the FlowEdit demo's go to 30); 0..1 is allowed (standard CFG 1 = conditional only)
 CFG_RANGE = (0.0, 30.0)
 MAX_STEPS = 100  # the app's caps: what one press may cost on the shared device

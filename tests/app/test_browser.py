@@ -252,6 +252,12 @@ def test_replay_a_result_png_into_the_controls(served, tmp_path):
 
         page.locator("#replay input[type=file]").set_input_files(str(foreign))
         page.locator(".toast-body.error").get_by_text("was not written by softrepa-edit").wait_for()
+        # a refused PNG leaves the box empty, ready for the next one, and the controls as they were
+        sync_api.expect(page.locator("#replay")).not_to_contain_text("foreign.png")
+        sync_api.expect(page.locator("#target-prompt textarea")).to_have_value("a replayed target prompt")
+        page.locator("#target-prompt textarea").fill("changed by hand")
+        page.locator("#replay input[type=file]").set_input_files(made.final.path)  # the next PNG goes in at once
+        sync_api.expect(page.locator("#target-prompt textarea")).to_have_value("a replayed target prompt")
         assert not page.errors, page.errors
 
 
