@@ -41,7 +41,8 @@ def replayed_settings(controls: EditControls) -> dict[str, Any]:
 def wire_endpoints(page: Page, service: EditorService) -> None:
     """The four API-only endpoints, with their hidden inputs and returns at the end of the page."""
     with gr.Column(visible=False):
-        files = {name: gr.File(label=label, type="filepath", file_types=[".png"])
+        # no file_types: Gradio's own refusal names no parameter; the app's reader says what is wrong
+        files = {name: gr.File(label=label, type="filepath")
                  for name, label in (("png", LABELS["replay"]), ("result", LABELS["result"]))}
         text = {name: gr.Textbox(label=name) for name in ("source_prompt", "target_prompt", "note")}
         settings, image, mask = gr.JSON(label="settings"), gr.File(label="image"), gr.File(label="mask")

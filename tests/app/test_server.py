@@ -413,3 +413,52 @@ def test_describe_instruct_and_edit_again_through_the_api(tmp_path):
     assert details["source_prompt"] == target and details["params"] == first[4]["params"]  # its settings kept
     assert details["parent"]["file"] == Path(first[1]).name and details["parent"]["key"] is not None
     assert read_png_metadata(again[1])["app"]["parent"] == details["parent"]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, client, picture) -> dict[str, str]:
+    """Files a careless or hostile client sends: text named .png, a JPEG, a plain PNG, a result PNG."""
+    folder = tmp_path_factory.mktemp("bad-files")
+    (folder / "notes.png").write_text("this is not a picture")
+    Image.new("RGB", (32, 32)).save(folder / "photo.jpg")
+    Image.new("RGB", (32, 32)).save(folder / "plain.png")
+    result = client.predict(image=handle_file(picture), **PROMPTS, **FAST_CONTROLS, api_name="/edit")[1]
+    return {"text": str(folder / "notes.png"), "jpeg": str(folder / "photo.jpg"), "plain": str(folder / "plain.png"),
+            "result": result, "picture": picture}
+
+
+# (endpoint, arguments, the message's start): every action, the files it reads and its values
+BAD_INPUTS = [
+    ("/describe", dict(image=None), "Source image: there is no image to describe"),
+    ("/describe", dict(image="text"), "Source image: "),
+    ("/instruct", dict(instruction="", source_prompt="a cat", image="picture"), "The instruction is empty"),
+    ("/instruct", dict(instruction=5, source_prompt="a cat", image="picture"), "Type an instruction: one change"),
+    ("/instruct", dict(instruction="make it red", source_prompt="a cat", image=None), "Upload a source image first"),
+    ("/replay", dict(png=None), "Replay a result: no PNG arrived"),
+    ("/replay", dict(png="text"), "Replay a result: the file is not an image"),
+    ("/replay", dict(png="jpeg"), "Replay a result: this is a JPEG image"),
+    ("/replay", dict(png="plain"), "Replay a result: this PNG was not written by softrepa-edit"),
+    ("/edit_again", dict(result="plain", target_prompt="a cat"), "Result PNG: this PNG was not written"),
+    ("/edit_again", dict(result="result", target_prompt=""), "The target prompt is empty"),
+    ("/edit_again", dict(result="result", target_prompt="a cat", n_max=999), "Edit strength (n_max): n_max is 999"),
+    ("/edit_again", dict(result="result", target_prompt="a cat", use_tokens="yes"), "Soft tokens must be true or"),
+    ("/edit_again", dict(result="result", target_prompt="a cat", mask="plain"), "A mask image was given but Mask"),
+    ("/edit", dict(image="text", **PROMPTS), "Source image: "),
+    ("/edit", dict(image="picture", source_prompt="x" * 5000, target_prompt="a cat"), "The source prompt is 5,000"),
+    ("/edit", dict(image="picture", **PROMPTS, randomize_seed="no"), "Random seed must be true or false, got 'no'"),
+    ("/compare", dict(image="picture", **PROMPTS, mask_mode="drawn"), "Mask is 'drawn' but there is no mask"),
+]
+
+
+@pytest.mark.parametrize("endpoint, arguments, expected", BAD_INPUTS,
+                         ids=[f"{endpoint}-{index}" for index, (endpoint, _, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_to_any_endpoint_gets_a_message_naming_what_to_change(client, bad_files, capfd, endpoint,
+                                                                        arguments, expected):
+    arguments = {name: handle_file(bad_files[value]) if isinstance(value, str) and value in bad_files else value
+                 for name, value in arguments.items()}
+    capfd.readouterr()
+    with pytest.raises(AppError) as excinfo:
+        client.predict(**arguments, api_name=endpoint)
+    assert str(excinfo.value).startswith(expected) and "internal error" not in str(excinfo.value)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err
