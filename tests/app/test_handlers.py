@@ -580,7 +580,7 @@ def test_every_endpoint_parameter_is_documented_once():
     from app.components import describe_endpoint
     from app.controls import API_HELP, CONTROL_NAMES
 
-    assert set(API_HELP) == {"image", "mask", *CONTROL_NAMES}
+    assert set(API_HELP) == {"image", "mask", "instruction", "png", "result", *CONTROL_NAMES}
 
     def run(image, mask_mode, mask, request=None):
         return None

@@ -43,7 +43,7 @@ def test_after_a_cancelled_run_the_finish_step_changes_nothing(tmp_path):
     # output (an empty dict would be read as one value: "Error" badges on the page)
     demo = build_demo(EditorService(tiny_settings(tmp_path), loader=tiny_loader()))
     finish = next(block_fn for block_fn in demo.fns.values() if getattr(block_fn.fn, "__name__", "") == "finish")
-    updates = finish.fn(None, [], None)
+    updates = finish.fn(None, [])
     assert set(updates) == set(finish.outputs) and all(value == {"__type__": "update"} for value in updates.values())
 
 
