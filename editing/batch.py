@@ -35,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -301,10 +301,7 @@ def _yaml_targets(entry: dict) -> list[str]:
     if not isinstance(targets, list) or not targets:
         raise BatchRowError([f"'target_prompts' must be a non-empty list of prompts, got {shown(targets)}: list the "
                              "wanted results under it, one '- ' each"])
-    row = _RowProblems()
-    checked = [row.take(checked_text, target, f"target_prompts[{j}]") for j, target in enumerate(targets)]
-    row.raise_if_any()
-    return checked
+    return _each(checked_text, targets, "target_prompts")
 
 
 def _yaml_codes(entry: dict, count: int | None) -> list[str | None]:
@@ -315,8 +312,13 @@ def _yaml_codes(entry: dict, count: int | None) -> list[str | None]:
         length = f" ({count})" if count is not None else ""
         raise BatchRowError([f"'target_codes' must be a list as long as target_prompts{length}, got {shown(codes)}: "
                              "give one code per target prompt, or leave it out"])
+    return _each(output_code, codes, "target_codes")
+
+
+def _each(check: Callable[[Any, str], Any], values: list, name: str) -> list:
+    """``check`` applied to every item of the list field ``name``; ``BatchRowError`` with every item's problem."""
     row = _RowProblems()
-    checked = [row.take(output_code, code, f"target_codes[{j}]") for j, code in enumerate(codes)]
+    checked = [row.take(check, value, f"{name}[{j}]") for j, value in enumerate(values)]
     row.raise_if_any()
     return checked
 
