@@ -51,7 +51,8 @@ def edit(service: EditorService, image: Any, controls: EditControls, session: st
     ``randomize_seed``) come from one batched run; ``mask``: the mask image for mask mode "drawn"
     (``app.masks.mask_request``); ``parent``: the result the image was (Edit again), kept in the
     outcome's details and its PNGs' metadata. ``EditCancelled`` when Cancel stopped it."""
-    return run_edits(service, image, controls, [flag("use_tokens", controls.use_tokens)], session, progress, mask, parent)
+    token_states = [flag("use_tokens", controls.use_tokens)]
+    return run_edits(service, image, controls, token_states, session, progress, mask, parent)
 
 
 @reports_errors
@@ -60,8 +61,8 @@ def compare(service: EditorService, image: Any, controls: EditControls, session:
     """The same edit (same seed, same mask) without and with soft tokens.
 
     One candidate of each; needs an app with soft tokens."""
-    return run_edits(service, image, dataclasses.replace(controls, variations=1), [False, True], session, progress, mask,
-                parent)
+    one_each = dataclasses.replace(controls, variations=1)
+    return run_edits(service, image, one_each, [False, True], session, progress, mask, parent)
 
 
 @dataclass

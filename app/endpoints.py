@@ -58,7 +58,8 @@ def wire_endpoints(page: Page, service: EditorService) -> None:
         result = refuse_unless_valid(instruct(service, instruction, source_prompt, image))
         return result.target, result.source, result.message
 
-    def read_settings(png: str | None, request: gr.Request = None) -> tuple[dict[str, Any], str | None, str | None, str]:
+    def read_settings(png: str | None, request: gr.Request = None
+                      ) -> tuple[dict[str, Any], str | None, str | None, str]:
         replayed = replay(service, png, session=session_of(request))
         return replayed_settings(replayed.controls), replayed.image, replayed.mask, "  \n".join(replayed.notes)
 
