@@ -42,8 +42,8 @@ from editing.token_file import TokenFile
 from softrepa.atomic import atomic_write_text
 from softrepa.images import ImageInputError
 from softrepa.models import KINDS, get_kind, load_pipeline, resolve_model
-from softrepa.runtime import (DTYPES, MODEL_DTYPE_HELP, add_memory_args, memory_from_args, model_dtype, process_device,
-                              process_state)
+from softrepa.runtime import (DTYPES, MODEL_DTYPE_HELP, add_memory_args, add_threads_arg, apply_threads,
+                              memory_from_args, model_dtype, process_device, process_state)
 
 DEFAULT_MODEL = KINDS["sd3"].hub_id
 # command-line flag -> FlowEditParams field; None means "take the preset's value"
@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "by its guidance embedding, else sd3)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
     model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=MODEL_DTYPE_HELP)
+    add_threads_arg(model)
     add_memory_args(parser)
     params = parser.add_argument_group("FlowEdit parameters (default: the preset's)")
     params.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     """One edit, or a batch split across the processes of ``accelerate launch -m editing --batch ...``:
     each process loads the model once and edits its share into the one output folder."""
     args = parse_args(argv)
+    apply_threads(args.threads)  # before torch runs anything (under accelerate launch: its OMP_NUM_THREADS)
     state = process_state(args.device)
     rank = f"[process {state.process_index}] " if state.num_processes > 1 else ""
 

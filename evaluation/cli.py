@@ -31,6 +31,7 @@ from evaluation.region_metrics import REGION_METRICS, REGION_ORDER, region_avail
 from evaluation.results import SettingsMismatch
 from softrepa.cli_types import int_at_least
 from softrepa.models import KINDS
+from softrepa.runtime import add_threads_arg, apply_threads
 
 GUIDANCE_CHOICES = ("authors", "standard")
 
@@ -80,6 +81,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto (this process's GPU, else CPU), cpu, cuda, cuda:1 ...")
     group.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                        help="model dtype for generation/editing (auto: float16 on GPU, float32 on CPU)")
+    add_threads_arg(group)
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -232,6 +234,9 @@ def list_metrics() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # the commands that run models; under accelerate launch, auto keeps the OMP_NUM_THREADS it sets per process
+    if args.command in ("t2i", "edit"):
+        apply_threads(args.threads)
     try:
         if args.command == "t2i":
             from evaluation.runner import run_task

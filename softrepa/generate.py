@@ -30,7 +30,8 @@ from PIL import Image
 from softrepa.hooks import attach_tokens
 from softrepa.images import write_png
 from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
-from softrepa.runtime import DTYPES, MODEL_DTYPE_HELP, add_memory_args, memory_from_args, model_dtype, resolve_device
+from softrepa.runtime import (DTYPES, MODEL_DTYPE_HELP, add_memory_args, add_threads_arg, apply_threads,
+                              memory_from_args, model_dtype, resolve_device)
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens, resolve_tokens_path
 
 # Generated PNGs (here and in evaluation/t2i.py): each parameter in its own text chunk for image
@@ -148,12 +149,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-sequence-length", type=int, default=None,
                         help="T5 length (default: the kind's: SD3 256, shapes-sd3 8, flux-dev 512, flux-schnell 256)")
     parser.add_argument("--progress", action="store_true")
+    add_threads_arg(parser)
     add_memory_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    apply_threads(args.threads)  # before torch runs anything
     try:
         prompts = read_prompts(args)
         output = Path(args.output)

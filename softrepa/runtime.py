@@ -1,5 +1,6 @@
 """Runtime utilities for command-line entry points: device and dtype resolution, the low-memory
-flags, and the single-process stand-in for accelerate's process state.
+flags, torch's CPU thread count (``--threads``), and the single-process stand-in for accelerate's
+process state.
 
 Library code never picks a device or dtype; every CLI resolves ``--device`` / ``--dtype`` here,
 once, and passes the result down.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from datetime import timedelta
 
 import torch
@@ -114,3 +116,91 @@ class SingleProcess:
     def split_between_processes(self, inputs):
         """All of ``inputs`` is this process's share (``with ... as share``)."""
         return contextlib.nullcontext(inputs)
+
+
+THREADS_ENV = "SOFTREPA_THREADS"
+AUTO_THREADS = "auto"
+SMALL_MACHINE_CORES = 4  # auto: one torch thread on machines with at most this many cores (apply_threads)
+THREADS_HELP = (f"torch CPU threads: auto or a whole number >= 1 [{THREADS_ENV}] (auto: 1 on machines with at most "
+                f"{SMALL_MACHINE_CORES} cores, where torch's one per core makes a busy machine many times slower; "
+                "else torch's default; OMP_NUM_THREADS, when set, is kept)")
+
+
+def parse_threads(value: str | int) -> str | int:
+    """``--threads`` / ``SOFTREPA_THREADS``: ``"auto"`` or a whole number >= 1, else ``ValueError``
+    saying what to give instead."""
+    text = str(value).strip().lower()
+    if text == AUTO_THREADS:
+        return AUTO_THREADS
+    where = f"(set by --threads or {THREADS_ENV})"
+    what_to_do = "give auto (the default), or a count such as 1 on a busy machine"
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not auto or a whole number {where}; {what_to_do}") from None
+    if count < 1:
+        raise ValueError(f"{count} threads is under 1 {where}; {what_to_do}")
+    return count
+
+
+def _threads_type(text: str) -> str | int:
+    """argparse ``type=``: a bad value becomes a usage error (exit status 2), not a traceback."""
+    try:
+        return parse_threads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_threads_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                    environ: dict[str, str] | None = None) -> None:
+    """``--threads`` (dest ``threads``: ``"auto"`` or an int). Its default is ``SOFTREPA_THREADS``
+    when set, else auto; the flag on the command line wins. argparse checks a string default with
+    the same ``type``, so a bad environment value is a usage error naming the flag and the variable."""
+    environ = os.environ if environ is None else environ
+    default = environ.get(THREADS_ENV, "").strip() or AUTO_THREADS
+    parser.add_argument("--threads", type=_threads_type, default=default, help=THREADS_HELP)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset, where known)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_for(value: str | int, cores: int | None = None, environ: dict[str, str] | None = None) -> int | None:
+    """The torch thread count ``value`` (``--threads``) asks for here; None: leave torch's own.
+
+    ``auto`` on a machine with at most ``SMALL_MACHINE_CORES`` cores is 1. Measured on the 2-core
+    development machine, one command-line edit on the bundled model (``benchmarks/edit_under_load.py
+    --compare 2``, docs/benchmarks.md#edits-on-a-busy-machine): quiet, 0.70 s with 1 thread and 0.50 s
+    with torch's default of 2; beside two CPU-bound processes, 1.0-1.4 s with 1 thread (loaded / quiet
+    1.43-2.00) but 2.8-6.0 s with 2 (single edits up to 39.5 s), because OpenMP threads spin-wait for
+    cores the other processes hold (the whole command used 16.1 s of CPU with 2 threads, 7.1 s with
+    1, as much as when quiet). One thread gives up about a third when the machine is quiet and
+    saves 3-30x when it is busy, and small machines (CI runners, Spaces, laptops) are the ones most
+    often shared. Above that auto keeps torch's default (one per physical core; not measured). An ``OMP_NUM_THREADS``
+    already set (by the user, or by ``accelerate launch`` / ``torchrun`` for each of their
+    processes) is a deliberate choice, and auto keeps it.
+    """
+    choice = parse_threads(value)
+    if choice != AUTO_THREADS:
+        return choice
+    environ = os.environ if environ is None else environ
+    if environ.get("OMP_NUM_THREADS", "").strip():
+        return None
+    return 1 if (available_cores() if cores is None else cores) <= SMALL_MACHINE_CORES else None
+
+
+def apply_threads(value: str | int = AUTO_THREADS) -> int:
+    """Set torch's CPU threads as ``--threads`` asks (``threads_for``); returns the count in use.
+
+    Call it first thing in an entry point's ``main``, before torch runs anything."""
+    count = threads_for(value)
+    if count is not None:
+        torch.set_num_threads(count)
+        try:
+            torch.set_num_interop_threads(count)
+        except RuntimeError:  # torch refuses once inter-op work has started, or on a second call; the
+            pass  # intra-op threads set above are the ones that spin on a busy machine
+    return torch.get_num_threads()

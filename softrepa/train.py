@@ -73,6 +73,7 @@ from softrepa.images import write_png
 from softrepa.loss import DiffusionObjective, LossConfig
 from softrepa.models import denoiser_of, get_kind, kind_of_pipeline, load_pipeline, resolve_model
 from softrepa.pairs import NoiseDraw, PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
+from softrepa.runtime import add_threads_arg, apply_threads
 from softrepa.tokens import SoftTokens, init_from_null_prompt, load_tokens, new_tokens, save_tokens
 from softrepa.train_config import LR_SCHEDULERS, TrainConfig, add_config_arguments, resolve_weight_dtype
 
@@ -484,18 +485,28 @@ class Validation:
 # ----------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, str | int]:
+    """The run's ``TrainConfig`` and ``--threads``, which is this process's setting, not the run's:
+    it stays out of the config that checkpoints and token files record."""
     parser = argparse.ArgumentParser(prog="python -m softrepa.train", description=__doc__.split("\n")[0])
     add_config_arguments(parser)
+    add_threads_arg(parser)
     args = parser.parse_args(argv)
     if not args.data:
         parser.error("--data is required")
-    return TrainConfig(**vars(args))
+    threads = vars(args).pop("threads")
+    return TrainConfig(**vars(args)), threads
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    return parse_command_line(argv)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = parse_args(argv)
+    config, threads = parse_command_line(argv)
+    # before torch runs anything; under accelerate launch / torchrun auto keeps their OMP_NUM_THREADS
+    log.info("%d CPU thread(s) for torch", apply_threads(threads))
     try:
         result = train(config)
     except (DatasetError, NonFiniteLossError, FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -291,6 +291,40 @@ def test_two_processes_split_a_batch_and_write_what_one_process_writes(workspace
     assert not list((tmp_path / "two").glob(".softrepa-edit-summary*"))
 
 
+def test_threads_flag_is_applied_before_the_edit(workspace, tmp_path, monkeypatch):
+    """``--threads`` goes through ``softrepa.runtime.apply_threads`` first thing in ``main``; without
+    the flag ``SOFTREPA_THREADS`` applies, and without either, auto."""
+    applied: list = []
+
+    def record(value):
+        applied.append((value, torch.get_num_threads()))
+        return real_apply(value)
+
+    real_apply = cli.apply_threads
+    monkeypatch.setattr(cli, "apply_threads", record)
+    previous = torch.get_num_threads()
+    single = ["--image", str(workspace["images"] / "pic0.png"), "--source", "a red circle", "--target",
+              "a blue square", "--model", workspace["model"], *FAST]
+    try:
+        assert cli.main([*single, "--threads", "2", "--out", str(tmp_path / "edit.png")]) == 0
+        assert applied == [(2, previous)] and torch.get_num_threads() == 2 and (tmp_path / "edit.png").is_file()
+        monkeypatch.setenv("SOFTREPA_THREADS", "1")  # the output exists now: nothing to edit, threads still set
+        assert cli.main([*single, "--out", str(tmp_path / "edit.png")]) == 0
+        monkeypatch.delenv("SOFTREPA_THREADS")
+        assert cli.main([*single, "--out", str(tmp_path / "edit.png")]) == 0
+        assert [value for value, _ in applied] == [2, 1, "auto"] and torch.get_num_threads() >= 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_a_bad_threads_value_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.setenv("SOFTREPA_THREADS", "lots")
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(["--image", "x.png", "--source", "a", "--target", "b"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --threads" in error and "SOFTREPA_THREADS" in error
+
+
 # ----------------------------------------------------------------------------- batch files as untrusted input
 
 
