@@ -20,29 +20,11 @@ import time
 from types import ModuleType
 from typing import Any
 
+from softrepa.known_warnings import quiet_known_warnings
+
 log = logging.getLogger(__name__)
 
-# transformers >= 5 logs these once per class when diffusers' SD3 pipeline module imports
-# SiglipImageProcessor (pipeline_stable_diffusion_3.py) and CLIPImageProcessor (loaders/ip_adapter.py)
-# for IP-Adapter image encoders, which this project never loads, and torchvision is not installed:
-# transformers then uses the PIL processors. The advice ("install torchvision") is for nothing the app
-# does, so the two messages are dropped; every other transformers message still shows.
-KNOWN_WARNINGS = ("`SiglipImageProcessor` requires torchvision", "`CLIPImageProcessor` requires torchvision")
-TRANSFORMERS_IMPORT_LOGGER = "transformers.utils.import_utils"  # where transformers logs them
 GRADIO_STUB_MODULE = "gradio.component_meta"
-
-
-class _DropKnownWarnings(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(KNOWN_WARNINGS)
-
-
-def quiet_known_warnings() -> None:
-    """Drop the two torchvision notices (``KNOWN_WARNINGS``) at their logger; idempotent. Needs no
-    transformers import: the filter waits on the logger until transformers logs there."""
-    logger = logging.getLogger(TRANSFORMERS_IMPORT_LOGGER)
-    if not any(isinstance(f, _DropKnownWarnings) for f in logger.filters):
-        logger.addFilter(_DropKnownWarnings())
 
 
 class _NoStubLoader(importlib.abc.Loader):

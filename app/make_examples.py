@@ -308,12 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from app.examples import MANIFEST_NAME, produced_by, write_manifest
-    from app.main import quiet_known_warnings
     from app.loading import load_editor
     from editing.presets import default_preset_name, get_preset
     from softrepa.models import KINDS
 
-    quiet_known_warnings()
     out = Path(args.out)
     folder = out / settings.kind
     print(f"loading {settings.describe()}", flush=True)

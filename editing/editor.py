@@ -55,7 +55,7 @@ from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import EDIT_METADATA_KEY, write_png
-from softrepa.models import check_compatible, execution_device, get_kind, kind_of_pipeline
+from softrepa.models import PipelineKind, check_compatible, execution_device, get_kind, pipeline_kind
 from softrepa.tokens import SoftTokens
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class EditStats:
     prompts_encoded: int  # prompts that missed the cache and ran the text encoders
     source_latents_cached: bool  # True: the VAE encoder was skipped
     source_velocities_reused: int  # (step, sample) pairs that ran only the target branch
+    kind_assumed: str | None = None  # the editor's kind was assumed, not known: why and how to choose (PipelineKind)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class EditResult:
     input_report: InputReport
     stats: EditStats
     model: str = ""
+    kind: str = ""  # the model kind the edit ran as (its text length, presets, limits)
     tokens_info: dict[str, Any] | None = None  # file name, file sha256, tensor sha256
     mask: PixelMask | None = None  # the region the edit was restricted to (given or found), result size
     mask_info: dict[str, Any] | None = None  # how: "given" / "auto", options, pasted back, coverage, notes
@@ -136,8 +138,10 @@ class EditResult:
         """Everything needed to reproduce the edit (what ``save`` writes into the PNG)."""
         data = {"version": METADATA_VERSION, "source_prompt": self.source_prompt, "target_prompt": self.target_prompt,
                 "params": self.params.to_dict(), "use_tokens": self.use_tokens,
-                "tokens": self.tokens_info if self.use_tokens else None, "model": self.model,
+                "tokens": self.tokens_info if self.use_tokens else None, "model": self.model, "kind": self.kind,
                 "input": self.input_report.to_dict(), "mask": self.mask_info}
+        if self.stats.kind_assumed:
+            data["kind_assumed"] = self.stats.kind_assumed
         data.update(extra or {})
         return data
 
@@ -202,9 +206,11 @@ class FlowEditor:
     prompt_cache_size: prompt embeddings kept.
     cache_source_velocities: reuse source velocities across targets (see module docstring).
     max_sequence_length: T5 tokens per prompt (default: the kind's: 256 on SD3, 512 on FLUX.1-dev).
-    kind: the model kind (``softrepa.models.KINDS``), for the default preset and text length; default:
-        the pipeline's (``kind_of_pipeline``: the first kind of its class, e.g. sd3; FLUX dev or
-        schnell by the guidance embedding). With tokens, the default preset follows the tokens' kind.
+    kind: the model kind (``softrepa.models.KINDS``), for the default preset, text length and limits;
+        default: the pipeline's (``softrepa.models.pipeline_kind``: the kind ``load_pipeline``
+        recorded, else the one its folder or Hub id names, else the one kind its class fits; where
+        several fit, e.g. SD3 and SD3.5, the first, said in the log and in each result's
+        ``stats.kind_assumed`` and PNG metadata). With tokens, the default preset follows the tokens' kind.
     """
 
     def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | TokenFile | str | os.PathLike | None = None, *,
@@ -214,7 +220,11 @@ class FlowEditor:
                  kind: str | None = None):
         self.pipe = pipe
         self.family = family_of(pipe.transformer)
-        self.kind = kind or kind_of_pipeline(pipe)
+        get_kind(kind) if kind else None  # an unknown kind is refused here, naming the known ones
+        resolved = PipelineKind(kind) if kind else pipeline_kind(pipe)
+        self.kind, self.kind_assumed = resolved.kind, resolved.assumed
+        if self.kind_assumed:  # said once per editor, and in each result (EditStats, the PNG's metadata)
+            logger.warning("FlowEditor: %s", self.kind_assumed)
         self.factor = self.family.pixel_multiple(pipe)
         limit = model_max_side(pipe)
         self.max_side = min(max_side, limit) if limit else max_side
@@ -442,10 +452,10 @@ class FlowEditor:
                 finished.append(_restrict(edited, prepared, given, mask, found, vae_factor, options))
             stats = EditStats(seconds=time.perf_counter() - start, transformer_calls=out.transformer_calls,
                               prompts_encoded=encoded[0], source_latents_cached=latents_cached,
-                              source_velocities_reused=out.source_velocities_reused)
+                              source_velocities_reused=out.source_velocities_reused, kind_assumed=self.kind_assumed)
         return [EditResult(image=edited, latents=out.latents[j:j + 1], source_image=prepared.image,
                            source_prompt=source_prompt, target_prompt=target_prompt, params=run, use_tokens=use_tokens,
-                           input_report=prepared.report, stats=stats, model=self.model_name,
+                           input_report=prepared.report, stats=stats, model=self.model_name, kind=self.kind,
                            tokens_info=self.tokens_info, mask=region, mask_info=mask_info)
                 for j, (run, (region, mask_info, edited)) in enumerate(zip(runs, finished))]
 

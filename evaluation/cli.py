@@ -31,7 +31,7 @@ from evaluation.region_metrics import REGION_METRICS, REGION_ORDER, region_avail
 from evaluation.results import SettingsMismatch
 from softrepa.cli_types import int_at_least
 from softrepa.models import KINDS
-from softrepa.runtime import add_threads_arg, apply_threads
+from softrepa.runtime import MODEL_DTYPE_HELP, add_threads_arg, apply_threads
 
 GUIDANCE_CHOICES = ("authors", "standard")
 
@@ -80,7 +80,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                        help="fail when a metric's optional package is missing (default: skip it with a note)")
     group.add_argument("--device", default="auto", help="auto (this process's GPU, else CPU), cpu, cuda, cuda:1 ...")
     group.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
-                       help="model dtype for generation/editing (auto: float16 on GPU, float32 on CPU)")
+                       help=f"model dtype for generation/editing ({MODEL_DTYPE_HELP}; follows the kind like the "
+                            "other command lines)")
     add_threads_arg(group)
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 

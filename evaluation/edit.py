@@ -171,15 +171,19 @@ class EditTask(Task):
     def params(self, group: dict) -> FlowEditParams:
         return self._params[group["name"]]
 
+    @property
+    def model_kind(self) -> str:
+        return "sd3"  # the paper's editing evaluation is on SD3 (Table 3)
+
     def generation_settings(self) -> dict:
         c, f = self.config, self.config.flowedit
-        return {"model": str(c.model), "kind": "sd3", "steps": f.steps, "src_cfg": f.src_cfg, "n_min": f.n_min,
+        return {"model": str(c.model), "kind": self.model_kind, "steps": f.steps, "src_cfg": f.src_cfg, "n_min": f.n_min,
                 "n_avg": f.n_avg, "seed": f.seed, "guidance": f.guidance, "token_branches": f.token_branches,
                 "max_side": c.max_side, "tokens_file": str(c.tokens) if c.tokens else None,
                 "tokens_sha256": self.tokens_sha256, **({"mask": c.mask} if c.mask != "none" else {})}
 
     def summary_extra(self) -> dict:
-        return {"kind": "sd3", "dataset": self.config.dataset, "mask": self.config.mask}
+        return {"kind": self.model_kind, "dataset": self.config.dataset, "mask": self.config.mask}
 
     def notes(self) -> list[str]:
         f = self.config.flowedit
@@ -218,7 +222,7 @@ class EditTask(Task):
     def produce(self, items: list[dict], device: torch.device, dtype: torch.dtype) -> None:
         from editing.editor import FlowEditor  # one call site: FlowEditor(...).edit(...)
 
-        pipe = load_pipeline(str(self.config.model), "sd3", dtype, device, progress_bar=False)
+        pipe = load_pipeline(str(self.config.model), self.model_kind, dtype, device, progress_bar=False)
         editor = FlowEditor(pipe, tokens=self.config.tokens, max_side=self.config.max_side,
                             model_name=str(self.config.model))
         groups = {group["name"]: group for group in self.groups()}

@@ -43,7 +43,7 @@ from evaluation.results import (ScoreStore, SettingsMismatch, check_or_write_set
 from evaluation.tables import plot_clip_vs_lpips, plot_series_from_rows, rows_from_summary, write_table
 from softrepa.runtime import process_state
 from softrepa.runtime import process_device as resolve_device
-from softrepa.runtime import resolve_dtype
+from softrepa.runtime import model_dtype
 from softrepa.tokens import file_sha256
 
 logger = logging.getLogger("evaluation")
@@ -122,6 +122,11 @@ class Task(ABC):
     @abstractmethod
     def generation_settings(self) -> dict:
         """Everything the images depend on (checked on resume)."""
+
+    @property
+    @abstractmethod
+    def model_kind(self) -> str:
+        """The model kind the images are made with: its dtype is ``--dtype auto``'s (``model_dtype``)."""
 
     @abstractmethod
     def produce(self, items: list[dict], device: torch.device, dtype: torch.dtype) -> None:
@@ -331,7 +336,7 @@ def run_task(task: Task, device_spec: str = "auto", dtype_spec: str = "auto", st
     """Run (or resume) ``task``; returns the summary on the main process, None on the others."""
     state = state or process_state(device_spec)
     device = resolve_device(device_spec, state)
-    dtype = resolve_dtype(dtype_spec, device)
+    dtype = model_dtype(dtype_spec, device, task.model_kind)  # auto: the kind's (bfloat16 for SD3.5, FLUX.1)
     task.run_dir.mkdir(parents=True, exist_ok=True)
     items = task.items()
     settings = {"task": task.name, "generation": task.generation_settings()}

@@ -122,6 +122,10 @@ class T2ITask(Task):
         references = [item["reference"] for item in items]
         return references if all(references) else None
 
+    @property
+    def model_kind(self) -> str:
+        return self.config.kind
+
     def produce(self, items: list[dict], device: torch.device, dtype: torch.dtype) -> None:
         from softrepa.generate import PNG_KEY, PNG_LAYOUT, generate_images  # one call site: generate_images
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from shapes.web_captions import CAPTION_MODES, WebCaptionConfig, generate_web_samples
 from softrepa.atomic import atomic_path
-from softrepa.models import load_pipeline
+from softrepa.models import load_pipeline, write_kind_marker
 
 LR_SCHEDULES = ("constant", "cosine")
 MAX_SEQUENCE_LENGTH = 8  # zero "T5" tokens the model is trained with (see module docstring)
@@ -389,6 +389,7 @@ def build(out: str | os.PathLike, config: ShapesModelConfig, work: str | os.Path
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
     load_in_float32(tmp)
     forget_source_paths(tmp)
+    write_kind_marker(tmp, "shapes-sd3")  # loaded by any means, the folder says what it is
     report.update(config=dataclasses.asdict(config), build_minutes=(time.time() - started) / 60.0,
                   max_sequence_length=MAX_SEQUENCE_LENGTH, device=str(device),
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")

@@ -29,7 +29,7 @@ from PIL import Image
 
 from softrepa.hooks import attach_tokens
 from softrepa.images import write_png
-from softrepa.models import get_kind, kind_of_pipeline, load_pipeline, resolve_model
+from softrepa.models import get_kind, known_kind, load_pipeline, resolve_model
 from softrepa.runtime import (DTYPES, MODEL_DTYPE_HELP, add_memory_args, add_threads_arg, apply_threads,
                               memory_from_args, model_dtype, resolve_device)
 from softrepa.tokens import SoftTokens, file_sha256, load_tokens, resolve_tokens_path
@@ -68,7 +68,7 @@ def generate_images(pipe: Any, prompts: Sequence[str] | str, seeds: Sequence[int
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(tokens, (str, os.PathLike)):
         tokens = load_tokens(tokens, model=pipe)
-    kind = kind or (tokens.config.kind if tokens is not None else kind_of_pipeline(pipe))
+    kind = kind or (tokens.config.kind if tokens is not None else known_kind(pipe, "generate"))
     spec = get_kind(kind)
     steps = spec.steps if steps is None else steps
     cfg = spec.cfg if cfg is None else cfg

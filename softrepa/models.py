@@ -18,6 +18,8 @@ only), so ``softrepa.tokens`` can build on it without an import cycle.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from softrepa.kinds import KINDS, SHAPES_MODEL_DIR, ModelKind, get_kind  # noqa: F401 (re-exported: the kinds' home)
+from softrepa.kinds import KINDS, SHAPES_MODEL_DIR, ModelKind, get_kind, kind_of_hub_id  # noqa: F401 (re-exported: the kinds' home)
+from softrepa.known_warnings import quiet_known_warnings
 
 if TYPE_CHECKING:  # configs are only read here; softrepa.tokens imports this module
     from softrepa.tokens import SoftTokensConfig
@@ -270,6 +273,7 @@ def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float
     """
     memory = memory or MemoryOptions()
     memory.check()
+    quiet_known_warnings()  # before diffusers imports the pipeline's module, which logs them
     import diffusers
 
     spec = get_kind(kind)
@@ -286,6 +290,7 @@ def load_pipeline(model: str | None, kind: str, dtype: torch.dtype = torch.float
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"could not load a {spec.pipeline_class} from {source!r} ({exc}). Give a local diffusers "
                            "folder or a Hub id you have access to (run `huggingface-cli login` for gated models).") from exc
+    setattr(pipe, LOADED_KIND_ATTR, kind)  # the kind travels with the pipeline (pipeline_kind)
     pipe.set_progress_bar_config(disable=not progress_bar)
     if memory.vae_tiling:
         pipe.vae.enable_tiling()
@@ -314,6 +319,8 @@ def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
     if kind is not None:
         return model, kind
     index = Path(model) / "model_index.json"
+    if index.is_file() and kind_of_folder(model):
+        return model, kind_of_folder(model)
     if index.is_file():
         class_name = json.loads(index.read_text()).get("_class_name")
         matches = [name for name, spec in KINDS.items()
@@ -343,16 +350,85 @@ def _folder_fits(folder: Path, spec: ModelKind) -> bool:
     return bool(json.loads(config_file.read_text()).get("guidance_embeds", False)) == spec.guidance_embeds
 
 
+KIND_MARKER = "softrepa_kind.json"  # in a model folder, beside model_index.json: {"kind": ...}; diffusers ignores it
+LOADED_KIND_ATTR = "softrepa_kind"  # the kind ``load_pipeline`` loaded, recorded on the pipeline
+
+
+def write_kind_marker(folder: str | os.PathLike, kind: str) -> Path:
+    """Record in a model folder which kind it is (``KIND_MARKER``), so a pipeline loaded from it by
+    any means (``load_pipeline``, diffusers' own ``from_pretrained``) is known as that kind."""
+    get_kind(kind)
+    path = Path(folder) / KIND_MARKER
+    path.write_text(json.dumps({"kind": kind}) + "\n")
+    return path
+
+
+def kind_of_folder(folder: str | os.PathLike) -> str | None:
+    """The kind a model folder says it is (``KIND_MARKER``), or None (no marker, or not a kind)."""
+    try:
+        kind = json.loads((Path(folder) / KIND_MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):  # no marker, not JSON, not an object
+        return None
+    return kind if kind in KINDS else None
+
+
+def kind_of_source(source: str) -> str | None:
+    """The kind a pipeline's source names: a kind's Hub id or own folder, or a folder's marker."""
+    if not source or kind_of_hub_id(source):
+        return kind_of_hub_id(source)
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    same = [name for name, spec in KINDS.items() if Path(spec.hub_id).resolve() == folder.resolve()]
+    return kind_of_folder(folder) or (same[0] if same else None)
+
+
+@dataclass(frozen=True)
+class PipelineKind:
+    """The kind of a pipeline, and, when several kinds fit and nothing said which, the note saying
+    which was assumed and how to choose another (None: the kind is known)."""
+
+    kind: str
+    assumed: str | None = None
+
+
+def pipeline_kind(pipe: Any) -> PipelineKind:
+    """The kind of ``pipe``: the one ``load_pipeline`` recorded, else the one its source folder or Hub
+    id names (``kind_of_source``), else the only kind whose pipeline class and architecture fit; of
+    several (SD3, SD3.5 and the shapes model share StableDiffusion3Pipeline), the first, with a note.
+    The kind decides the text length, presets, dtype and limits, so it is never guessed silently."""
+    fitting = [name for name, spec in KINDS.items() if type(pipe).__name__ == spec.pipeline_class
+               and _denoiser_fits(pipe, spec)]
+    if not fitting:
+        raise ValueError(f"no model kind uses {type(pipe).__name__}; pass kind=... (known: {sorted(KINDS)})")
+    for said in (getattr(pipe, LOADED_KIND_ATTR, None), kind_of_source(str(getattr(pipe, "name_or_path", "") or ""))):
+        if said in fitting:
+            return PipelineKind(said)
+    if len(fitting) == 1:
+        return PipelineKind(fitting[0])
+    return PipelineKind(fitting[0], f"the pipeline does not say which model kind it is ({', '.join(fitting)} all "
+                                    f"use {type(pipe).__name__}), so {fitting[0]} was assumed (its text length, "
+                                    "presets and dtype); pass kind=... (FlowEditor(pipe, kind=...), --kind) to "
+                                    "choose another, or load it with softrepa.models.load_pipeline(model, kind)")
+
+
+def _denoiser_fits(pipe: Any, spec: ModelKind) -> bool:
+    denoiser = getattr(pipe, spec.denoiser_attr, None)
+    return not isinstance(denoiser, nn.Module) or ARCHITECTURES[spec.arch].kind_mismatch(spec, denoiser) is None
+
+
 def kind_of_pipeline(pipe: Any) -> str:
-    """The first registered kind whose pipeline class is this pipeline's class and whose
-    architecture accepts its denoiser (FluxPipeline: flux-dev with a guidance embedding, else flux-schnell)."""
-    for name, spec in KINDS.items():
-        if type(pipe).__name__ != spec.pipeline_class:
-            continue
-        denoiser = getattr(pipe, spec.denoiser_attr, None)
-        if not isinstance(denoiser, nn.Module) or ARCHITECTURES[spec.arch].kind_mismatch(spec, denoiser) is None:
-            return name
-    raise ValueError(f"no model kind uses {type(pipe).__name__}; pass kind=... (known: {sorted(KINDS)})")
+    """``pipeline_kind(pipe).kind``, for callers that report the assumption themselves or need none."""
+    return pipeline_kind(pipe).kind
+
+
+def known_kind(pipe: Any, who: str) -> str:
+    """``pipe``'s kind for an entry point (``who``: generate, train, ...); an assumed one is said in the
+    log, once per call, with how to choose another."""
+    resolved = pipeline_kind(pipe)
+    if resolved.assumed:
+        logging.getLogger(f"softrepa.{who}").warning("%s: %s", who, resolved.assumed)
+    return resolved.kind
 
 
 def denoiser_of(model: nn.Module | Any, kind: str) -> nn.Module:

@@ -71,7 +71,7 @@ from softrepa.generate import generate_images, image_grid
 from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import write_png
 from softrepa.loss import DiffusionObjective, LossConfig
-from softrepa.models import denoiser_of, get_kind, kind_of_pipeline, load_pipeline, resolve_model
+from softrepa.models import denoiser_of, get_kind, known_kind, load_pipeline, resolve_model
 from softrepa.pairs import NoiseDraw, PairBatch, PairScorer, draw_noise, make_loss_fn, pair_loss_backward
 from softrepa.runtime import add_threads_arg, apply_threads
 from softrepa.tokens import SoftTokens, init_from_null_prompt, load_tokens, new_tokens, save_tokens
@@ -195,7 +195,7 @@ def _prepare_model(config: TrainConfig, pipe: Any, accelerator: Any) -> FrozenMo
         model_id, kind = resolve_model(config.model or config.kind or "sd3", config.kind)
         pipe = load_pipeline(model_id, kind, weight_dtype, device, progress_bar=False)
     else:
-        kind = config.kind or kind_of_pipeline(pipe)
+        kind = config.kind or known_kind(pipe, "train")
         # names the cache and the tokens' base_model; in-memory pipelines may have no path
         model_id = config.model or getattr(pipe.config, "_name_or_path", None) or kind
         current = denoiser_of(pipe, kind).dtype
