@@ -7,15 +7,17 @@ Caches (all bounded LRUs; sizes are constructor arguments):
 * source latents, by the sha256 of the prepared pixels: re-editing an image skips the VAE encoder;
 * prompt embeddings, by (prompt, max_sequence_length): independent of soft tokens, which enter
   the transformer after the text encoders, so one entry serves edits with tokens on and off;
-* source-branch velocities, per source image: the noise of every step depends only on the seed,
-  so v_src (a function of the source image, source prompts, src_cfg, the source branch's tokens
-  state, T, n_max, n_avg and the seed) is the same for every target. A re-edit with a new target
-  prompt or tar CFG runs only the target half of the batch (2 items instead of 4). The noise
-  generator is consumed the same way on a hit (z_tar needs the noise), so the result equals the
-  uncached edit up to batch-size rounding.
+* source-branch velocities, one table per (source image, source prompts, seed, ...): the noise of
+  every step depends only on the seed, so v_src (a function of the source image, source prompts,
+  src_cfg, the source branch's tokens state, T, n_max, n_avg and the seed) is the same for every
+  target. A re-edit with a new target prompt or tar CFG runs only the target half of the batch (2
+  items instead of 4). The noise generator is consumed the same way on a hit (z_tar needs the
+  noise), so the result equals the uncached edit up to batch-size rounding. Candidates fill one
+  table per seed, so re-editing any of the last variations' seeds hits.
 
-Memory: a velocity set holds n_max x n_avg latents (SD3 at 1024 px: 1 MiB each, ~33 MiB a set), on
-the model's device; ``cache_size`` sources x ``velocity_sets_per_source`` sets at most.
+Memory: a velocity table holds n_max x n_avg latents (SD3 at 1024 px: 1 MiB each, ~33 MiB a table),
+on the model's device; the tables together stay within ``velocity_cache_bytes`` (measured when an
+edit ends; ``cache_info()`` reports the bytes held), the least recently used dropped first.
 
 One edit runs at a time per editor (a lock): the soft-token switch is a flag on the shared
 transformer, and the caches are shared state.
@@ -39,9 +41,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Hashable, Sequence, TypeVar
+from typing import Any, Callable, Generic, Hashable, Sequence, TypeVar
 
 import torch
 from PIL import Image
@@ -62,40 +65,59 @@ logger = logging.getLogger(__name__)
 
 METADATA_KEY = EDIT_METADATA_KEY  # PNG text chunk holding the edit's parameters as JSON
 METADATA_VERSION = 1
+# the source-velocity tables' budget: 15 seeds of SD3 at 1024 px (n_max 33: 33 MiB a table), e.g. the
+# last 8 variations of an image and the edits around them
+VELOCITY_CACHE_BYTES = 512 * 2**20
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 class LRU(Generic[K, V]):
-    """A size-bounded mapping that forgets the least recently used entry (size 0 stores nothing)."""
+    """A bounded mapping that forgets the least recently used entries: their sizes (``sizeof``, default
+    1 an entry, i.e. a count) add up to at most ``maxsize`` (0 stores nothing).
 
-    def __init__(self, maxsize: int):
+    A value's size is measured when it is put, so a value that grows (a velocity table filled during
+    an edit) is put again once filled; a value larger than ``maxsize`` alone is not kept. The project's
+    own rather than ``cachetools.LRUCache`` (the same rule): 20 lines against a dependency pinned in two
+    install files (pyproject.toml, the Space's requirements.txt).
+    """
+
+    def __init__(self, maxsize: int, sizeof: Callable[[V], int] | None = None):
         if maxsize < 0:
             raise ValueError(f"cache size must be >= 0, got {maxsize}")
         self.maxsize = maxsize
-        self._data: OrderedDict[K, V] = OrderedDict()
+        self.currsize = 0  # the sizes of the entries held
+        self._sizeof = sizeof or (lambda value: 1)
+        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()  # key -> (value, its size when put)
 
     def get(self, key: K) -> V | None:
         if key not in self._data:
             return None
         self._data.move_to_end(key)
-        return self._data[key]
+        return self._data[key][0]
 
     def put(self, key: K, value: V) -> V:
-        if self.maxsize == 0:
+        self.pop(key)
+        size = self._sizeof(value)
+        if size > self.maxsize:
             return value
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
+        self._data[key] = (value, size)
+        self.currsize += size
+        while self.currsize > self.maxsize:
+            self.currsize -= self._data.popitem(last=False)[1][1]
         return value
+
+    def pop(self, key: K) -> None:
+        if key in self._data:
+            self.currsize -= self._data.pop(key)[1]
 
     def clear(self) -> None:
         self._data.clear()
+        self.currsize = 0
 
     def values(self) -> list[V]:
-        return list(self._data.values())
+        return [value for value, _ in self._data.values()]
 
     def __len__(self) -> int:
         return len(self._data)
@@ -104,7 +126,49 @@ class LRU(Generic[K, V]):
 @dataclass
 class _Source:
     x_src: torch.Tensor  # (1, C, h, w) float32 on the device the transformer runs on
-    velocity_sets: LRU  # velocity key -> {(step, sample): v_src}
+    key: str  # the prepared pixels' sha256: the velocity tables of this image are keyed by it
+
+
+VelocityTable = dict  # {(step, sample): v_src (1, C, h, w) float32}: one seed's source velocities
+
+
+def table_bytes(table: VelocityTable) -> int:
+    """The bytes a velocity table's tensors hold (what the editor's velocity budget counts)."""
+    return sum(v.numel() * v.element_size() for v in table.values())
+
+
+class _JoinedTables(MutableMapping):
+    """The velocity tables of N candidates seen as one table of (N, C, h, w) values, the form
+    ``flowedit_latents`` reads and fills in a batched run: an entry is there when every candidate's
+    table has it; storing one keeps a copy of each candidate's row, except where a table already has
+    it (a table keeps the values of one run)."""
+
+    def __init__(self, tables: list[VelocityTable]):
+        self.tables = tables
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        return torch.cat([table[key] for table in self.tables])  # KeyError where one misses: computed
+
+    def __setitem__(self, key: tuple[int, int], value: torch.Tensor) -> None:
+        for table, row in zip(self.tables, value.split(1)):
+            table.setdefault(key, row.clone())  # a copy: a row's view would keep the whole batch alive
+
+    def __delitem__(self, key: tuple[int, int]) -> None:
+        for table in self.tables:
+            del table[key]
+
+    def __iter__(self):
+        return iter([key for key in self.tables[0] if all(key in table for table in self.tables[1:])])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+def _joined(tables: list[tuple[tuple, VelocityTable]] | None) -> MutableMapping | None:
+    """What ``flowedit_latents`` reads and fills: one candidate's table itself, several joined."""
+    if tables is None:
+        return None
+    return tables[0][1] if len(tables) == 1 else _JoinedTables([table for _, table in tables])
 
 
 @dataclass
@@ -201,8 +265,9 @@ class FlowEditor:
         ``pipe.transformer`` (left attached on close), or None.
     max_side: long-side limit for inputs (clamped to what the transformer's position embedding covers).
     min_side: smallest accepted side (default 4 patches: 64 px on SD3).
-    cache_size: source images whose latents (and velocity sets) are kept; 0 disables both.
-    velocity_sets_per_source: source-velocity tables kept per image (different source prompts/CFG/seed).
+    cache_size: source images whose latents are kept; 0 disables the velocity tables too.
+    velocity_cache_bytes: what the source-velocity tables (one per image, source prompt, seed, ...)
+        may hold together, in bytes (default ``VELOCITY_CACHE_BYTES``, 512 MiB); 0 disables them.
     prompt_cache_size: prompt embeddings kept.
     cache_source_velocities: reuse source velocities across targets (see module docstring).
     max_sequence_length: T5 tokens per prompt (default: the kind's: 256 on SD3, 512 on FLUX.1-dev).
@@ -215,7 +280,7 @@ class FlowEditor:
 
     def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | TokenFile | str | os.PathLike | None = None, *,
                  max_side: int = DEFAULT_MAX_SIDE, min_side: int | None = None, cache_size: int = 4,
-                 velocity_sets_per_source: int = 2, prompt_cache_size: int = 32,
+                 velocity_cache_bytes: int = VELOCITY_CACHE_BYTES, prompt_cache_size: int = 32,
                  cache_source_velocities: bool = True, max_sequence_length: int | None = None, model_name: str | None = None,
                  kind: str | None = None):
         self.pipe = pipe
@@ -231,7 +296,7 @@ class FlowEditor:
         self.min_side = min_side
         self.max_sequence_length = max_sequence_length or get_kind(self.kind).max_sequence_length
         self.cache_source_velocities = cache_source_velocities
-        self.velocity_sets_per_source = velocity_sets_per_source
+        self._velocities: LRU[tuple, VelocityTable] = LRU(velocity_cache_bytes, sizeof=table_bytes)
         self.model_name = model_name if model_name is not None else str(getattr(pipe, "name_or_path", "") or "")
         self._sources: LRU[str, _Source] = LRU(cache_size)
         self._prompts: LRU[tuple[str, int], PromptEmbeds] = LRU(prompt_cache_size)
@@ -292,11 +357,14 @@ class FlowEditor:
         with self._lock:
             self._sources.clear()
             self._prompts.clear()
+            self._velocities.clear()
 
     def cache_info(self) -> dict[str, int]:
+        """Entries per cache, and the bytes the velocity tables hold against their budget."""
         with self._lock:
             return {"sources": len(self._sources), "prompts": len(self._prompts),
-                    "velocity_sets": sum(len(s.velocity_sets) for s in self._sources.values())}
+                    "velocity_sets": len(self._velocities), "velocity_bytes": self._velocities.currsize,
+                    "velocity_budget_bytes": self._velocities.maxsize}
 
     def _prompt(self, text: str, counter: list[int]) -> PromptEmbeds:
         key = (text, self.max_sequence_length)
@@ -313,7 +381,7 @@ class FlowEditor:
             return cached, True
         device = execution_device(self.pipe)
         x_src = encode_image(self.pipe.vae, prepared.image, device).to(device)  # (1, C, h, w)
-        return self._sources.put(key, _Source(x_src, LRU(self.velocity_sets_per_source))), False
+        return self._sources.put(key, _Source(x_src, key)), False
 
     # editing -----------------------------------------------------------------
 
@@ -407,8 +475,9 @@ class FlowEditor:
 
         The candidates share every transformer call (the batch dimension: 4N items per step instead
         of N runs of 4); candidate j equals ``edit`` with ``params.replace(seed=seeds[j])`` to
-        batch-size rounding. One candidate uses the source-velocity cache; several do not (it is
-        kept per seed). ``EditResult.stats`` of each candidate describes the whole run.
+        batch-size rounding. Each seed's source velocities are kept (a table per seed): re-editing a
+        candidate's seed alone reuses them; a run reuses them when every seed has them.
+        ``EditResult.stats`` of each candidate describes the whole run.
         """
         use_tokens = self.has_tokens if use_tokens is None else bool(use_tokens)
         params = self.default_params(use_tokens) if params is None else params
@@ -436,15 +505,18 @@ class FlowEditor:
                 self._prompt(target_prompt, encoded),
                 None if distilled else self._prompt(params.tar_negative_prompt, encoded),
                 params, use_tokens, distilled=distilled)
-            velocities = self._velocity_set(source, source_prompt, params, src.tokens) if len(runs) == 1 else None
+            tables = self._velocity_tables(source, source_prompt, runs, src.tokens)
             # CPU generators: the same noise (hence the same edit) on every device
             generators = [torch.Generator(device="cpu").manual_seed(int(run.seed)) for run in runs]
             vae_factor = int(self.pipe.vae_scale_factor)
             latent = mask if given is None else latent_mask(given, vae_factor, float(options.feather_latent),
                                                              source.x_src.device)
-            out = flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
-                                   generators, attached=self._attached, source_velocities=velocities, mask=latent,
-                                   progress=progress)
+            try:
+                out = flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
+                                       generators, attached=self._attached, source_velocities=_joined(tables),
+                                       mask=latent, progress=progress)
+            finally:  # kept, a cancelled edit's finished steps too
+                self._keep(tables)
             finished = []  # (image, region, mask info) per candidate
             for j in range(len(runs)):
                 found = None if out.mask is None else out.mask[j if out.mask.shape[0] > 1 else 0][None]  # (1, 1, h, w)
@@ -459,15 +531,22 @@ class FlowEditor:
                            tokens_info=self.tokens_info, mask=region, mask_info=mask_info)
                 for j, (run, (region, mask_info, edited)) in enumerate(zip(runs, finished))]
 
-    def _velocity_set(self, source: _Source, source_prompt: str, params: FlowEditParams,
-                      source_tokens: bool) -> dict | None:
-        """The source-velocity table this edit reads and fills (None when caching is off)."""
-        if not self.cache_source_velocities or self._sources.maxsize == 0:
+    def _velocity_tables(self, source: _Source, source_prompt: str, runs: list[FlowEditParams],
+                         source_tokens: bool) -> list[tuple[tuple, VelocityTable]] | None:
+        """(key, the source-velocity table) per candidate, which this edit reads and fills; None when
+        caching is off. A table is per seed, so a variation's seed re-edited alone finds its table."""
+        if not self.cache_source_velocities or self._sources.maxsize == 0 or self._velocities.maxsize == 0:
             return None
         tokens_key = self.tokens_info["content_sha256"] if source_tokens else None
-        key = (source_prompt, params.source_velocity_key(), tokens_key)
-        velocities = source.velocity_sets.get(key)
-        return velocities if velocities is not None else source.velocity_sets.put(key, {})
+        keys = [(source.key, source_prompt, run.source_velocity_key(), tokens_key) for run in runs]
+        return [(key, self._velocities.get(key) or {}) for key in keys]
+
+    def _keep(self, tables: list[tuple[tuple, VelocityTable]] | None) -> None:
+        """Put this edit's tables (back) in the velocity cache, measured now that they are filled and
+        the most recently used: the budget drops the tables least recently used first."""
+        for key, table in tables or ():
+            if table:
+                self._velocities.put(key, table)
 
 
 def _restrict(edited: Image.Image, prepared: PreparedImage, given: PixelMask | None, requested: Any,

@@ -312,8 +312,9 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
         calls of 4): candidate j draws its noise from generator j exactly as a single edit would, so
         it equals the single edit with that generator (to batch-size rounding).
     attached: the ``AttachedTokens`` hooked into ``transformer``, required when a branch has tokens.
-    source_velocities: optional cache of v_src per (step index, sample index), read and filled (one
-        candidate only: the cache is per seed).
+    source_velocities: optional cache of v_src per (step index, sample index), read and filled; with N
+        candidates its values are (N, C, h, w), one row per candidate (``FlowEditor`` keeps a table
+        per seed and joins them).
     mask: None (the whole image), a latent mask (1, 1, h, w) in [0, 1], or an ``AutoMask`` (one
         region per candidate).
     progress: called with (steps done, total) after each executed step; total = n_max.
@@ -330,9 +331,8 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
     if x_src.dim() != 4 or x_src.shape[0] != 1:
         raise ValueError(f"x_src must be one latent image (1, C, h, w), got shape {tuple(x_src.shape)}")
     generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
-    if not generators or (len(generators) > 1 and source_velocities is not None):
-        raise ValueError("give one generator per candidate, and no source_velocities cache with several "
-                         f"(got {len(generators)} generators)")
+    if not generators:
+        raise ValueError("give one generator per candidate (got none)")
     T, n_max, n_min, n_avg = params.steps, params.n_max, params.n_min, params.n_avg
     x_src = x_src.float()
     mask = _check_mask(mask, x_src)
