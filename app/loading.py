@@ -12,6 +12,7 @@ from pathlib import Path
 
 from app.controls import side_slider_range
 from app.settings import AppSettings
+from editing.compile import warm_up
 from editing.editor import FlowEditor
 from softrepa.models import load_pipeline
 from softrepa.runtime import apply_threads, memory_from_args, model_dtype, resolve_device
@@ -52,7 +53,7 @@ def load_editor(settings: AppSettings) -> LoadedModel:
                            "`huggingface-cli login`).") from exc
     editor = FlowEditor(pipe, tokens=None, max_side=side_slider_range(settings.kind)[1],
                         max_sequence_length=settings.max_sequence_length, model_name=settings.model_label,
-                        kind=settings.kind)  # no length given: the kind's
+                        kind=settings.kind, compile=settings.compile)  # no length given: the kind's
     warnings = []
     if settings.tokens is not None:
         try:
@@ -60,4 +61,8 @@ def load_editor(settings: AppSettings) -> LoadedModel:
         except (OSError, ValueError, RuntimeError) as exc:
             warnings.append(f"Soft tokens {Path(settings.tokens).name} could not be used ({exc}); editing without "
                             "tokens.")
+    if editor.compile_info.mode is not None:  # compiled before the model is reported ready, not at the first edit
+        log.info("compiled (%s) and warmed up in %.1f s", editor.compile_info.mode, warm_up(editor))
+    if editor.compile_info.note:
+        warnings.append(editor.compile_info.note)
     return LoadedModel(editor, warnings)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from editing.compile import COMPILE_MODES
 from softrepa.atomic import file_sha256
 from softrepa.kinds import SHAPES_MODEL_DIR, kind_of_hub_id
 
@@ -48,6 +49,7 @@ ENV_VARS: dict[str, str] = {
     "vae_tiling": "SOFTREPA_VAE_TILING",
     "max_sequence_length": "SOFTREPA_MAX_SEQUENCE_LENGTH",
     "threads": "SOFTREPA_THREADS",
+    "compile": "SOFTREPA_COMPILE",
     "host": "SOFTREPA_HOST",
     "port": "SOFTREPA_PORT",
     "temp_dir": "SOFTREPA_TEMP_DIR",
@@ -113,6 +115,7 @@ class AppSettings:
     vae_tiling: bool = False
     max_sequence_length: int | None = None
     threads: int | str = "auto"
+    compile: str = "off"  # editing.compile: off or a torch.compile mode; warmed up before the model is ready
     host: str = "127.0.0.1"
     port: int = 7860
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "softrepa-app")
@@ -221,6 +224,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--max-sequence-length", type=int,
                        help=f"T5 tokens per prompt [{ENV_VARS['max_sequence_length']}] (default: the kind's, 256 for "
                             "sd3, 8 for shapes-sd3)")
+    model.add_argument("--compile", nargs="?", const="default", choices=("off", *COMPILE_MODES),
+                       help=f"torch.compile the transformer's blocks, warmed up before the model is reported ready "
+                            f"[{ENV_VARS['compile']}] (default off; --compile alone: default mode)")
     model.add_argument("--threads", help=f"CPU threads for torch: auto or a count [{ENV_VARS['threads']}] (default "
                                          "auto: 1 on machines with at most 4 cores, where more make a busy machine "
                                          "many times slower; else torch's default)")
@@ -348,10 +354,13 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         raise SettingsError(f"kind {settings.kind!r} cannot be edited here: FlowEdit runs on SD3- and FLUX-architecture models "
                             f"({', '.join(DEVICE_KINDS)})")
 
-    for name in ("device", "dtype", "host", "max_file_size", "offload"):
+    for name in ("device", "dtype", "host", "max_file_size", "offload", "compile"):
         value = pick(name)
         if value is not None:
             setattr(settings, name, value)
+    if settings.compile not in ("off", *COMPILE_MODES):
+        raise SettingsError(f"--compile / {ENV_VARS['compile']} {settings.compile!r}: choose off or one of "
+                            f"{', '.join(COMPILE_MODES)}")
     if settings.dtype not in DTYPE_CHOICES:
         raise SettingsError(f"dtype {settings.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     if settings.offload not in OFFLOAD_CHOICES:

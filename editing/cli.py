@@ -32,6 +32,7 @@ import torch
 
 # the batch files' reader; safe_name stays an editing.cli name too (the app's result files use it)
 from editing.batch import AUTO_MASK, Job, job_name, missing_input, output_path, read_batch, safe_name  # noqa: F401
+from editing.compile import COMPILE_MODES
 from editing.editor import FlowEditor
 from editing.flowedit import FAMILIES
 from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
@@ -85,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
     model.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=MODEL_DTYPE_HELP)
     add_threads_arg(model)
+    model.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                       help="torch.compile the transformer's blocks (default mode when given alone; the first "
+                            "edit compiles, the rest of a batch reuses it; eager with a note where no compiler is "
+                            "present; docs/editing.md#speed-a-compiled-editor)")
     add_memory_args(parser)
     params = parser.add_argument_group("FlowEdit parameters (default: the preset's)")
     params.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -267,7 +272,9 @@ def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device
     log(f"loading {model} on {device} ({str(dtype).replace('torch.', '')})")
     pipe = load_pipeline(model, kind, dtype, device, without_t5=True if args.no_t5 else None, memory=memory)
     editor = FlowEditor(pipe, tokens=token_file, max_side=args.max_side,
-                        model_name=model, kind=kind)  # the kind's T5 length
+                        model_name=model, kind=kind, compile=args.compile)  # the kind's T5 length
+    if editor.compile_info.note:
+        log(f"note: {editor.compile_info.note}")
     return editor, params, mask_options
 
 
