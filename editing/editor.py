@@ -51,6 +51,7 @@ from PIL import Image
 
 from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
                               family_of, flowedit_latents, source_and_target)
+from editing.compile import compile_denoiser, run_with_fallback
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_max_side, prepare_image
 from editing.masks import (AutoMask, MaskLike, MaskOptions, PixelMask, feathered, latent_mask, paste_back,
                            pixel_mask_of_latent, prepare_mask)
@@ -276,15 +277,20 @@ class FlowEditor:
         recorded, else the one its folder or Hub id names, else the one kind its class fits; where
         several fit, e.g. SD3 and SD3.5, the first, said in the log and in each result's
         ``stats.kind_assumed`` and PNG metadata). With tokens, the default preset follows the tokens' kind.
+    compile: None / False (eager), True or "default", "max-autotune-no-cudagraphs", "reduce-overhead":
+        ``torch.compile`` the transformer's repeated blocks in place (``editing.compile``); the first
+        edit compiles, later edits of any size reuse it; ``compile_info`` says what runs (and why
+        eager, where no compiler is present).
     """
 
     def __init__(self, pipe: Any, tokens: SoftTokens | AttachedTokens | TokenFile | str | os.PathLike | None = None, *,
                  max_side: int = DEFAULT_MAX_SIDE, min_side: int | None = None, cache_size: int = 4,
                  velocity_cache_bytes: int = VELOCITY_CACHE_BYTES, prompt_cache_size: int = 32,
                  cache_source_velocities: bool = True, max_sequence_length: int | None = None, model_name: str | None = None,
-                 kind: str | None = None):
+                 kind: str | None = None, compile: bool | str | None = None):
         self.pipe = pipe
         self.family = family_of(pipe.transformer)
+        self.compile_info = compile_denoiser(pipe.transformer, compile)  # editing.compile: blocks, in place
         get_kind(kind) if kind else None  # an unknown kind is refused here, naming the known ones
         resolved = PipelineKind(kind) if kind else pipeline_kind(pipe)
         self.kind, self.kind_assumed = resolved.kind, resolved.assumed
@@ -506,15 +512,19 @@ class FlowEditor:
                 None if distilled else self._prompt(params.tar_negative_prompt, encoded),
                 params, use_tokens, distilled=distilled)
             tables = self._velocity_tables(source, source_prompt, runs, src.tokens)
-            # CPU generators: the same noise (hence the same edit) on every device
-            generators = [torch.Generator(device="cpu").manual_seed(int(run.seed)) for run in runs]
             vae_factor = int(self.pipe.vae_scale_factor)
             latent = mask if given is None else latent_mask(given, vae_factor, float(options.feather_latent),
                                                              source.x_src.device)
+
+            def run_flowedit():  # fresh generators each time: a compile that fails reruns the same edit eagerly
+                # CPU generators: the same noise (hence the same edit) on every device
+                generators = [torch.Generator(device="cpu").manual_seed(int(run.seed)) for run in runs]
+                return flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
+                                        generators, attached=self._attached, source_velocities=_joined(tables),
+                                        mask=latent, progress=progress)
+
             try:
-                out = flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
-                                       generators, attached=self._attached, source_velocities=_joined(tables),
-                                       mask=latent, progress=progress)
+                out = run_with_fallback(self.compile_info, self.pipe.transformer, run_flowedit)
             finally:  # kept, a cancelled edit's finished steps too
                 self._keep(tables)
             finished = []  # (image, region, mask info) per candidate
