@@ -49,9 +49,9 @@ from typing import Any, Callable, Generic, Hashable, Sequence, TypeVar
 import torch
 from PIL import Image
 
+from editing.compile import compile_denoiser, run_with_fallback
 from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
                               family_of, flowedit_latents, source_and_target)
-from editing.compile import compile_denoiser, run_with_fallback
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_max_side, prepare_image
 from editing.masks import (AutoMask, MaskLike, MaskOptions, PixelMask, feathered, latent_mask, paste_back,
                            pixel_mask_of_latent, prepare_mask)
