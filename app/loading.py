@@ -61,8 +61,11 @@ def load_editor(settings: AppSettings) -> LoadedModel:
         except (OSError, ValueError, RuntimeError) as exc:
             warnings.append(f"Soft tokens {Path(settings.tokens).name} could not be used ({exc}); editing without "
                             "tokens.")
-    if editor.compile_info.mode is not None:  # compiled before the model is reported ready, not at the first edit
-        log.info("compiled (%s) and warmed up in %.1f s", editor.compile_info.mode, warm_up(editor))
+    # before the model is reported ready: the first person's edit is an ordinary one, not the one that
+    # compiles (--compile) or makes the first-call allocations and kernel choices (about 2x an edit)
+    seconds = warm_up(editor)
+    log.info("warmed up in %.1f s%s", seconds, f" (compiled: {editor.compile_info.mode})"
+             if editor.compile_info.mode else "")
     if editor.compile_info.note:
         warnings.append(editor.compile_info.note)
     return LoadedModel(editor, warnings)
