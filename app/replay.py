@@ -17,7 +17,6 @@ Whatever cannot be restored is said in the notes (shown under the replay box).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import uuid
@@ -154,22 +153,17 @@ def _mask(metadata: dict[str, Any], folder: Path, label: str) -> tuple[str, str 
         return "auto", None
     if mode != "given":
         raise _fail(f"its mask's mode is {shown(mode)}, not 'given' or 'auto'; nothing was changed", label)
-    from editing.masks import MaskError, mask_image, read_mask
+    from editing.editor import mask_from_metadata
+    from editing.masks import MaskError
 
-    encoded = info.get("png_base64")
-    if not isinstance(encoded, str) or not encoded:
-        raise _fail("it was a masked edit but its metadata does not carry the mask", label)
     try:
-        data = base64.b64decode(encoded, validate=True)
-    except ValueError:  # binascii.Error, or characters outside ASCII
-        raise _fail("its mask cannot be read (the metadata's png_base64 is not base64); nothing was changed",
-                    label) from None
-    try:
-        values = read_mask(data)
-    except MaskError as exc:  # read like an uploaded mask: its own words
+        image = mask_from_metadata(metadata)  # read like an uploaded mask
+    except MaskError as exc:
         raise _fail(f"its mask cannot be used: {str(exc).rstrip('.')}; nothing was changed", label) from None
+    if image is None:
+        raise _fail("it was a masked edit but its metadata does not carry the mask", label)
     path = folder / f"{REPLAYED_MASK_PREFIX}-{uuid.uuid4().hex[:8]}.png"
-    return "drawn", str(write_png(mask_image(values), path))
+    return "drawn", str(write_png(image, path))
 
 
 def parent_record(metadata: dict[str, Any], file_name: str) -> dict[str, Any]:

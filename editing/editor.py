@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
 import os
@@ -53,8 +52,8 @@ from editing.compile import compile_denoiser, run_with_fallback
 from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
                               family_of, flowedit_latents, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_max_side, prepare_image
-from editing.masks import (AutoMask, MaskLike, MaskOptions, PixelMask, feathered, latent_mask, paste_back,
-                           pixel_mask_of_latent, prepare_mask)
+from editing.masks import (AutoMask, MaskError, MaskLike, MaskOptions, PixelMask, feathered, latent_mask, mask_image,
+                           paste_back, pixel_mask_of_latent, prepare_mask, read_mask)
 from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.hooks import AttachedTokens, attach_tokens
@@ -231,13 +230,20 @@ def mask_path(path: str | os.PathLike) -> Path:
 
 
 def mask_from_metadata(metadata: dict[str, Any]) -> Image.Image | None:
-    """The mask a saved edit carries (grey image, white = edited), or None for an unmasked edit."""
-    mask = metadata.get("mask") or {}
-    if not mask.get("png_base64"):
+    """The mask a saved edit carries (grey image, white = edited), or None for an unmasked edit.
+
+    A PNG's metadata is as untrusted as an uploaded mask, so it is read like one (``read_mask``):
+    ``MaskError`` saying what is wrong when the metadata carries something that is not a mask."""
+    encoded = (metadata.get("mask") or {}).get("png_base64")
+    if not encoded:
         return None
-    image = Image.open(io.BytesIO(base64.b64decode(mask["png_base64"])))
-    image.load()
-    return image
+    if not isinstance(encoded, str):
+        raise MaskError(f"the mask in the metadata (png_base64) is a {type(encoded).__name__}, not base64 text")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        raise MaskError("the mask in the metadata (png_base64) is not base64") from None
+    return mask_image(read_mask(data))
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
