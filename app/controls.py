@@ -308,8 +308,7 @@ def check_controls(controls: EditControls, sides: tuple[int, int]) -> RunValues:
     (``parameter_message`` names its control)."""
     for name in ("source_prompt", "target_prompt"):
         prompt_text(name, getattr(controls, name))
-    for name in ("use_tokens", "randomize_seed"):
-        flag(name, getattr(controls, name))
+    flag("use_tokens", controls.use_tokens)  # randomize_seed: params_from_controls reads it with flag
     check_mask_mode(controls.mask_mode)
     values = params_from_controls(controls, sides)
     values.params.check()

@@ -63,12 +63,13 @@ def wire_endpoints(page: Page, service: EditorService) -> None:
         replayed = replay(service, png, session=session_of(request))
         return replayed_settings(replayed.controls), replayed.image, replayed.mask, "  \n".join(replayed.notes)
 
-    for fn, name, outputs in (
-            (describe_image, "describe", [text["source_prompt"], text["note"]]),
-            (write_target, "instruct", [text["target_prompt"], text["source_prompt"], text["note"]]),
-            (read_settings, "replay", [settings, image, mask, text["note"]])):
-        describe_endpoint(fn, summary({"describe": describe, "instruct": instruct, "replay": replay}[name]), name=name)
-        gr.on([], fn, inputs_for(fn, named), outputs, api_name=name, **API_ONLY)
+    for fn, action, outputs in (
+            (describe_image, describe, [text["source_prompt"], text["note"]]),
+            (write_target, instruct, [text["target_prompt"], text["source_prompt"], text["note"]]),
+            (read_settings, replay, [settings, image, mask, text["note"]])):
+        # each endpoint is named after its API-layer action, whose summary describes it
+        describe_endpoint(fn, summary(action), name=action.__name__)
+        gr.on([], fn, inputs_for(fn, named), outputs, api_name=action.__name__, **API_ONLY)
     _wire_edit_again(page, service, named)
 
 

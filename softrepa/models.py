@@ -307,7 +307,8 @@ def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
     """(path or Hub id, kind) for ``--model``: a kind name (its Hub id / bundled folder), or an id or
     folder with ``kind``.
 
-    A local diffusers folder without ``kind``: the kind whose model lives there, else the first
+    A local diffusers folder without ``kind``: the kind it names (``kind_of_source``: its marker, or
+    the kind whose model lives there), else the first
     registered kind using the folder's pipeline class (e.g. any StableDiffusion3Pipeline -> sd3)
     whose denoiser config fits (a FluxPipeline with a guidance embedding -> flux-dev, without ->
     flux-schnell).
@@ -319,15 +320,15 @@ def resolve_model(model: str, kind: str | None = None) -> tuple[str, str]:
     if kind is not None:
         return model, kind
     index = Path(model) / "model_index.json"
-    if index.is_file() and kind_of_folder(model):
-        return model, kind_of_folder(model)
     if index.is_file():
+        named = kind_of_source(model)  # the folder's marker, or a kind's own folder
+        if named is not None:
+            return model, named
         class_name = json.loads(index.read_text()).get("_class_name")
         matches = [name for name, spec in KINDS.items()
                    if spec.pipeline_class == class_name and _folder_fits(Path(model), spec)]
-        same_folder = [name for name in matches if Path(KINDS[name].hub_id).resolve() == Path(model).resolve()]
-        if same_folder or matches:
-            return model, (same_folder or matches)[0]
+        if matches:
+            return model, matches[0]
         raise ValueError(f"{model} holds a {class_name}, which no model kind uses; known kinds: {sorted(KINDS)}")
     raise ValueError(f"model {model!r} is not a known kind ({sorted(KINDS)}) nor a local diffusers folder; "
                      "pass --kind for a Hub id")
@@ -374,11 +375,10 @@ def kind_of_folder(folder: str | os.PathLike) -> str | None:
 
 def kind_of_source(source: str) -> str | None:
     """The kind a pipeline's source names: a kind's Hub id or own folder, or a folder's marker."""
-    if not source or kind_of_hub_id(source):
-        return kind_of_hub_id(source)
+    named = kind_of_hub_id(source) if source else None
     folder = Path(source)
-    if not folder.is_dir():
-        return None
+    if named is not None or not source or not folder.is_dir():
+        return named
     same = [name for name, spec in KINDS.items() if Path(spec.hub_id).resolve() == folder.resolve()]
     return kind_of_folder(folder) or (same[0] if same else None)
 
