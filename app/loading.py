@@ -62,7 +62,7 @@ def load_editor(settings: AppSettings) -> LoadedModel:
             warnings.append(f"Soft tokens {Path(settings.tokens).name} could not be used ({exc}); editing without "
                             "tokens.")
     # before the model is reported ready: the first person's edit is an ordinary one, not the one that
-    # compiles (--compile) or makes the first-call allocations and kernel choices (about 2x an edit)
+    # compiles (--compile) or makes the first call's allocations and kernel choices
     seconds = warm_up(editor)
     log.info("warmed up in %.1f s%s", seconds, f" (compiled: {editor.compile_info.mode})"
              if editor.compile_info.mode else "")

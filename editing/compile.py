@@ -137,7 +137,7 @@ def _compiler_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from dynamo or inductor (not from the edit's own checks)."""
     import torch._dynamo.exc
 
-    return isinstance(exc, (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.BackendCompilerFailed)) or \
+    return isinstance(exc, torch._dynamo.exc.TorchDynamoException) or \
         type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
