@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from editing.inputs import MIN_PATCHES
-from editing.params import MAX_PROMPT_CHARS, FlowEditParams, ParameterError, shown
+from editing.params import MAX_PROMPT_CHARS, FlowEditParams, ParameterError, lone_surrogate, shown
 from editing.presets import DEFAULT_PRESETS, PRESETS, default_preset_name, get_preset
 from softrepa.kinds import KINDS
 
@@ -210,6 +210,10 @@ def prompt_text(name: str, prompt: Any) -> str:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise UserInputError(f"The {label.lower()} is {len(prompt):,} characters long, over the limit of "
                              f"{MAX_PROMPT_CHARS:,}: describe the picture in a sentence or two.")
+    half = lone_surrogate(prompt)
+    if half is not None:  # a JSON escape no tokenizer reads; it failed inside the edit as an internal error
+        raise UserInputError(f"The {label.lower()} holds {half!r}, half of a UTF-16 pair, which is not text: "
+                             "send the prompt as UTF-8 text.")
     return prompt
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from editing.params import MAX_PROMPT_CHARS, FlowEditParams, shown
+from editing.params import MAX_PROMPT_CHARS, FlowEditParams, lone_surrogate, shown
 
 AUTO_MASK = "auto"  # the batch files' and the jobs' word for editing.masks.AutoMask()
 MAX_YAML_BYTES = 16 * 2**20  # FlowEdit's edits.yaml files are a few kB; a larger batch reads faster as .jsonl
@@ -206,12 +206,10 @@ def checked_text(value: Any, label: str, given: bool = True) -> str:
 
 
 def _encodable(value: str, label: str) -> None:
-    # JSON's \ud800 escapes make strings Python holds but no file, hash or tokenizer can encode
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise BatchRowError([f"'{label}' holds {value[exc.start]!r}, half of a UTF-16 pair, which is not text: "
-                             "fix the file's encoding (write it as UTF-8)"]) from None
+    half = lone_surrogate(value)
+    if half is not None:
+        raise BatchRowError([f"'{label}' holds {half!r}, half of a UTF-16 pair, which is not text: "
+                             "fix the file's encoding (write it as UTF-8)"])
 
 
 def path_field(value: Any, batch_dir: Path, label: str) -> Path:

@@ -23,6 +23,16 @@ TOKEN_BRANCHES = ("both", "target")
 MAX_PROMPT_CHARS = 4000
 
 
+def lone_surrogate(text: str) -> str | None:
+    """The first character of ``text`` that is half of a UTF-16 pair (JSON's ``\\ud800`` escapes make
+    strings Python holds but no file, hash or tokenizer can encode), or None when it is all text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
+
+
 SHOWN_CHARS = 60  # how much of a refused value a message quotes: a huge one must not make a huge message
 
 

@@ -137,3 +137,14 @@ def test_summaries_are_the_first_paragraph_of_each_action():
     assert api.summary(api.compare) == "The same edit (same seed, same mask) without and with soft tokens."
     assert json.dumps([api.summary(action) for action in (api.edit, api.describe, api.instruct, api.replay,
                                                            api.edit_again)]).count("\n") == 0
+
+
+def test_a_prompt_that_is_not_text_is_refused_naming_its_control(service, tmp_path):
+    # a JSON "\ud800" escape (API, PNG metadata) is a string no tokenizer reads: it was an internal error
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    with pytest.raises(gr.Error) as excinfo:
+        api.edit(service, str(picture), fast_controls(source_prompt="a red \ud800 circle"))
+    assert message(excinfo) == ("The source prompt holds '\\ud800', half of a UTF-16 pair, which is not text: send "
+                                "the prompt as UTF-8 text.")
+

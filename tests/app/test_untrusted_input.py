@@ -37,7 +37,7 @@ REPLAY = LABELS["replay"]
 scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)
            | st.sampled_from(["", " ", "many", "6", "6.0", "nan", "standard", "both", "drawn", "given", "auto",
-                              "x" * 100_000, "\x00", "../../etc/passwd", "/etc/hosts"]))
+                              "x" * 100_000, "\x00", "a \ud800 cat", "../../etc/passwd", "/etc/hosts"]))
 junk = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                           max_size=3), max_leaves=6)
 VALID_PARAMS = dict(steps=6, n_max=3, n_min=0, n_avg=1, src_cfg=3.5, tar_cfg=7.0, seed=3, src_negative_prompt="",
