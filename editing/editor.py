@@ -297,7 +297,8 @@ class FlowEditor:
         self.pipe = pipe
         self.family = family_of(pipe.transformer)
         self.compile_info = compile_denoiser(pipe.transformer, compile)  # editing.compile: blocks, in place
-        get_kind(kind) if kind else None  # an unknown kind is refused here, naming the known ones
+        if kind:
+            get_kind(kind)  # an unknown kind is refused here, naming the known ones
         resolved = PipelineKind(kind) if kind else pipeline_kind(pipe)
         self.kind, self.kind_assumed = resolved.kind, resolved.assumed
         if self.kind_assumed:  # said once per editor, and in each result (EditStats, the PNG's metadata)
