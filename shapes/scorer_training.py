@@ -1,0 +1,435 @@
+"""Training the shapes world's edit scorer: a small CLIP (a transformers ``CLIPModel``) trained
+contrastively on rendered shapes images and their captions, so that the editor can score
+candidate edits offline with the same code that scores them with ``openai/clip-vit-large-patch14``.
+
+Method
+------
+Every step draws fresh edit pairs of the *train* split, from this module's own seed (5150 by
+default): ``shapes.world.make_edit_pair(index, seed, split="train")`` with index ``step *
+batch_pairs + k``, so no pair is seen twice. A pair is a scene and a copy of it with exactly one
+attribute (shape, colour, size or fill) of one object changed, with the two captions, worded
+alike except for that attribute. Both scenes are rendered, so a batch of P pairs holds 2P images
+and their 2P captions, and each image's partner caption (same scene, one attribute off) is a
+*hard negative* in the batch, as is each caption's partner image.
+
+The loss is CLIP's symmetric InfoNCE over the 2P x 2P cosine-similarity matrix (learned
+temperature), plus ``hard_weight`` times a two-way cross-entropy between each image's caption
+and its hard-negative caption (both directions): telling an edit's target caption from its
+source caption is what the scorer is for, and in the full softmax that one negative is diluted
+among 2P - 1.
+
+Augmentation, so the scorer also reads what the bundled model draws: a share of the images goes
+through the bundled VAE's round trip (``assets/shapes-sd3/vae``, encode to the posterior mode,
+decode), the rest get a random sub-pixel-to-2-px shift, per-channel gain, gaussian blur and
+noise. Images are normalised exactly as the saved ``CLIPImageProcessor`` does at 64 px (rescale
+by 1/255, CLIP's mean and std; tested equal), so scoring through the processor matches training.
+
+The scorer is independent of the world's judge: it never imports ``shapes.judge``,
+``shapes.classifier`` or ``shapes.classifier_training`` and never reads the classifier's weights
+(tests/shapes/test_scorer.py checks it with an audit hook). It is measured on held-out edit
+pairs of the *val* split from its own seed (777), never the benchmark's pairs (seed 1234) or its
+tuning pairs (seed 99): for each pair, does the target render score its target caption above its
+source caption, and the source render the reverse; on clean and on VAE round-tripped renders.
+
+Output: a normal transformers folder (config.json, model.safetensors in fp16 that loads as fp32,
+the bundled CLIP tokenizer's files, preprocessor_config.json, and training_report.json), written
+to a temp folder beside ``--out`` and renamed into place.
+
+    python -m shapes.scorer_training --out assets/shapes-scorer [--steps N --threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from shapes.rendering import render
+from shapes.scenes import Scene, ShapesWorldConfig
+from shapes.world import make_edit_pair, make_edit_pairs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = REPO_ROOT / "assets" / "shapes-sd3"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # what CLIPImageProcessor normalises with
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ScorerConfig:
+    """Everything a training run depends on (recorded in the folder's training_report.json)."""
+
+    steps: int = 700
+    batch_pairs: int = 64  # edit pairs per step: 2x images and captions
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    hard_weight: float = 1.0  # weight of the two-way image/caption vs its hard negative loss
+    seed: int = 5150  # train-split edit pairs and all random draws
+    vae_share: float = 0.125  # images round-tripped through the bundled VAE
+    max_shift: float = 2.0  # pixels, the other images' augmentation
+    channel_gain: float = 0.08
+    blur_max_sigma: float = 1.0
+    noise_max_std: float = 0.04
+    # model: text as in the bundled model's encoders (hidden 64), a small ViT on 8-px patches
+    text_hidden: int = 64
+    text_layers: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    patch_size: int = 8
+    projection_dim: int = 64
+    eval_pairs: int = 200
+    eval_seed: int = 777  # held-out val-split pairs (the benchmark uses 1234, its tuning 99)
+    eval_every: int = 0  # steps between quick held-out checks in the progress bar (0: off)
+    threads: int = 1
+    vae: str = str(BUNDLED / "vae")  # "" or "none": no VAE (augmentation and measure (c) skipped)
+    tokenizer: str = str(BUNDLED / "tokenizer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, tokenizer, processor
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(config: ScorerConfig, resolution: int):
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(vocab_size=49408, hidden_size=config.text_hidden, intermediate_size=4 * config.text_hidden,
+                num_hidden_layers=config.text_layers, num_attention_heads=4, max_position_embeddings=64,
+                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=config.projection_dim)
+    vision = dict(hidden_size=config.vision_hidden, intermediate_size=4 * config.vision_hidden,
+                  num_hidden_layers=config.vision_layers, num_attention_heads=4, image_size=resolution,
+                  patch_size=config.patch_size, projection_dim=config.projection_dim)
+    torch.manual_seed(config.seed)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=config.projection_dim))
+
+
+def make_processor(resolution: int):
+    """The image processor saved with the scorer: CLIP's, at the world's resolution (no torchvision
+    needed; transformers then uses its PIL backend)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": resolution}, crop_size={"height": resolution, "width": resolution},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+
+
+def load_vae(path: str):
+    if not path or path.lower() == "none":
+        return None
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(path).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and augmentation
+# ---------------------------------------------------------------------------------------------
+
+
+def to_unit(images: Sequence) -> torch.Tensor:
+    """PIL RGB images -> (B, 3, R, R) float in [0, 1]."""
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255.0
+
+
+def normalise(unit: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> the model's pixel_values, as the saved CLIPImageProcessor makes them."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (unit - mean) / std
+
+
+@torch.no_grad()
+def vae_round_trip(vae, unit: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Encode to the posterior mode and decode with the bundled VAE; [0, 1] in and out."""
+    out = []
+    for start in range(0, len(unit), chunk):
+        x = unit[start:start + chunk] * 2 - 1
+        out.append(((vae.decode(vae.encode(x).latent_dist.mode()).sample + 1) / 2).clamp(0, 1))
+    return torch.cat(out) if out else unit
+
+
+def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable gaussian blur with a per-image sigma (pixels); sigma 0 leaves the image."""
+    radius = 3
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (B, 7)
+    batch, channels, height, width = images.shape
+    weight = kernel.repeat_interleave(channels, 0)  # (B*C, 7)
+    x = images.reshape(1, batch * channels, height, width)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), weight.view(-1, 1, 1, 2 * radius + 1),
+                 groups=batch * channels)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), weight.view(-1, 1, 2 * radius + 1, 1),
+                 groups=batch * channels)
+    return x.view(batch, channels, height, width)
+
+
+def augment(unit: torch.Tensor, generator: torch.Generator, config: ScorerConfig) -> torch.Tensor:
+    """Light random degradations, independent per image: shift, channel gain, blur, noise."""
+    batch, _, res, _ = unit.shape
+
+    def uniform(*shape, low=-1.0, high=1.0):
+        return low + (high - low) * torch.rand(*shape, generator=generator)
+
+    shift = uniform(batch, 2) * config.max_shift * 2 / res
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(unit.shape), align_corners=False)
+    x = F.grid_sample(unit, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = x * (1 + config.channel_gain * uniform(batch, 3, 1, 1))
+    x = _blur(x, uniform(batch, low=0.0, high=config.blur_max_sigma))
+    x = x + uniform(batch, 1, 1, 1, low=0.0, high=config.noise_max_std) * torch.randn(x.shape, generator=generator)
+    return x.clamp(0, 1)
+
+
+def pair_images(pairs: Sequence[dict], resolution: int) -> tuple[list, list]:
+    sources = [render(Scene.from_dict(pair["source_labels"]), resolution) for pair in pairs]
+    targets = [render(Scene.from_dict(pair["target_labels"]), resolution) for pair in pairs]
+    return sources, targets
+
+
+def training_batch(step: int, config: ScorerConfig, world: ShapesWorldConfig, tokenizer, vae,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Step `step`'s batch: sources then targets of `batch_pairs` fresh train-split edit pairs,
+    augmented (a `vae_share` of them by the VAE round trip), with their tokenized captions."""
+    first = step * config.batch_pairs
+    pairs = [make_edit_pair(first + k, config.seed, world, split="train") for k in range(config.batch_pairs)]
+    sources, targets = pair_images(pairs, world.resolution)
+    unit = to_unit(sources + targets)
+    through_vae = torch.rand(len(unit), generator=generator) < (config.vae_share if vae is not None else 0.0)
+    augmented = augment(unit, generator, config)
+    if through_vae.any():
+        augmented[through_vae] = vae_round_trip(vae, unit[through_vae])
+    captions = [pair["source_prompt"] for pair in pairs] + [pair["target_prompt"] for pair in pairs]
+    tokens = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+    return {"pixel_values": normalise(augmented), "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and training
+# ---------------------------------------------------------------------------------------------
+
+
+def features(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Unit-norm image and text embeddings (transformers 4 returns tensors, 5 an output object)."""
+    image = model.get_image_features(pixel_values=pixel_values)
+    text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+    image = image if isinstance(image, torch.Tensor) else image.pooler_output
+    text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+
+
+def scorer_loss(model, batch: dict[str, torch.Tensor], hard_weight: float) -> tuple[torch.Tensor, dict]:
+    """CLIP's symmetric InfoNCE over the batch plus the two-way hard-negative term. Item i's hard
+    negative is item (i + n/2) mod n: sources first, then their targets."""
+    image, text = features(model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    logits = model.logit_scale.exp().clamp(max=100.0) * image @ text.T
+    n = len(logits)
+    labels = torch.arange(n)
+    partner = (labels + n // 2) % n
+    clip = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    rows = torch.stack([logits[labels, labels], logits[labels, partner]], dim=1)
+    columns = torch.stack([logits[labels, labels], logits[partner, labels]], dim=1)
+    zeros = torch.zeros(n, dtype=torch.long)
+    hard = (F.cross_entropy(rows, zeros) + F.cross_entropy(columns, zeros)) / 2
+    with torch.no_grad():
+        hard_accuracy = (rows[:, 0] > rows[:, 1]).float().mean().item()
+    return clip + hard_weight * hard, {"clip": clip.item(), "hard": hard.item(), "hard_acc": hard_accuracy}
+
+
+def make_optimizer(model, config: ScorerConfig):
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
+    rest = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+
+    def factor(step: int) -> float:  # linear warm-up, then cosine to 0
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_scorer(config: ScorerConfig, world: ShapesWorldConfig | None = None, progress: bool = True):
+    """Train a scorer; returns (model, tokenizer, vae, log). The model is left in eval mode."""
+    from transformers import CLIPTokenizer
+
+    world = world or ShapesWorldConfig()
+    tokenizer = CLIPTokenizer.from_pretrained(config.tokenizer)
+    vae = load_vae(config.vae)
+    model = build_model(config, world.resolution).train()
+    optimizer, schedule = make_optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    check = make_edit_pairs(min(config.eval_pairs, 64), config.eval_seed, world) if config.eval_every else None
+    log, bar = [], tqdm(range(config.steps), desc="scorer", unit="step", disable=not progress)
+    for step in bar:
+        batch = training_batch(step, config, world, tokenizer, vae, generator)
+        loss, parts = scorer_loss(model, batch, config.hard_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        entry = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()}}
+        if check and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+            model.eval()
+            rates = pair_preferences(model, tokenizer, check, None)
+            entry["heldout"] = round((rates["target_over_source"] + rates["source_over_target"]) / 2, 4)
+            model.train()
+        log.append(entry)
+        bar.set_postfix({k: v for k, v in entry.items() if k in ("loss", "hard_acc", "heldout")})
+    return model.eval(), tokenizer, vae, log
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring and measuring
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def cosine_scores(model, tokenizer, processor, images: Sequence, captions: Sequence[str]) -> torch.Tensor:
+    """(len(images), len(captions)) cosine similarities, through the saved processor and tokenizer:
+    the way a user scores with any CLIPModel."""
+    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
+    tokens = tokenizer(list(captions), padding=True, truncation=True, return_tensors="pt")
+    image, text = features(model, pixels, tokens["input_ids"], tokens["attention_mask"])
+    return image @ text.T
+
+
+def _to_pil(unit: torch.Tensor) -> list:
+    from PIL import Image
+
+    array = (unit.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def pair_preferences(model, tokenizer, pairs: Sequence[dict], vae, processor=None) -> dict[str, float]:
+    """Shares of pairs whose target render scores its target caption above its source caption
+    (target_over_source) and whose source render the reverse (source_over_target); with a VAE,
+    the same on the renders' VAE round trips (vae_*)."""
+    processor = processor or make_processor(pairs[0]["source_image"].size[0])
+    images = {"": ([p["source_image"] for p in pairs], [p["target_image"] for p in pairs])}
+    if vae is not None:
+        sources, targets = images[""]
+        images["vae_"] = (_to_pil(vae_round_trip(vae, to_unit(sources))), _to_pil(vae_round_trip(vae, to_unit(targets))))
+    captions = [p["source_prompt"] for p in pairs] + [p["target_prompt"] for p in pairs]
+    n, out = len(pairs), {}
+    for prefix, (sources, targets) in images.items():
+        from_sources = cosine_scores(model, tokenizer, processor, sources, captions)  # (n, 2n)
+        from_targets = cosine_scores(model, tokenizer, processor, targets, captions)
+        on_source, source_vs_target = from_sources.diagonal(0), from_sources.diagonal(n)
+        on_target, target_vs_source = from_targets.diagonal(n), from_targets.diagonal(0)
+        out[f"{prefix}target_over_source"] = (on_target > target_vs_source).float().mean().item()
+        out[f"{prefix}source_over_target"] = (on_source > source_vs_target).float().mean().item()
+        out[f"{prefix}mean_margin"] = ((on_target - target_vs_source).mean() + (on_source - source_vs_target).mean()).item() / 2
+    return out
+
+
+def evaluate_scorer(model, tokenizer, vae, config: ScorerConfig, world: ShapesWorldConfig | None = None,
+                    processor=None) -> dict[str, float]:
+    """pair_preferences on `eval_pairs` held-out val-split pairs of seed `eval_seed`."""
+    pairs = make_edit_pairs(config.eval_pairs, config.eval_seed, world or ShapesWorldConfig(), split="val")
+    return pair_preferences(model, tokenizer, pairs, vae, processor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def save_scorer(model, tokenizer, processor, out: str | os.PathLike, report: dict) -> Path:
+    """Write the folder atomically: into a temp folder beside `out`, then renamed over it. The
+    weights are stored in fp16 and the config names float32, so from_pretrained loads fp32."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.to(torch.float16).save_pretrained(temp)
+        model.to(torch.float32)
+        config_path = temp / "config.json"
+        saved = json.loads(config_path.read_text())
+        saved.pop("_name_or_path", None)
+        saved["dtype"] = "float32"
+        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        tokenizer.save_pretrained(temp)
+        processor.save_pretrained(temp)
+        (temp / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
+        for path in temp.iterdir():
+            path.chmod(0o644)
+        temp.chmod(0o755)
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(temp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    defaults = ScorerConfig()
+    parser = argparse.ArgumentParser(prog="python -m shapes.scorer_training", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (e.g. assets/shapes-scorer)")
+    for name in ("steps", "batch_pairs", "warmup", "seed", "text_hidden", "text_layers", "vision_hidden",
+                 "vision_layers", "patch_size", "projection_dim", "eval_pairs", "eval_seed", "eval_every", "threads"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "hard_weight", "vae_share", "max_shift", "channel_gain", "blur_max_sigma",
+                 "noise_max_std"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--vae", default=defaults.vae, help="VAE folder for augmentation and measure (c); 'none': off")
+    parser.add_argument("--tokenizer", default=defaults.tokenizer)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    fields = ScorerConfig.__dataclass_fields__
+    config = ScorerConfig(**{name: value for name, value in vars(args).items() if name in fields})
+    torch.set_num_threads(config.threads)
+    world = ShapesWorldConfig()
+    start = time.time()
+    model, tokenizer, vae, log = train_scorer(config, world, progress=not args.no_progress)
+    minutes = (time.time() - start) / 60
+    processor = make_processor(world.resolution)
+    rates = evaluate_scorer(model, tokenizer, vae, config, world, processor)
+    report = {"config": asdict(config), "train_split": "train", "train_pairs": config.steps * config.batch_pairs,
+              "eval": {"pairs": config.eval_pairs, "seed": config.eval_seed, "split": "val", **rates},
+              "train_minutes": round(minutes, 2), "threads": config.threads, "last_log": log[-5:]}
+    for key in ("vae", "tokenizer"):  # record where from, relative to the repository when inside it
+        path = Path(report["config"][key]).resolve() if report["config"][key] not in ("", "none") else None
+        if path is not None and path.is_relative_to(REPO_ROOT):
+            report["config"][key] = str(path.relative_to(REPO_ROOT))
+    save_scorer(model, tokenizer, processor, args.out, report)
+    figures = " ".join(f"{k}={v:.3f}" for k, v in rates.items())
+    print(f"RESULT {figures} pairs={config.eval_pairs} seed={config.eval_seed} steps={config.steps} "
+          f"train_minutes={minutes:.1f} threads={config.threads} out={args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
