@@ -31,8 +31,10 @@ self-similarity S_ij = <k_i, k_j> / max(|k_i| |k_j|, 1e-8), and the mean squared
 two images' T x T matrices. The images are resized so the short side is 224 (the long side at most
 480; bilinear, antialiased) and normalized with ImageNet's mean and std. Inputs are in [0, 1] as in
 Splice; PIE-Bench's code fed 0..255 values into the same normalization (``pixel_scale=255``
-reproduces that). Without the weights (no Hub access, no local folder) it raises
-``WeightsUnavailable``, which the evaluation reports as a note while the other metrics run.
+reproduces that). The computation is ``editing.structure``'s (shared with ``editing.scoring``, which
+scores candidate edits with it); this module keeps the benchmark's names. Without the weights (no
+Hub access, no local folder) it raises ``WeightsUnavailable``, which the evaluation reports as a
+note while the other metrics run.
 
 ``REGION_METRICS`` is the registry (PIE-Bench's column order); ``build_region_metric`` makes one.
 Every metric object has ``region_scores(images, references, masks, prompts) -> list[float]``.
@@ -45,21 +47,19 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from evaluation.image_tensors import ImageLike, as_rgb_image, resize_bilinear, to_unit_tensor
+from editing.structure import (DinoUnavailable, dino_input, dino_size, key_self_similarity,  # noqa: F401 (re-exported)
+                               last_key_projection, last_keys, load_dino, similarity_distance)
+from evaluation.image_tensors import ImageLike, as_rgb_image, to_unit_tensor
 from evaluation.metrics import ClipSimilarity, LpipsDistance, MissingDependency, batches, require
 
 MaskLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 TORCHMETRICS_INSTALL = 'pip install -e ".[eval]" (it brings torchmetrics==1.8.2)'
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsUnavailable(MissingDependency):
@@ -263,36 +263,6 @@ class RegionClip(RegionMetric):
 # ----------------------------------------------------------------------------- structure distance (DINO ViT)
 
 
-def dino_size(height: int, width: int, short: int = 224, max_long: int = 480) -> tuple[int, int]:
-    """(H, W) with the short side ``short`` and the aspect kept, unless the long side would pass
-    ``max_long`` (then it is ``max_long``): torchvision's ``Resize(short, max_size=max_long)``."""
-    small, large = sorted((height, width))
-    new_small, new_large = short, int(short * large / small)
-    if new_large > max_long:
-        new_small, new_large = int(max_long * new_small / new_large), max_long
-    return (new_small, new_large) if height <= width else (new_large, new_small)
-
-
-def last_key_projection(model: torch.nn.Module) -> torch.nn.Module:
-    """The key projection of a transformers ``ViTModel``'s last layer (transformers 5: ``layers[-1]
-    .attention.k_proj``; 4: ``encoder.layer[-1].attention.attention.key``)."""
-    layers = getattr(model, "layers", None)
-    if layers is not None and hasattr(layers[-1].attention, "k_proj"):
-        return layers[-1].attention.k_proj
-    encoder = getattr(model, "encoder", None)
-    if encoder is not None and hasattr(encoder.layer[-1].attention.attention, "key"):
-        return encoder.layer[-1].attention.attention.key
-    raise TypeError(f"cannot find the last layer's key projection in a {type(model).__name__}; expected a "
-                    "transformers ViTModel")
-
-
-def key_self_similarity(keys: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(B, T, D) keys -> (B, T, T) cosine similarities, the norm product clamped at ``eps``."""
-    keys = keys.float()
-    norms = keys.norm(dim=-1, keepdim=True)
-    return keys @ keys.transpose(1, 2) / (norms @ norms.transpose(1, 2)).clamp(min=eps)
-
-
 class StructureDistance(RegionMetric):
     """MSE between the DINO ViT key self-similarity matrices of the source and the edited image.
 
@@ -311,42 +281,22 @@ class StructureDistance(RegionMetric):
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        from transformers import ViTModel
-
-        local = Path(self.model_id).expanduser()
-        if (local.is_absolute() or self.model_id.startswith((".", "~"))) and not local.exists():
-            raise WeightsUnavailable(f"structure distance: no DINO ViT folder at {local}; pass a folder holding "
-                                     "facebook/dino-vitb8 (config.json + weights) with --metric-model "
-                                     "structure_distance=DIR")
         try:
-            model = ViTModel.from_pretrained(self.model_id, add_pooling_layer=False)
-        except (OSError, ValueError) as exc:  # not cached and no Hub access, a bad id, a folder without weights
-            raise WeightsUnavailable(
-                f"structure distance unavailable: the DINO ViT weights {self.model_id!r} could not be loaded "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); download "
-                "facebook/dino-vitb8 where the Hub is reachable and pass its folder with --metric-model "
-                "structure_distance=DIR") from exc
-        return model.eval().to(self.device)
+            return load_dino(self.model_id, self.device)
+        except DinoUnavailable as exc:
+            raise WeightsUnavailable(f"structure distance unavailable: {exc}; download facebook/dino-vitb8 where the "
+                                     "Hub is reachable and pass its folder (config.json + weights) with "
+                                     "--metric-model structure_distance=DIR") from exc
 
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> resized and normalized ViT input, in the model's dtype."""
-        size = dino_size(*pixels.shape[-2:], self.short_side, self.max_long_side)
-        x = resize_bilinear(pixels * self.pixel_scale, size, antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(next(self.model.parameters()).dtype)
+        return dino_input(pixels, self.short_side, self.max_long_side, self.pixel_scale,
+                          next(self.model.parameters()).dtype)
 
     @torch.no_grad()
     def keys(self, pixels: torch.Tensor) -> torch.Tensor:
         """The last layer's keys (B, T, D) for (B, 3, H, W) images in [0, 1]."""
-        captured: list[torch.Tensor] = []
-        handle = last_key_projection(self.model).register_forward_hook(
-            lambda module, inputs, output: captured.append(output))
-        try:
-            self.model(pixel_values=self.preprocess(pixels), interpolate_pos_encoding=True)
-        finally:
-            handle.remove()
-        return captured[-1]
+        return last_keys(self.model, self.preprocess(pixels.to(self.device)))
 
     def region_scores(self, images, references, masks=None, prompts=None):
         masks = masks if masks is not None else [np.zeros((1, 1), np.float32)] * len(images)
@@ -359,8 +309,8 @@ class StructureDistance(RegionMetric):
                 if edited.shape != source.shape:
                     raise ValueError(f"the edited image is {_size(edited)} but the source is {_size(source)}: "
                                      "compare images of one size")
-                similarity = key_self_similarity(self.keys(torch.stack([source, edited]).to(self.device)))
-                scores.append(float(F.mse_loss(similarity[1], similarity[0])))
+                similarity = key_self_similarity(self.keys(torch.stack([source, edited])))  # (2, T, T)
+                scores.append(float(similarity_distance(similarity[:1], similarity[1:])[0]))
         return scores
 
 
