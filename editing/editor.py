@@ -40,7 +40,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Hashable, Sequence, TypeVar
@@ -49,8 +48,8 @@ import torch
 from PIL import Image
 
 from editing.compile import compile_denoiser, run_with_fallback
-from editing.flowedit import (FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents, encode_image,
-                              family_of, flowedit_latents, source_and_target)
+from editing.flowedit import (Branch, Candidate, FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents,
+                              encode_image, family_of, flowedit_candidates, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_max_side, prepare_image
 from editing.masks import (AutoMask, MaskError, MaskLike, MaskOptions, PixelMask, feathered, latent_mask, mask_image,
                            paste_back, pixel_mask_of_latent, prepare_mask, read_mask)
@@ -68,6 +67,7 @@ METADATA_VERSION = 1
 # the source-velocity tables' budget: 15 seeds of SD3 at 1024 px (n_max 33: 33 MiB a table), e.g. the
 # last 8 variations of an image and the edits around them
 VELOCITY_CACHE_BYTES = 512 * 2**20
+SWEPT = ("n_max", "tar_cfg", "seed", "noise_offset")  # what the edits of one batched run may differ in
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -135,40 +135,6 @@ VelocityTable = dict  # {(step, sample): v_src (1, C, h, w) float32}: one seed's
 def table_bytes(table: VelocityTable) -> int:
     """The bytes a velocity table's tensors hold (what the editor's velocity budget counts)."""
     return sum(v.numel() * v.element_size() for v in table.values())
-
-
-class _JoinedTables(MutableMapping):
-    """The velocity tables of N candidates seen as one table of (N, C, h, w) values, the form
-    ``flowedit_latents`` reads and fills in a batched run: an entry is there when every candidate's
-    table has it; storing one keeps a copy of each candidate's row, except where a table already has
-    it (a table keeps the values of one run)."""
-
-    def __init__(self, tables: list[VelocityTable]):
-        self.tables = tables
-
-    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
-        return torch.cat([table[key] for table in self.tables])  # KeyError where one misses: computed
-
-    def __setitem__(self, key: tuple[int, int], value: torch.Tensor) -> None:
-        for table, row in zip(self.tables, value.split(1)):
-            table.setdefault(key, row.clone())  # a copy: a row's view would keep the whole batch alive
-
-    def __delitem__(self, key: tuple[int, int]) -> None:
-        for table in self.tables:
-            del table[key]
-
-    def __iter__(self):
-        return iter([key for key in self.tables[0] if all(key in table for table in self.tables[1:])])
-
-    def __len__(self) -> int:
-        return len(list(iter(self)))
-
-
-def _joined(tables: list[tuple[tuple, VelocityTable]] | None) -> MutableMapping | None:
-    """What ``flowedit_latents`` reads and fills: one candidate's table itself, several joined."""
-    if tables is None:
-        return None
-    return tables[0][1] if len(tables) == 1 else _JoinedTables([table for _, table in tables])
 
 
 @dataclass
@@ -494,13 +460,26 @@ class FlowEditor:
         """
         use_tokens = self.has_tokens if use_tokens is None else bool(use_tokens)
         params = self.default_params(use_tokens) if params is None else params
-        self.check_inputs(source_prompt, target_prompt, params, use_tokens)
         runs = [params] if seeds is None else [params.replace(seed=seed) for seed in seeds]
         if not runs:
             raise ValueError("seeds is empty: give at least one seed")
-        if seeds is not None:
-            for run in runs:
-                run.check()  # the other seeds: a ParameterError names the seed field
+        return self.edit_runs(image, source_prompt, target_prompt, [(run, use_tokens) for run in runs],
+                              max_side=max_side, mask=mask, mask_options=mask_options, progress=progress)
+
+    def edit_runs(self, image: str | os.PathLike | bytes | Image.Image | PreparedImage, source_prompt: str,
+                  target_prompt: str, runs: Sequence[tuple[FlowEditParams, bool]], *, max_side: int | None = None,
+                  mask: MaskLike | AutoMask | None = None, mask_options: MaskOptions | None = None,
+                  progress: ProgressCallback | None = None) -> list[EditResult]:
+        """One batched run of edits (params, use_tokens) that may differ in n_max, tar_cfg, seed,
+        noise_offset and tokens state (``editing.flowedit.flowedit_candidates``); the rest of their
+        parameters must agree. Edit j equals ``edit`` with runs[j] to batch-size rounding; the
+        auto-strength sweep (``editing.auto``) and variations are such runs."""
+        runs = [(params, bool(use_tokens)) for params, use_tokens in runs]
+        if not runs:
+            raise ValueError("runs is empty: give at least one (params, use_tokens)")
+        for params, use_tokens in runs:  # a ParameterError names the field
+            self.check_inputs(source_prompt, target_prompt, params, use_tokens)
+        _check_shared([params for params, _ in runs])
         options = mask_options or MaskOptions()
         options.check()
         prepared = self.prepare(image, max_side)
@@ -511,24 +490,19 @@ class FlowEditor:
             start = time.perf_counter()
             encoded = [0]
             source, latents_cached = self._source(prepared)
-            distilled = self.family.distilled  # FLUX.1: no negative prompts to encode
-            src, tar = source_and_target(
-                self._prompt(source_prompt, encoded),
-                None if distilled else self._prompt(params.src_negative_prompt, encoded),
-                self._prompt(target_prompt, encoded),
-                None if distilled else self._prompt(params.tar_negative_prompt, encoded),
-                params, use_tokens, distilled=distilled)
-            tables = self._velocity_tables(source, source_prompt, runs, src.tokens)
+            branches = self._branches(source_prompt, target_prompt, runs, encoded)
+            tables = self._velocity_tables(source, source_prompt, runs, [src.tokens for src, _ in branches])
             vae_factor = int(self.pipe.vae_scale_factor)
             latent = mask if given is None else latent_mask(given, vae_factor, float(options.feather_latent),
                                                              source.x_src.device)
 
             def run_flowedit():  # fresh generators each time: a compile that fails reruns the same edit eagerly
                 # CPU generators: the same noise (hence the same edit) on every device
-                generators = [torch.Generator(device="cpu").manual_seed(int(run.seed)) for run in runs]
-                return flowedit_latents(self.pipe.transformer, self.pipe.scheduler, source.x_src, src, tar, params,
-                                        generators, attached=self._attached, source_velocities=_joined(tables),
-                                        mask=latent, progress=progress)
+                candidates = [Candidate(src, tar, torch.Generator(device="cpu").manual_seed(int(params.seed)),
+                                        params.n_max, params.noise_offset, None if tables is None else tables[j][1])
+                              for j, ((params, _), (src, tar)) in enumerate(zip(runs, branches))]
+                return flowedit_candidates(self.pipe.transformer, self.pipe.scheduler, source.x_src, runs[0][0],
+                                           candidates, attached=self._attached, mask=latent, progress=progress)
 
             try:
                 out = run_with_fallback(self.compile_info, self.pipe.transformer, run_flowedit)
@@ -546,17 +520,40 @@ class FlowEditor:
                            source_prompt=source_prompt, target_prompt=target_prompt, params=run, use_tokens=use_tokens,
                            input_report=prepared.report, stats=stats, model=self.model_name, kind=self.kind,
                            tokens_info=self.tokens_info, mask=region, mask_info=mask_info)
-                for j, (run, (region, mask_info, edited)) in enumerate(zip(runs, finished))]
+                for j, ((run, use_tokens), (region, mask_info, edited)) in enumerate(zip(runs, finished))]
 
-    def _velocity_tables(self, source: _Source, source_prompt: str, runs: list[FlowEditParams],
-                         source_tokens: bool) -> list[tuple[tuple, VelocityTable]] | None:
-        """(key, the source-velocity table) per candidate, which this edit reads and fills; None when
-        caching is off. A table is per seed, so a variation's seed re-edited alone finds its table."""
+    def _branches(self, source_prompt: str, target_prompt: str, runs: list[tuple[FlowEditParams, bool]],
+                  encoded: list[int]) -> list[tuple[Branch, Branch]]:
+        """(source, target) branches per run; runs with the same source (target) setting get the same
+        object, which is how ``flowedit_candidates`` knows they may share a source velocity."""
+        params = runs[0][0]
+        distilled = self.family.distilled  # FLUX.1: no negative prompts to encode
+        texts = (self._prompt(source_prompt, encoded),
+                 None if distilled else self._prompt(params.src_negative_prompt, encoded),
+                 self._prompt(target_prompt, encoded),
+                 None if distilled else self._prompt(params.tar_negative_prompt, encoded))
+        made: dict[tuple, Branch] = {}
+        pairs = []
+        for run, use_tokens in runs:
+            src, tar = source_and_target(*texts, run, use_tokens, distilled=distilled)
+            pairs.append((made.setdefault(("source", src.tokens, src.cfg), src),
+                          made.setdefault(("target", tar.tokens, tar.cfg), tar)))
+        return pairs
+
+    def _velocity_tables(self, source: _Source, source_prompt: str, runs: list[tuple[FlowEditParams, bool]],
+                         source_tokens: list[bool]) -> list[tuple[tuple, VelocityTable]] | None:
+        """(key, the source-velocity table) per run, which the edit reads and fills; None when caching is
+        off. A table is per seed and noise stream (``FlowEditParams.source_velocity_key``), so a variation's
+        seed or a sweep's candidate re-edited alone finds its table; runs with one key share the table."""
         if not self.cache_source_velocities or self._sources.maxsize == 0 or self._velocities.maxsize == 0:
             return None
-        tokens_key = self.tokens_info["content_sha256"] if source_tokens else None
-        keys = [(source.key, source_prompt, run.source_velocity_key(), tokens_key) for run in runs]
-        return [(key, self._velocities.get(key) or {}) for key in keys]
+        held: dict[tuple, VelocityTable] = {}
+        tables = []
+        for (run, _), tokens in zip(runs, source_tokens):
+            key = (source.key, source_prompt, run.source_velocity_key(),
+                   self.tokens_info["content_sha256"] if tokens else None)
+            tables.append((key, held.setdefault(key, self._velocities.get(key) or {})))
+        return tables
 
     def _keep(self, tables: list[tuple[tuple, VelocityTable]] | None) -> None:
         """Put this edit's tables (back) in the velocity cache, measured now that they are filled and
@@ -564,6 +561,16 @@ class FlowEditor:
         for key, table in tables or ():
             if table:
                 self._velocities.put(key, table)
+
+
+def _check_shared(runs: list[FlowEditParams]) -> None:
+    """``ValueError`` unless the runs of one batch agree on what they share (all but SWEPT)."""
+    first = runs[0].to_dict()
+    for run in runs[1:]:
+        differ = [name for name, value in run.to_dict().items() if name not in SWEPT and value != first[name]]
+        if differ:
+            raise ValueError(f"the edits of one batched run differ in {', '.join(differ)}; only "
+                             f"{', '.join(SWEPT)} and the tokens state may differ: run them separately")
 
 
 def _restrict(edited: Image.Image, prepared: PreparedImage, given: PixelMask | None, requested: Any,

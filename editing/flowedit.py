@@ -59,10 +59,14 @@ per n_avg sample; "target only" runs two calls of two (running source and target
 exact, where a per-item mask inside the hooks would need zero-length tokens per item).
 
 Source velocities depend only on the source image, source prompts, src_cfg, the tokens state of the
-source branch, T, n_max, n_avg and the noise, i.e. the seed: never on the target. A caller may pass a
-``source_velocities`` mapping keyed by (step, sample); present entries are reused (only the target
-half of the batch runs), missing ones are stored. Noise is drawn identically either way, since
-z_tar needs it.
+source branch, T, n_avg and the noise (the seed, n_max and ``noise_offset``): never on the target. A
+caller may give each candidate a table keyed by (step, sample) (``Candidate.velocities``); present
+entries are reused (only the target half of the batch runs), missing ones are stored. Noise is
+drawn identically either way, since z_tar needs it.
+
+Several candidates run as one batch (``flowedit_candidates``): seeds (variations), strengths (n_max),
+target scales and token states. A candidate of smaller n_max joins at its first step; candidates
+whose noise and source branch agree at a step share one source velocity.
 
 Differences from the public SD3 code (github.com/fallenshock/FlowEdit): n_min > 0 works (the public code crashes
 on an undefined name; an older version turned those steps into no-ops); a CFG that needs no
@@ -228,8 +232,26 @@ def decode_latents(vae: Any, latents: torch.Tensor, device: torch.device | str |
 class FlowEditOutput:
     latents: torch.Tensor  # (N, C, h, w) float32, one per candidate: z_edit, or x_tar when n_min > 0
     transformer_calls: int
-    source_velocities_reused: int  # (step, sample) pairs whose v_src came from the cache
+    source_velocities_reused: int  # (step, sample) pairs whose v_src all came from the cache
     mask: torch.Tensor | None = None  # (1 or N, 1, h, w) float32: the latent mask used (given or found per candidate)
+
+
+@dataclass
+class Candidate:
+    """One edit of a batched run: its own strength, branches and noise (``flowedit_candidates``).
+
+    n_max: its editing steps; it joins the batch at its first one (T - i = n_max).
+    source, target: its branches (guidance scales, tokens state; the prompts are the run's).
+    generator: its noise; ``noise_offset`` draws are skipped before its first step.
+    velocities: its v_src per (step, sample), (1, C, h, w), read and filled (None: not cached).
+    """
+
+    source: Branch
+    target: Branch
+    generator: torch.Generator
+    n_max: int
+    noise_offset: int = 0
+    velocities: MutableMapping[tuple[int, int], torch.Tensor] | None = None
 
 
 @dataclass
@@ -250,10 +272,17 @@ class _Denoiser:
         self.calls = 0
 
     def __call__(self, timestep: torch.Tensor, requests: list[_Request]) -> list[torch.Tensor]:
+        """The predictions of ``requests``, in their order; requests are sent tokens-off first (a stable
+        sort), so a run that mixes token states makes two calls whatever the order of its requests."""
+        order = sorted(range(len(requests)), key=lambda q: requests[q].tokens)
+        sent = [requests[q] for q in order]
         outputs: list[torch.Tensor] = []
-        for _, group in itertools.groupby(requests, key=lambda r: r.tokens):  # consecutive runs, order kept
+        for _, group in itertools.groupby(sent, key=lambda r: r.tokens):  # consecutive runs, order kept
             outputs.extend(self._call(timestep, list(group)))
-        return outputs
+        answers: list[torch.Tensor] = [outputs[0]] * len(requests)
+        for position, q in enumerate(order):
+            answers[q] = outputs[position]
+        return answers
 
     def _call(self, timestep: torch.Tensor, group: list[_Request]) -> list[torch.Tensor]:
         dtype, device = self.transformer.dtype, group[0].latent.device
@@ -296,12 +325,9 @@ def _check_mask(mask: torch.Tensor | AutoMask | None, x_src: torch.Tensor) -> to
     return mask
 
 
-@torch.no_grad()
 def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, source: Branch, target: Branch,
                      params: FlowEditParams, generator: torch.Generator | Sequence[torch.Generator], *,
-                     attached: Any | None = None,
-                     source_velocities: MutableMapping[tuple[int, int], torch.Tensor] | None = None,
-                     mask: torch.Tensor | AutoMask | None = None,
+                     attached: Any | None = None, mask: torch.Tensor | AutoMask | None = None,
                      progress: ProgressCallback | None = None) -> FlowEditOutput:
     """Run FlowEdit from the source latents ``x_src`` (1, C, h, w); see the module docstring.
 
@@ -312,73 +338,143 @@ def flowedit_latents(transformer: Any, scheduler: Any, x_src: torch.Tensor, sour
         calls of 4): candidate j draws its noise from generator j exactly as a single edit would, so
         it equals the single edit with that generator (to batch-size rounding).
     attached: the ``AttachedTokens`` hooked into ``transformer``, required when a branch has tokens.
-    source_velocities: optional cache of v_src per (step index, sample index), read and filled; with N
-        candidates its values are (N, C, h, w), one row per candidate (``FlowEditor`` keeps a table
-        per seed and joins them).
     mask: None (the whole image), a latent mask (1, 1, h, w) in [0, 1], or an ``AutoMask`` (one
         region per candidate).
     progress: called with (steps done, total) after each executed step; total = n_max.
     """
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    candidates = [Candidate(source, target, g, params.n_max, params.noise_offset) for g in generators]
+    return flowedit_candidates(transformer, scheduler, x_src, params, candidates, attached=attached, mask=mask,
+                               progress=progress)
+
+
+def _check_candidates(family: ModelFamily, transformer: Any, params: FlowEditParams, candidates: list[Candidate],
+                      attached: Any | None, x_src: torch.Tensor) -> None:
+    if not candidates:
+        raise ValueError("give one generator per candidate (got none)")
+    for c in candidates:
+        params.replace(n_max=c.n_max, noise_offset=c.noise_offset).check()  # a ParameterError names the field
+        if c.source.distilled != family.distilled or c.target.distilled != family.distilled:
+            raise ValueError(f"the branches were built for a {'' if c.source.distilled else 'non-'}guidance-distilled "
+                             f"model but the transformer is a {type(transformer).__name__}: pass "
+                             f"distilled={family.distilled} to source_and_target")
+        if (c.source.tokens or c.target.tokens) and attached is None:
+            raise ValueError("soft tokens requested for this edit but no tokens are attached to the transformer")
+    if x_src.dim() != 4 or x_src.shape[0] != 1:
+        raise ValueError(f"x_src must be one latent image (1, C, h, w), got shape {tuple(x_src.shape)}")
+
+
+@torch.no_grad()
+def flowedit_candidates(transformer: Any, scheduler: Any, x_src: torch.Tensor, params: FlowEditParams,
+                        candidates: Sequence[Candidate], *, attached: Any | None = None,
+                        mask: torch.Tensor | AutoMask | None = None,
+                        progress: ProgressCallback | None = None) -> FlowEditOutput:
+    """FlowEdit for several candidates in one batched run (``flowedit_latents`` is the case of one
+    strength and one pair of branches). ``params`` gives T, n_min and n_avg (shared); each candidate
+    its n_max, branches, noise and velocity table (``Candidate``). Candidate j equals the single edit
+    with its settings (to batch-size rounding): it joins at its own first step and draws its noise as
+    that edit would. Candidates whose noise at a step is the same (one seed, offsets lined up) and
+    whose source branch is the same share one source velocity: the sweep of ``editing.auto`` costs
+    the source half of the batch once. Returns latents in the candidates' order; progress counts the
+    steps of the largest n_max.
+    """
     params.check()
     family = family_of(transformer)
     family.check(params, transformer)
-    if source.distilled != family.distilled or target.distilled != family.distilled:
-        raise ValueError(f"the branches were built for a {'' if source.distilled else 'non-'}guidance-distilled model "
-                         f"but the transformer is a {type(transformer).__name__}: pass "
-                         f"distilled={family.distilled} to source_and_target")
-    if (source.tokens or target.tokens) and attached is None:
-        raise ValueError("soft tokens requested for this edit but no tokens are attached to the transformer")
-    if x_src.dim() != 4 or x_src.shape[0] != 1:
-        raise ValueError(f"x_src must be one latent image (1, C, h, w), got shape {tuple(x_src.shape)}")
-    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
-    if not generators:
-        raise ValueError("give one generator per candidate (got none)")
-    T, n_max, n_min, n_avg = params.steps, params.n_max, params.n_min, params.n_avg
+    candidates = list(candidates)
+    _check_candidates(family, transformer, params, candidates, attached, x_src)
+    T, n_min, n_avg = params.steps, params.n_min, params.n_avg
     x_src = x_src.float()
     mask = _check_mask(mask, x_src)
-    finder, evidence = (mask, []) if isinstance(mask, AutoMask) else (None, None)
-    if finder is not None:
-        mask = None  # found after the first finder.steps FlowEdit steps
-        if n_max == n_min:
-            raise ValueError("the automatic mask is found from the FlowEdit steps, and n_min = n_max leaves none: "
-                             "lower n_min")
+    finder = mask if isinstance(mask, AutoMask) else None
+    if finder is not None and any(c.n_max == n_min for c in candidates):
+        raise ValueError("the automatic mask is found from the FlowEdit steps, and n_min = n_max leaves none: "
+                         "lower n_min")
+    masks: list[torch.Tensor | None] = [None if finder is not None else mask] * len(candidates)
+    for c in candidates:  # the stream each candidate's first step starts from
+        for _ in range(c.noise_offset):
+            torch.randn(x_src.shape, generator=c.generator, device=c.generator.device, dtype=torch.float32)
     timesteps, sigmas = family.schedule(scheduler, T, tuple(x_src.shape), device=x_src.device)
     denoise = _Denoiser(transformer, attached, family)
-    reused = 0
-
-    z_edit = x_src.repeat(len(generators), 1, 1, 1)  # (N, C, h, w) float32
-    x_tar: torch.Tensor | None = None  # set when the last n_min steps start
-    noise_plain: torch.Tensor | None = None  # the noise of the plain-sampling steps
-    done = 0
+    state = _State(z_edit=x_src.repeat(len(candidates), 1, 1, 1), masks=masks, finder=finder,
+                   evidence=[[] for _ in candidates])
+    total, done = max(c.n_max for c in candidates), 0
     for i in range(T):
-        if T - i > n_max:
+        active = [j for j, c in enumerate(candidates) if T - i <= c.n_max]
+        if not active:
             continue
         t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
         if T - i > n_min:
-            v_delta, hits = _velocity_difference(denoise, t, sigma, x_src, z_edit, source, target, n_avg, i,
-                                                 generators, source_velocities)
-            reused += hits
-            if finder is not None and mask is None:
-                evidence.append(finder.score(v_delta))
-                if len(evidence) == finder.steps or T - i - 1 == n_min:  # enough evidence, or the last such step
-                    mask = finder.find(evidence)  # (N, 1, h, w)
-                    z_edit = x_src + mask * (z_edit - x_src)  # the steps so far, masked after the fact
-            z_edit = z_edit + (sigma_next - sigma) * (v_delta if mask is None else mask * v_delta)
+            _flowedit_step(state, denoise, t, sigma, sigma_next, x_src, candidates, active, n_avg, i,
+                           last=T - i - 1 == n_min)
         else:
-            if x_tar is None:  # first plain-sampling step: put the edit at this noise level
-                noise_plain = _noise(generators, x_src)  # (N, C, h, w)
-                x_src_t = (1 - sigma) * x_src + sigma * noise_plain
-                x_tar = z_edit + x_src_t - x_src
-            v_tar = target.guide(denoise(t, _requests(target, x_tar)))
-            x_tar = x_tar + (sigma_next - sigma) * v_tar
-            if mask is not None:  # outside the mask: the source, noised to the next level
-                x_tar = mask * x_tar + (1 - mask) * ((1 - sigma_next) * x_src + sigma_next * noise_plain)
+            _plain_step(state, denoise, t, sigma, sigma_next, x_src, candidates)
         done += 1
-        _check_finite(x_tar if x_tar is not None else z_edit, done, n_max, transformer.dtype)
+        _check_finite(state.x_tar if state.x_tar is not None else state.z_edit, done, total, transformer.dtype)
         if progress is not None:
-            progress(done, n_max)
-    return FlowEditOutput(latents=x_tar if x_tar is not None else z_edit, transformer_calls=denoise.calls,
-                          source_velocities_reused=reused, mask=mask)
+            progress(done, total)
+    found = None if all(m is None for m in state.masks) else torch.cat(
+        [m if m is not None else torch.ones_like(x_src[:, :1]) for m in state.masks])
+    if found is not None and finder is None:
+        found = mask
+    return FlowEditOutput(latents=state.x_tar if state.x_tar is not None else state.z_edit,
+                          transformer_calls=denoise.calls, source_velocities_reused=state.reused, mask=found)
+
+
+@dataclass
+class _State:
+    z_edit: torch.Tensor  # (N, C, h, w) float32
+    masks: list[torch.Tensor | None]  # per candidate (1, 1, h, w), None: unmasked (so far)
+    finder: AutoMask | None
+    evidence: list[list[torch.Tensor]]  # per candidate: its steps' AutoMask.score maps (1, 1, h, w)
+    x_tar: torch.Tensor | None = None  # (N, C, h, w): set when the last n_min steps start
+    noise_plain: torch.Tensor | None = None  # the noise of the plain-sampling steps
+    reused: int = 0
+
+
+def _masked(masks: list[torch.Tensor | None], rows: list[int], v: torch.Tensor) -> torch.Tensor:
+    """``v`` (A, C, h, w) of candidates ``rows`` times their masks (unchanged where all are None)."""
+    if all(masks[j] is None for j in rows):
+        return v
+    return torch.cat([masks[j] if masks[j] is not None else torch.ones_like(v[:1, :1]) for j in rows]) * v
+
+
+def _flowedit_step(state: _State, denoise: _Denoiser, t: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                   x_src: torch.Tensor, candidates: list[Candidate], active: list[int], n_avg: int, i: int,
+                   last: bool) -> None:
+    """One FlowEdit step of the ``active`` candidates: z_edit += (sigma_next - sigma) m v_delta."""
+    rows = torch.tensor(active)
+    v_delta, hits = _velocity_difference(denoise, t, sigma, x_src, state.z_edit[rows], [candidates[j] for j in active],
+                                         n_avg, i)
+    state.reused += hits
+    if state.finder is not None:
+        for r, j in enumerate(active):
+            if state.masks[j] is not None:
+                continue
+            state.evidence[j].append(state.finder.score(v_delta[r:r + 1]))
+            if len(state.evidence[j]) == state.finder.steps or last:  # enough evidence, or the last such step
+                state.masks[j] = state.finder.find(state.evidence[j])  # (1, 1, h, w)
+                state.z_edit[j] = x_src[0] + state.masks[j][0] * (state.z_edit[j] - x_src[0])  # masked after the fact
+    update = state.z_edit[rows] + (sigma_next - sigma) * _masked(state.masks, active, v_delta)
+    if len(active) == len(candidates):
+        state.z_edit = update
+    else:
+        state.z_edit[rows] = update
+
+
+def _plain_step(state: _State, denoise: _Denoiser, t: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                x_src: torch.Tensor, candidates: list[Candidate]) -> None:
+    """One of the last n_min steps (every candidate is active then): plain target sampling."""
+    if state.x_tar is None:  # first plain-sampling step: put the edit at this noise level
+        state.noise_plain = _noise([c.generator for c in candidates], x_src)  # (N, C, h, w)
+        x_src_t = (1 - sigma) * x_src + sigma * state.noise_plain
+        state.x_tar = state.z_edit + x_src_t - x_src
+    v_tar = _guided_targets(denoise, t, state.x_tar, candidates)
+    x_tar = state.x_tar + (sigma_next - sigma) * v_tar
+    if any(m is not None for m in state.masks):  # outside the mask: the source, noised to the next level
+        m = torch.cat([m if m is not None else torch.ones_like(x_src[:, :1]) for m in state.masks])
+        x_tar = m * x_tar + (1 - m) * ((1 - sigma_next) * x_src + sigma_next * state.noise_plain)
+    state.x_tar = x_tar
 
 
 def _check_finite(z: torch.Tensor, done: int, n_max: int, dtype: torch.dtype) -> None:
@@ -400,29 +496,81 @@ def _requests(branch: Branch, z: torch.Tensor) -> list[_Request]:
     return [_Request(z, text, branch.tokens, guidance) for text in branch.texts()]
 
 
+def _by_branch(branches: list[Branch]) -> list[tuple[Branch, list[int]]]:
+    """(branch, the rows that use it) for each distinct branch object, in first-use order."""
+    groups: dict[int, tuple[Branch, list[int]]] = {}
+    for row, branch in enumerate(branches):
+        groups.setdefault(id(branch), (branch, []))[1].append(row)
+    return list(groups.values())
+
+
+def _target_requests(z_tar: torch.Tensor, targets: list[Branch]) -> tuple[list[_Request], list]:
+    """The requests of the target predictions of rows ``z_tar`` (A, C, h, w), one run per target branch,
+    and how to guide their answers (``_guide_rows``)."""
+    requests, plan = [], []
+    for branch, rows in _by_branch(targets):
+        branch_requests = _requests(branch, z_tar if len(rows) == len(targets) else z_tar[rows])
+        plan.append((branch, rows, len(requests), len(branch_requests)))
+        requests.extend(branch_requests)
+    return requests, plan
+
+
+def _guide_rows(outputs: list[torch.Tensor], plan: list, like: torch.Tensor) -> torch.Tensor:
+    """The guided velocity per row (A, C, h, w) from the answers to ``_target_requests``' requests."""
+    if len(plan) == 1:
+        branch, _, first, count = plan[0]
+        return branch.guide(outputs[first:first + count])
+    guided = torch.empty_like(like)
+    for branch, rows, first, count in plan:
+        guided[rows] = branch.guide(outputs[first:first + count])
+    return guided
+
+
+def _guided_targets(denoise: _Denoiser, t: torch.Tensor, z_tar: torch.Tensor, candidates: list[Candidate]
+                    ) -> torch.Tensor:
+    requests, plan = _target_requests(z_tar, [c.target for c in candidates])
+    return _guide_rows(denoise(t, requests), plan, z_tar)
+
+
+def _shared_sources(noise: torch.Tensor, candidates: list[Candidate]) -> list[int]:
+    """For each row, the first row with the same source branch and the same noise (itself if none)."""
+    first: list[int] = []
+    for row, c in enumerate(candidates):
+        first.append(next((q for q in range(row) if first[q] == q and candidates[q].source is c.source
+                           and torch.equal(noise[q], noise[row])), row))
+    return first
+
+
 def _velocity_difference(denoise: _Denoiser, t: torch.Tensor, sigma: torch.Tensor, x_src: torch.Tensor,
-                         z_edit: torch.Tensor, source: Branch, target: Branch, n_avg: int, i: int,
-                         generators: list[torch.Generator],
-                         source_velocities: MutableMapping[tuple[int, int], torch.Tensor] | None
+                         z_edit: torch.Tensor, candidates: list[Candidate], n_avg: int, i: int
                          ) -> tuple[torch.Tensor, int]:
-    """(v_delta of step i averaged over n_avg noise samples, samples whose v_src came from the cache)."""
-    v_delta = torch.zeros_like(z_edit)  # (N, C, h, w)
+    """(v_delta of step i for the rows ``z_edit`` (A, C, h, w) averaged over n_avg noise samples,
+    samples whose v_src all came from the cache). Rows sharing a source (``_shared_sources``) compute
+    it once; one transformer call per token state holds [u_src, c_src, u_tar, c_tar] of every row."""
+    v_delta = torch.zeros_like(z_edit)  # (A, C, h, w)
     reused = 0
     for k in range(n_avg):
-        noise = _noise(generators, x_src)
+        noise = _noise([c.generator for c in candidates], x_src)
         z_src = (1 - sigma) * x_src + sigma * noise
         z_tar = z_edit + z_src - x_src
-        v_src = source_velocities.get((i, k)) if source_velocities is not None else None
-        tar_requests = _requests(target, z_tar)
-        if v_src is None:
-            src_requests = _requests(source, z_src)
-            outputs = denoise(t, src_requests + tar_requests)  # [u_src, c_src, u_tar, c_tar]
-            v_src = source.guide(outputs[: len(src_requests)])
-            v_tar = target.guide(outputs[len(src_requests):])
-            if source_velocities is not None:  # a copy: never keep a view of the whole batch alive
-                source_velocities[(i, k)] = v_src.clone()
+        shared = _shared_sources(noise, candidates)
+        known = {q: c.velocities.get((i, k)) for q, c in enumerate(candidates)
+                 if shared[q] == q and c.velocities is not None and (i, k) in c.velocities}
+        computed = [q for q in range(len(candidates)) if shared[q] == q and q not in known]
+        src_requests, src_plan = _target_requests(z_src[computed], [candidates[q].source for q in computed]) \
+            if computed else ([], [])
+        tar_requests, tar_plan = _target_requests(z_tar, [c.target for c in candidates])
+        outputs = denoise(t, src_requests + tar_requests)  # [u_src, c_src, u_tar, c_tar] of each branch
+        if computed:
+            v_new = _guide_rows(outputs[:len(src_requests)], src_plan, z_src[computed])
+            known.update({q: v_new[r:r + 1] for r, q in enumerate(computed)})
+            for row, c in enumerate(candidates):  # a copy: never keep a view of the whole batch alive
+                if c.velocities is not None and shared[row] in computed:
+                    c.velocities[(i, k)] = known[shared[row]].clone()
         else:
             reused += 1
-            v_tar = target.guide(denoise(t, tar_requests))  # [u_tar, c_tar] only
+        v_src = v_new if computed and len(computed) == len(candidates) else \
+            torch.cat([known[shared[q]] for q in range(len(candidates))])
+        v_tar = _guide_rows(outputs[len(src_requests):], tar_plan, z_tar)
         v_delta += (v_tar - v_src) / n_avg
     return v_delta, reused

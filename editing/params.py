@@ -79,6 +79,9 @@ class FlowEditParams:
     guidance: "standard" u + w (c - u), or "authors" (target c + w (c - u), SoftREPA's code).
     token_branches: with tokens on, "both" (all four predictions, the authors' setting) or
         "target" (the source velocities are computed without tokens).
+    noise_offset: noise draws skipped before the first editing step (0: FlowEdit's own stream). The
+        auto-strength sweep (``editing.auto``) gives a candidate of smaller n_max the offset that lines
+        its noise up with the strongest candidate's, so they share source velocities; a replay needs it.
 
     ``ranges`` and ``check`` are the one home of the rules these values obey: the editor, the CLI
     and the app call them and restate no bound of their own.
@@ -95,6 +98,7 @@ class FlowEditParams:
     tar_negative_prompt: str = ""
     guidance: str = "standard"
     token_branches: str = "both"
+    noise_offset: int = 0
 
     def ranges(self) -> dict[str, tuple[int, int | None]]:
         """(lowest, highest) each whole-number field may take given the others (None: no upper bound).
@@ -102,8 +106,10 @@ class FlowEditParams:
         n_max counts editing steps out of T and n_min the last of those, so their ranges follow
         ``steps`` and ``n_max``. ``check`` enforces these ranges; the app's sliders follow them.
         """
+        # noise_offset: aligning to the strongest possible candidate (n_max = T) skips fewer than T * n_avg
+        # draws; the bound keeps a replayed file from asking for billions
         return {"steps": (1, None), "n_max": (1, self.steps), "n_min": (0, self.n_max), "n_avg": (1, None),
-                "seed": (0, 2**63 - 1)}
+                "seed": (0, 2**63 - 1), "noise_offset": (0, self.steps * self.n_avg)}
 
     def check(self) -> None:
         """Raise ``ParameterError`` (a ``ValueError`` naming the field) when the parameters cannot run."""
@@ -165,8 +171,15 @@ class FlowEditParams:
     def source_velocity_key(self) -> tuple:
         """The parameters the source velocities depend on (besides image, prompt and tokens).
 
-        n_min is not among them: the noise of step i is the same whatever n_min is (draws happen in
-        step order), so the velocities of a smaller n_min are a prefix of the same table. The
+        Sample k of step i uses noise draw ``noise_start + i * n_avg + k`` of the seed's stream, so the
+        velocities depend on n_max and noise_offset only through ``noise_start``: a sweep's candidates
+        lined up on one stream share a table. n_min is not among them: the noise of step i is the same
+        whatever n_min is, so the velocities of a smaller n_min are a prefix of the same table. The
         guidance mode is not either: both modes guide the source the standard way.
         """
-        return (self.steps, self.n_max, self.n_avg, self.seed, float(self.src_cfg), self.src_negative_prompt)
+        return (self.steps, self.noise_start, self.n_avg, self.seed, float(self.src_cfg), self.src_negative_prompt)
+
+    @property
+    def noise_start(self) -> int:
+        """The draw of the seed's noise stream that step 0 would use (negative: before the stream starts)."""
+        return self.noise_offset - (self.steps - self.n_max) * self.n_avg
