@@ -22,27 +22,6 @@ SIZE = (48, 40)  # (width, height): not square, so the processor's resize and ce
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    """A tiny random CLIPModel (64 px images, patch 16, 2 layers), the shapes model's CLIPTokenizer and
-    a PIL CLIPImageProcessor (size 64, crop 64), saved together: the layout of a real CLIP folder."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
-
-    directory = tmp_path_factory.mktemp("tiny-clip-scorer")
-    config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                         pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=64, patch_size=16),
-        projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).eval().save_pretrained(directory)
-    CLIPTokenizer.from_pretrained(REPO_ROOT / "assets/shapes-sd3/tokenizer").save_pretrained(directory)
-    CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def vit_dir(tmp_path_factory) -> Path:
     """A tiny random ViTModel (DINO's architecture at toy size: patch 8, 2 layers, 32 wide), saved."""
     from transformers import ViTConfig, ViTModel
