@@ -95,6 +95,8 @@ def sweep_runs(params: FlowEditParams, sweep: Sweep, use_tokens: bool) -> list[t
     ordered by tokens state, seed, target guidance, then strength."""
     sweep.check()
     strengths = tuple(sweep.strengths) or default_strengths(params)
+    for n_max in strengths:  # an n_max over T is named as such, before the offsets it would make
+        params.replace(n_max=n_max).check()
     strongest = max(strengths)
     runs = [(params.replace(n_max=n_max, tar_cfg=tar_cfg, seed=seed,
                             noise_offset=params.noise_offset + (strongest - n_max) * params.n_avg), tokens)

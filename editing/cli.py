@@ -7,12 +7,14 @@
     python -m editing --image cat.png --source ... --target ... --mask cat-mask.png   # only the white region changes
     python -m editing --image cat.png --source ... --target ... --auto-mask           # the region found by the edit
     python -m editing --kind flux-dev --image cat.png --source ... --target ...       # FLUX.1-dev, the flux preset
+    python -m editing --image cat.png --source ... --target ... --auto                # the strength picked per image
 
 Outputs are PNGs carrying every parameter (and the token file's sha256) as JSON text metadata
 (``editing.editor.read_png_metadata``). Existing outputs are skipped, so an interrupted batch resumes
 where it stopped; use one ``--out`` per setting (the file name holds the image, target and tokens
 state, not every parameter; a masked edit adds ``__mask`` or ``__automask`` and writes its mask beside
-it as ``<name>.mask.png``). Batch rows may carry a ``mask`` (a mask image path, or "auto"). A malformed batch row is reported with its line and the rest continue;
+it as ``<name>.mask.png``; ``--auto`` adds ``__auto`` and records the sweep, every candidate's scores
+and the pick, ``editing.auto``). Batch rows may carry a ``mask`` (a mask image path, or "auto"). A malformed batch row is reported with its line and the rest continue;
 the exit status is 1 when any row failed. What a row is checked for: ``editing.batch``.
 
 Device and dtype are decided here only: the library code follows the pipeline it is given.
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 
 # the batch files' reader; safe_name stays an editing.cli name too (the app's result files use it)
+from editing.auto import DEFAULT_MARGIN, AutoResult, Sweep, edit_auto, sweep_runs
 from editing.batch import AUTO_MASK, Job, job_name, missing_input, output_path, read_batch, safe_name  # noqa: F401
 from editing.compile import COMPILE_MODES
 from editing.editor import FlowEditor
@@ -50,7 +53,11 @@ DEFAULT_MODEL = KINDS["sd3"].hub_id
 # command-line flag -> FlowEditParams field; None means "take the preset's value"
 PARAM_FLAGS = {"steps": "steps", "n_max": "n_max", "n_min": "n_min", "n_avg": "n_avg", "src_cfg": "src_cfg",
                "tar_cfg": "tar_cfg", "seed": "seed", "src_negative": "src_negative_prompt",
-               "tar_negative": "tar_negative_prompt", "guidance": "guidance", "token_branches": "token_branches"}
+               "tar_negative": "tar_negative_prompt", "guidance": "guidance", "token_branches": "token_branches",
+               "noise_offset": "noise_offset"}
+# command-line flag -> editing.auto.Sweep field
+SWEEP_FLAGS = {"auto_strengths": "strengths", "auto_tar_cfgs": "tar_cfgs", "auto_seeds": "seeds",
+               "auto_tokens": "tokens", "auto_margin": "margin"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,7 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     params.add_argument("--guidance", choices=GUIDANCE_MODES, help="standard: u + w (c - u); authors: target "
                                                                   "c + w (c - u) as SoftREPA's code")
     params.add_argument("--token-branches", choices=TOKEN_BRANCHES, help="tokens on both branches or the target only")
+    params.add_argument("--noise-offset", type=int, help="noise draws skipped before the first step (an auto pick's "
+                        "replay: its PNG records it)")
     params.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help="inputs are downscaled to this long side")
+    _add_auto_args(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--out", default="edits", help="output folder (single edit: a .png path also works)")
     out.add_argument("--overwrite", action="store_true", help="redo edits whose output exists")
@@ -118,7 +128,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch is not None and any(v is not None for v in single + [args.mask]):
         parser.error("--batch cannot be combined with --image/--source/--target/--mask (give masks in a 'mask' "
                      "column)")
+    given = [f"--{flag.replace('_', '-')}" for flag in (*SWEEP_FLAGS, "scorer")
+             if getattr(args, flag) not in (None, False, DEFAULT_MARGIN)]
+    if given and not args.auto:
+        parser.error(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up the auto-strength sweep: add --auto")
     return args
+
+
+def _add_auto_args(parser: argparse.ArgumentParser) -> None:
+    auto = parser.add_argument_group("auto strength (editing.auto): a sweep of candidates in one batch, scored, one "
+                                     "kept")
+    auto.add_argument("--auto", action="store_true", help="edit at several strengths in one batched run and keep the "
+                      "one the scorer picks: the least change within --auto-margin of the best target alignment; the "
+                      "PNG records every candidate's scores and the pick")
+    auto.add_argument("--auto-strengths", type=int, nargs="+", help="n_max values (default: 0.7, 0.85, 1 and 1.2 "
+                      "times the preset's)")
+    auto.add_argument("--auto-tar-cfgs", type=float, nargs="+", help="target guidance values (default: the edit's)")
+    auto.add_argument("--auto-seeds", type=int, nargs="+", help="seeds (default: the edit's)")
+    auto.add_argument("--auto-tokens", action="store_true", help="sweep tokens off and on too: the log says whether "
+                      "the tokens won for each image (needs --tokens)")
+    auto.add_argument("--auto-margin", type=float, default=DEFAULT_MARGIN, help="alignment points (x100 CLIP) the "
+                      "pick gives up for preservation")
+    auto.add_argument("--scorer", help="CLIP folder or Hub id that scores the candidates (default: the kind's: "
+                      "openai/clip-vit-large-patch14; the bundled shapes scorer for shapes-sd3)")
+
+
+def sweep_from_args(args: argparse.Namespace, use_tokens: bool) -> Sweep | None:
+    """The ``--auto`` sweep (None without --auto); ``ValueError`` naming the flag that cannot run."""
+    if not args.auto:
+        return None
+    if args.auto_tokens and not use_tokens:
+        raise ValueError("--auto-tokens compares the soft tokens off and on: give --tokens FILE")
+    return Sweep(strengths=tuple(args.auto_strengths or ()), tar_cfgs=tuple(args.auto_tar_cfgs or ()),
+                 seeds=tuple(args.auto_seeds or ()), tokens=(False, True) if args.auto_tokens else (),
+                 margin=args.auto_margin)
 
 
 def mask_options_from_args(args: argparse.Namespace) -> MaskOptions:
@@ -136,7 +179,8 @@ def mask_options_from_args(args: argparse.Namespace) -> MaskOptions:
 
 def flag_of(field: str) -> str:
     """The command-line flag that sets a ``FlowEditParams`` field ("n_max" -> "--n-max")."""
-    flags = [flag for flag, name in PARAM_FLAGS.items() if name == field]
+    flags = [flag for flag, name in PARAM_FLAGS.items() if name == field] or \
+        [flag for flag, name in SWEEP_FLAGS.items() if name == field]
     if not flags:
         raise ValueError(f"no flag sets the FlowEdit parameter {field!r}; flags: {sorted(PARAM_FLAGS)}")
     return "--" + flags[0].replace("_", "-")
@@ -166,8 +210,10 @@ class Summary:
 
 
 def run_jobs(editor: FlowEditor, jobs: list[Job], params: FlowEditParams, use_tokens: bool, outputs: list[Path],
-             overwrite: bool = False, log=print, mask_options: MaskOptions | None = None) -> Summary:
-    """Edit each job into its output path; errors are logged with the job's origin and skipped."""
+             overwrite: bool = False, log=print, mask_options: MaskOptions | None = None,
+             auto: tuple[Sweep, Any] | None = None) -> Summary:
+    """Edit each job into its output path; errors are logged with the job's origin and skipped.
+    auto: (the sweep, its ``editing.scoring.EditScorer``) to keep each job's picked candidate."""
     from tqdm import tqdm
 
     summary = Summary()
@@ -185,10 +231,18 @@ def run_jobs(editor: FlowEditor, jobs: list[Job], params: FlowEditParams, use_to
 
         try:
             mask = AutoMask() if job.mask == AUTO_MASK else job.mask
-            result = editor.edit(job.image, job.source_prompt, job.target_prompt, params, use_tokens=use_tokens,
-                                 mask=mask, mask_options=mask_options, progress=progress)
-            result.save(out, extra={"input_image": str(job.image),
-                                    "input_mask": None if job.mask in (None, AUTO_MASK) else str(job.mask)})
+            extra = {"input_image": str(job.image),
+                     "input_mask": None if job.mask in (None, AUTO_MASK) else str(job.mask)}
+            if auto is None:
+                result = editor.edit(job.image, job.source_prompt, job.target_prompt, params, use_tokens=use_tokens,
+                                     mask=mask, mask_options=mask_options, progress=progress)
+            else:
+                picked = edit_auto(editor, job.image, job.source_prompt, job.target_prompt, auto[1], params,
+                                   sweep=auto[0], use_tokens=use_tokens, mask=mask, mask_options=mask_options,
+                                   progress=progress)
+                result, extra = picked.chosen, {**extra, **picked.metadata()}
+                log(describe_pick(picked))
+            result.save(out, extra=extra)
             summary.done += 1
             notes = result.input_report.notes + (result.mask_info["notes"] if result.mask_info else [])
             if result.mask_info:
@@ -204,14 +258,28 @@ def run_jobs(editor: FlowEditor, jobs: list[Job], params: FlowEditParams, use_to
     return summary
 
 
-def plan_outputs(jobs: list[Job], out: Path, use_tokens: bool, single_file: bool) -> tuple[list[Job], list[Path], list[str]]:
-    """Output path per job (``__tokens`` marks tokens-on edits); duplicates within a batch are errors."""
+def describe_pick(picked: AutoResult) -> str:
+    """The sweep in a few lines: each candidate's setting and two scores, the pick marked."""
+    lines = [f"auto: {len(picked.candidates)} candidates (alignment / preservation, x100 CLIP)"]
+    for row in picked.rows():
+        tokens = f" tokens {'on' if row['use_tokens'] else 'off'}" if picked.tokens_won is not None else ""
+        lines.append(f"  {'*' if row['picked'] else ' '} n_max {row['n_max']:>3} tar_cfg {row['tar_cfg']:g} seed "
+                     f"{row['seed']}{tokens}: {row['alignment']:.2f} / {row['preservation']:.2f}")
+    if picked.tokens_won is not None:
+        lines.append(f"  the tokens {'won' if picked.tokens_won else 'lost'} for this image")
+    return "\n".join(lines)
+
+
+def plan_outputs(jobs: list[Job], out: Path, use_tokens: bool, single_file: bool, auto: bool = False
+                 ) -> tuple[list[Job], list[Path], list[str]]:
+    """Output path per job (``__tokens`` marks tokens-on edits, ``__auto`` a picked candidate); duplicates
+    within a batch are errors."""
     if single_file:
         return jobs, [out], []
     kept, paths, errors, seen = [], [], [], {}
     for job in jobs:
         try:
-            path = output_path(out, job.name + ("__tokens" if use_tokens else ""))
+            path = output_path(out, job.name + ("__tokens" if use_tokens else "") + ("__auto" if auto else ""))
         except ValueError as exc:
             errors.append(f"{job.origin}: {exc}")
             continue
@@ -239,7 +307,7 @@ def plan_jobs(args: argparse.Namespace, use_tokens: bool, log) -> tuple[list[Job
     single_file = args.batch is None and out.suffix.lower() == ".png"
     if not single_file:
         out.mkdir(parents=True, exist_ok=True)
-    jobs, outputs, plan_errors = plan_outputs(jobs, out, use_tokens, single_file)
+    jobs, outputs, plan_errors = plan_outputs(jobs, out, use_tokens, single_file, auto=args.auto)
     errors += plan_errors
     missing = [missing_input(job) for job in jobs]  # "image file X does not exist", never an exception
     errors += [f"{job.origin}: {problem}" for job, problem in zip(jobs, missing) if problem is not None]
@@ -260,13 +328,17 @@ def model_and_kind(model: str | None, kind: str | None, token_kind: str | None) 
 
 
 def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device, log
-                ) -> tuple[FlowEditor, FlowEditParams, MaskOptions]:
-    """The editor, the parameters and the mask options; ``ValueError`` / ``ParameterError`` / ``OSError``."""
+                ) -> tuple[FlowEditor, FlowEditParams, MaskOptions, tuple[Sweep, Any] | None]:
+    """The editor, the parameters, the mask options and (``--auto``) the sweep with its scorer;
+    ``ValueError`` / ``ParameterError`` / ``OSError``."""
     # read and hashed once: the kind comes from it, the editor attaches it, the PNGs record its sha256
     token_file = TokenFile.load(args.tokens) if use_tokens else None
     model, kind = model_and_kind(args.model, args.kind, token_file.kind if token_file is not None else None)
     params = params_from_args(args, kind, use_tokens)
     mask_options = mask_options_from_args(args)
+    sweep = sweep_from_args(args, use_tokens)
+    if sweep is not None:
+        sweep_runs(params, sweep, use_tokens)  # a sweep that cannot run fails before the (slow) model load
     dtype = model_dtype(args.dtype, device, kind)
     memory = memory_from_args(args, device)
     log(f"loading {model} on {device} ({str(dtype).replace('torch.', '')})")
@@ -275,7 +347,13 @@ def load_editor(args: argparse.Namespace, use_tokens: bool, device: torch.device
                         model_name=model, kind=kind, compile=args.compile)  # the kind's T5 length
     if editor.compile_info.note:
         log(f"note: {editor.compile_info.note}")
-    return editor, params, mask_options
+    if sweep is None:
+        return editor, params, mask_options, None
+    from editing.scoring import EditScorer  # transformers' CLIP: loaded only for --auto
+
+    scorer = args.scorer or get_kind(kind).scorer
+    log(f"loading the scorer {scorer}")
+    return editor, params, mask_options, (sweep, EditScorer(scorer, device=device))
 
 
 def _summary_path(out: Path, rank: int) -> Path:
@@ -330,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = Summary(skipped=len(jobs) - len(pending) if state.is_main_process else 0)
     if mine:
         try:
-            editor, params, mask_options = load_editor(args, use_tokens, process_device(args.device, state), log)
+            editor, params, mask_options, auto = load_editor(args, use_tokens, process_device(args.device, state),
+                                                             log)
             summary = dataclasses.replace(run_jobs(editor, [job for job, _ in mine], params, use_tokens,
                                                    [path for _, path in mine], overwrite=args.overwrite, log=log,
-                                                   mask_options=mask_options), skipped=summary.skipped)
+                                                   mask_options=mask_options, auto=auto), skipped=summary.skipped)
         except ParameterError as exc:  # FlowEditParams.check: the message goes with the flag that sets the field
             log(f"error: {flag_of(exc.field)}: {exc}", file=sys.stderr)
             summary.fatal = 1

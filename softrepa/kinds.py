@@ -35,6 +35,8 @@ class ModelKind:
     # what ``--dtype auto`` loads on a GPU: the dtype of the model card's example. FLUX.1 and SD3.5
     # are published in bfloat16 (FLUX.1's activations overflow float16 into black images)
     accelerator_dtype: str = "float16"
+    # the CLIP (a transformers CLIPModel folder or Hub id) that scores auto-strength candidates (editing.scoring)
+    scorer: str = "openai/clip-vit-large-patch14"
 
 
 KINDS: dict[str, ModelKind] = {
@@ -88,9 +90,11 @@ KINDS["flux-schnell"] = ModelKind(arch="flux", hub_id="black-forest-labs/FLUX.1-
 
 # The bundled shapes-world model (shapes/model.py): SD3 architecture, no T5, 64 px.
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-sd3"
+SHAPES_SCORER_DIR = SHAPES_MODEL_DIR.parent / "shapes-scorer"  # shapes/scorer_training.py: a CLIP of the shapes world
 KINDS["shapes-sd3"] = ModelKind(arch="mmdit", hub_id=str(SHAPES_MODEL_DIR), pipeline_class="StableDiffusion3Pipeline",
                                 denoiser_attr="transformer", num_tokens=4, num_layers=3, dweight=0.0, steps=28,
-                                cfg=4.0, resolution=64, max_sequence_length=8, without_t5=True)
+                                cfg=4.0, resolution=64, max_sequence_length=8, without_t5=True,
+                                scorer=str(SHAPES_SCORER_DIR))
 
 
 def get_kind(name: str) -> ModelKind:

@@ -451,3 +451,36 @@ def safe_metadata(path: Path) -> dict:
 
     with safe_open(str(path), framework="pt") as f:
         return f.metadata()
+
+
+def test_auto_keeps_the_picked_candidate_and_replays_it_with_its_flags(workspace, clip_dir, tmp_path, capsys):
+    base = ["--model", workspace["model"], "--image", str(workspace["images"] / "pic0.png"), "--source", "a cat",
+            "--target", "a dog", "--tokens", str(workspace["tokens"]), *FAST]
+    assert cli.main([*base, "--auto", "--auto-strengths", "2", "3", "--auto-tokens", "--scorer", str(clip_dir),
+                     "--out", str(tmp_path / "auto")]) == 0
+    (written,) = (tmp_path / "auto").glob("*.png")
+    assert written.name.endswith("__tokens__auto.png")
+    meta = read_png_metadata(written)
+    rows, picked = meta["auto"]["candidates"], meta["auto"]["picked"]
+    assert len(rows) == 4 and rows[picked]["picked"] and meta["auto"]["tokens_won"] == meta["use_tokens"]
+    log = capsys.readouterr().out
+    assert "auto: 4 candidates" in log and f"the tokens {'won' if meta['use_tokens'] else 'lost'}" in log
+    params = FlowEditParams.from_dict(meta["params"])  # the pick, replayed by its own flags
+    tokens = ["--tokens", str(workspace["tokens"])] if meta["use_tokens"] else []
+    replay = [*base[:-len(FAST) - 2], *tokens, *FAST, "--n-max", str(params.n_max), "--tar-cfg", str(params.tar_cfg),
+              "--noise-offset", str(params.noise_offset), "--out", str(tmp_path / "replay.png")]
+    assert cli.main(replay) == 0
+    assert read_png_metadata(tmp_path / "replay.png")["params"] == meta["params"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "replay.png")), np.asarray(Image.open(written)))
+
+
+def test_auto_flags_without_auto_or_that_cannot_run_are_named(workspace, tmp_path, capsys):
+    base = ["--model", workspace["model"], "--image", str(workspace["images"] / "pic0.png"), "--source", "a cat",
+            "--target", "a dog", *FAST, "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        cli.parse_args([*base, "--auto-strengths", "2", "3"])
+    assert "--auto-strengths sets up the auto-strength sweep: add --auto" in capsys.readouterr().err
+    assert cli.main([*base, "--auto", "--auto-strengths", "2", "9"]) == 2
+    assert "error: --n-max: n_max is 9 but there are only 6 steps" in capsys.readouterr().err
+    assert cli.main([*base, "--auto", "--auto-tokens"]) == 2
+    assert "--auto-tokens compares the soft tokens off and on: give --tokens FILE" in capsys.readouterr().err
