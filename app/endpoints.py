@@ -10,7 +10,9 @@ summary with every parameter's meaning (``API_HELP``), as for ``/edit`` and ``/c
 Their inputs are the page's own components where the page has one for the parameter (so a value
 means the same and is checked the same way: ``checked_by_the_app``), plus a hidden file box for the
 PNG that ``/replay`` and ``/edit_again`` read; their returns are hidden components, except
-``/edit_again``, which returns what ``/edit`` does.
+``/edit_again``, which returns what ``/edit`` does. Every file input of the API (these, the source
+image and the mask) reads this server's own file URLs and answers a URL it cannot fetch with a
+message, and the MCP server serves agents (``app/agents.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
+from app.agents import serve_agents
 from app.api import describe, edit_again, instruct, refuse_unless_valid, replay, summary
 from app.components import HELPER_EVENT, checked_by_the_app, describe_endpoint, inputs_for, session_of
-from app.controls import CONTROL_NAMES, LABELS, EditControls
+from app.controls import CONTROL_NAMES, FILE_PARAMETERS, LABELS, EditControls
 from app.handlers import EditCancelled
 from app.page import Page
 from app.runs import CANCELLED, DEVICE_QUEUE, device_task, notify, progress_callback
@@ -48,6 +51,7 @@ def wire_endpoints(page: Page, service: EditorService) -> None:
         settings, image, mask = gr.JSON(label="settings"), gr.File(label="image"), gr.File(label="mask")
     named = {"image": page.image, "mask": page.masks.mask, "instruction": page.prompt_help.instruction, **files,
              **page.controls.by_name()}
+    serve_agents(gr.context.Context.root_block, {name: named[name] for name in FILE_PARAMETERS})
 
     def describe_image(image: str | None) -> tuple[str, str]:
         described = describe(service, image)
