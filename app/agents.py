@@ -183,8 +183,7 @@ def check_data_url(label: str, value: str, max_bytes: int | None) -> None:
     size = len(payload) * 3 // 4 - payload[-2:].count("=")
     if size > (DEFAULT_MAX_BYTES if max_bytes is None else max_bytes):
         raise UserInputError(f"{label}: the data URL holds {size_text(size)}, over this server's limit of "
-                             f"{size_text(max_bytes)} (--max-file-size). Send a smaller image, or upload it: "
-                             f"{how_to_send(max_bytes)}")
+                             f"{size_text(max_bytes)} (--max-file-size). {how_to_send(max_bytes)}")
     try:
         base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:

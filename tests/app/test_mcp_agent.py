@@ -18,7 +18,7 @@ import io
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import httpx
@@ -109,7 +109,7 @@ class Transcript:
             value = value.replace(self.url, "<server>/")
             if "/gradio_api/file=" in value:
                 value = "<server>/gradio_api/file=.../" + value.rsplit("/", 1)[-1]
-            return value if len(value) <= 90 else value[:85] + "..."
+            return value if len(value) <= 100 else value[:95] + "..."
         return value
 
     def write(self) -> None:
@@ -136,16 +136,21 @@ async def upload(url: str, path: Path, log: Transcript) -> str:
 
 
 async def tool(session: ClientSession, log: Transcript, name: str, arguments: dict[str, Any],
-               progress: list | None = None) -> list[Any]:
+               said: Callable[[list[Any]], str], progress: list | None = None) -> list[Any]:
+    """The call's returns (``returns``); the transcript gets the call and ``said(returns)``."""
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append(message)
 
     result = await session.call_tool(name, arguments, progress_callback=on_progress if progress is not None else None)
     assert not result.isError, f"{name}: {text(result)}"
     values = returns(result)
-    summary = next((v for v in values if isinstance(v, str) and v.startswith("**")), None)
-    log.call(name, arguments, summary or log.short(str(values[0] if len(values) == 1 else values[:2])))
+    log.call(name, arguments, said(values))
     return values
+
+
+def edited(values: list[Any]) -> str:
+    """What an edit's returns say: the summary line, the image's size."""
+    return f"{values[4]} (image {values[1].size[0]}x{values[1].size[1]}, {len(values[3])} PNG files)"
 
 
 def download(url: str) -> Image.Image:
@@ -169,22 +174,29 @@ async def agent_session(url: str, folder: Path, log: Transcript) -> dict[str, An
     async with app_session(url) as session:
         tools = {tool.name: tool for tool in (await session.list_tools()).tools}
         assert "/gradio_api/upload" in tools["edit"].description  # how to pass a file, in the tool's description
-        source, _ = await tool(session, log, "describe", {"image": picture})
+        source, _ = await tool(session, log, "describe", {"image": picture}, lambda v: f"source prompt {v[0]!r}")
         target, _, verdict = await tool(session, log, "instruct", {
-            "instruction": "make the star red", "source_prompt": source, "image": picture})
+            "instruction": "make the star red", "source_prompt": source, "image": picture},
+            lambda v: f"target prompt {v[0]!r}; {v[2].splitlines()[0]}")
         progress: list = []
         # AUTO STRENGTH: once the app has an "auto strength" tool, call it here on (picture, source,
         # target) and pass the n_max it proposes to the edit below (issue #28, item 2)
         _, first, _, files, summary, details, _ = await tool(session, log, "edit", {
             "image": picture, "source_prompt": source, "target_prompt": target, "seed": 11, "variations": 3},
-            progress)
+            lambda v: f"{edited(v)}; {len(progress)} progress notifications", progress)
         picked = details["candidates"][1]  # not the first: the agent's choice
         picked_url = next(file["url"] for file in files if file["url"].endswith("/" + picked["file"]))
+        log.lines.append(f"   (the agent picks candidate 2 of 3: seed {picked['seed']}, {log.short(picked_url)})")
         again_target = target.replace("triangle", "circle")
         _, final, final_url, _, _, again, _ = await tool(session, log, "edit_again", {
-            "result": picked_url, "target_prompt": again_target})
-        settings, _, replayed_input, mask, _ = await tool(session, log, "replay", {"png": final_url})
-        _, rerun, _, _, _, rerun_details, _ = await tool(session, log, "edit", {"image": replayed_input, **settings})
+            "result": picked_url, "target_prompt": again_target},
+            lambda v: f"{edited(v)}; parent {v[5]['parent']['file']}")
+        settings, _, replayed_input, mask, _ = await tool(
+            session, log, "replay", {"png": final_url},
+            lambda v: f"settings seed {v[0]['seed']}, steps {v[0]['steps']}, n_max {v[0]['n_max']}, tar_cfg "
+                      f"{v[0]['tar_cfg']}, ... (/edit's arguments); input image {log.short(v[2])}; mask {v[3]}")
+        _, rerun, _, _, _, rerun_details, _ = await tool(session, log, "edit", {"image": replayed_input, **settings},
+                                                         edited)
     return dict(source=source, target=target, verdict=verdict, first=first, files=files, details=details,
                 picked=picked, picked_image=download(picked_url), again_target=again_target, final=final,
                 final_metadata=png_metadata(final_url, folder), again=again, settings=settings, mask=mask,
@@ -285,6 +297,26 @@ def test_bad_files_through_mcp_get_a_message_naming_the_file_and_no_traceback(ag
         assert result.isError and message.startswith(start) and word in message, (name, message)
         assert "upstream Gradio app" not in message and "internal error" not in message
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_an_upload_is_taken_by_its_url_or_its_bare_path_and_a_data_url_too(agent_server, capfd):
+    """What ``POST /gradio_api/upload`` returns (a path on the server), as it is or as its URL, and the
+    same picture sent as a data URL: one picture, one description."""
+    url, _ = agent_server
+    with EXAMPLE.open("rb") as handle:
+        response = httpx.post(f"{url}gradio_api/upload", files={"files": (EXAMPLE.name, handle, "image/png")})
+    path = response.json()[0]
+
+    async def describe_each() -> list[types.CallToolResult]:
+        async with app_session(url) as session:
+            return [await session.call_tool("describe", {"image": image}) for image in
+                    (path, f"{url}gradio_api/file={path}", data_url(EXAMPLE.read_bytes()))]
+
+    capfd.readouterr()
+    results = asyncio.run(describe_each())
+    assert "Traceback" not in "".join(capfd.readouterr())
+    assert not any(result.isError for result in results), [text(result) for result in results]
+    assert len({result.content[0].text for result in results}) == 1 and "blue star" in results[0].content[0].text
 
 
 # ----------------------------------------------------------------------------- progress and cancel
