@@ -45,6 +45,8 @@ LABELS: dict[str, str] = {
     "mask": "Mask image",
     "mask_brush": "Paint the region to edit",
     "variations": "Variations",
+    "auto": "Auto strength",
+    "noise_offset": "Noise offset",
     "replay": "Replay a result",
     "instruction": "Instruction",
     "result": "Result PNG",  # Edit again through the API: a result of this app (or of python -m editing)
@@ -89,6 +91,13 @@ API_HELP: dict[str, str] = {
     "variations": "how many candidates (1 to 8) to make in one batched run: seeds seed, seed + 1, ... (random "
                   "ones with randomize_seed); png_files holds each candidate's PNG, details['candidates'] their "
                   "seeds",
+    "auto": "let the app pick the edit strength for this picture: four strengths around n_max (x the variations' "
+            "seeds; /compare: x tokens off and on) in one batched run, each scored without the answer (alignment "
+            "with the target prompt, preservation of the source), and the least change within a margin of the best "
+            "alignment picked; details['auto'] lists every candidate with its two scores and the pick, png_files "
+            "each candidate's PNG (the picked one is the result)",
+    "noise_offset": "noise draws skipped before the first step: 0, or what an auto pick's PNG records (replaying it "
+                    "needs it)",
     "instruction": "what to change, in one line, e.g. 'make the square an outline'",
     "png": "a result PNG this app or python -m editing wrote (its settings are in its metadata)",
     "result": "a result PNG of this app (or of python -m editing): it becomes the source image, and its settings "
@@ -134,6 +143,8 @@ class EditControls:
     token_branches: str = "both"
     mask_mode: str = "none"  # one of MASK_MODES; the mask image itself is an input like the source image
     variations: int = 1  # candidates with seeds seed, seed + 1, ... (Edit only; Compare makes one of each)
+    auto: bool = False  # pick the strength: a sweep around n_max, scored, one picked (editing.auto)
+    noise_offset: int = 0  # FlowEditParams.noise_offset: an auto pick's, to rerun exactly it
 
 
 CONTROL_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EditControls))
@@ -290,7 +301,8 @@ def params_from_controls(controls: EditControls, sides: tuple[int, int]) -> RunV
     seed (``FlowEditParams.check``), and the app shows a ``ParameterError`` on its control. What no
     edit follows (a replayed PNG) calls ``check_controls``.
     """
-    counts = {name: _whole_number(name, getattr(controls, name)) for name in ("steps", "n_max", "n_min", "n_avg")}
+    counts = {name: _whole_number(name, getattr(controls, name))
+              for name in ("steps", "n_max", "n_min", "n_avg", "noise_offset")}
     cfgs = {name: _number(name, getattr(controls, name)) for name in ("src_cfg", "tar_cfg")}
     _check_app_caps({**counts, **cfgs}, counts["steps"], counts["n_max"])
     variations = variations_from_controls(controls)
@@ -313,6 +325,7 @@ def check_controls(controls: EditControls, sides: tuple[int, int]) -> RunValues:
     for name in ("source_prompt", "target_prompt"):
         prompt_text(name, getattr(controls, name))
     flag("use_tokens", controls.use_tokens)  # randomize_seed: params_from_controls reads it with flag
+    flag("auto", controls.auto)
     check_mask_mode(controls.mask_mode)
     values = params_from_controls(controls, sides)
     values.params.check()
@@ -357,7 +370,7 @@ def controls_for_params(params: FlowEditParams, use_tokens: bool, base: EditCont
     return dataclasses.replace(base, tar_cfg=params.tar_cfg, src_cfg=params.src_cfg, n_max=params.n_max,
                                steps=params.steps, n_min=params.n_min, n_avg=params.n_avg, seed=params.seed,
                                randomize_seed=False, guidance=params.guidance, token_branches=params.token_branches,
-                               use_tokens=use_tokens)
+                               noise_offset=params.noise_offset, use_tokens=use_tokens)
 
 
 def preset_controls(name: str, base: EditControls, has_tokens: bool) -> EditControls:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import gradio as gr
 from PIL import Image
 
-from app.controls import (LABELS, EditControls, RunValues, UserInputError, controls_for_params, default_preset,
+from app.controls import (LABELS, EditControls, RunValues, UserInputError, controls_for_params, default_preset, flag,
                           parameter_message, params_from_controls, preset_controls, prompt_text, side_limits)
 from app.examples import OUTPUT_KEYS
 from app.masks import mask_message, mask_request, mask_summary, save_region
@@ -37,6 +37,7 @@ from editing.params import FlowEditParams, ParameterError
 from softrepa.images import ImageInputError, write_png
 
 if TYPE_CHECKING:  # the page is served before torch and the editing library load (app/main.py)
+    from editing.auto import AutoResult
     from editing.editor import EditResult, FlowEditor
     from editing.masks import AutoMask
 
@@ -164,6 +165,7 @@ class OutputImage:
     mask_path: str | None = None  # the region the edit was restricted to, beside the PNG (white = edited)
     region_path: str | None = None  # the input with that region tinted, for the page
     seed: int | None = None  # the seed that made it (None: a precomputed example's)
+    caption: str = ""  # under it in the candidates' strip (default: its seed)
 
     def files(self) -> list[str]:
         """Its downloads: the PNG, then the mask saved beside it (masked edits)."""
@@ -242,7 +244,8 @@ def _details(service: EditorService, editor: FlowEditor, mode: str, controls: Ed
         "input": prepared.report.to_dict(),
         # the result's mask_info (the editor's; None: no mask): the first candidate's, the tokens-on edit's
         "mask_mode": controls.mask_mode, "mask": (results[0] if mode == "edit" else results[-1]).mask_info,
-        "results": [{"use_tokens": r.use_tokens, "seed": r.params.seed, "seconds": round(r.stats.seconds, 3),
+        "results": [{"use_tokens": r.use_tokens, "seed": r.params.seed, "params": r.params.to_dict(),
+                     "seconds": round(r.stats.seconds, 3),
                      "transformer_calls": r.stats.transformer_calls,
                      "source_latents_cached": r.stats.source_latents_cached,
                      "source_velocities_reused": r.stats.source_velocities_reused, "mask": r.mask_info}
@@ -280,23 +283,28 @@ def run_edits(service: EditorService, image: Any, controls: EditControls, token_
     region = mask_request(controls.mask_mode, mask)
     prepared = prepare_source(editor, image, values.max_side)
     notices += [f"The image was {note}." for note in prepared.report.notes]
-    results = _edit_each(service, editor, prepared, controls, values, token_states, session, progress, region)
+    auto = _edit_auto(service, editor, prepared, controls, values, token_states, session, progress, region) \
+        if flag("auto", controls.auto) else None
+    results = auto.candidates if auto is not None else \
+        _edit_each(service, editor, prepared, controls, values, token_states, session, progress, region)
     notices += [_sentence(note) for note in (results[-1].mask_info or {}).get("notes", [])]  # e.g. mask resized
 
-    mode, key = "compare" if len(token_states) > 1 else "edit", _new_key()
+    mode, key = "compare" if len(token_states) > 1 and auto is None else "edit", _new_key()
     app_record = {"mode": mode, "max_side": values.max_side, "key": key, "parent": parent}
     source_path, images = _save_images(service.session_dir(session), prepared, results, controls.target_prompt,
-                                       app_record)
+                                       app_record, auto)
     details = {**_details(service, editor, mode, controls, values, prepared, results, notices), "parent": parent}
     if mode == "edit" and len(results) > 1:
         details["candidates"] = [{"seed": image.seed, "file": Path(image.path).name} for image in images]
+    if auto is not None:
+        details["auto"] = auto.metadata()["auto"]
     used = dataclasses.replace(controls, seed=values.params.seed, randomize_seed=False, max_side=values.max_side,
                                use_tokens=token_states[-1])
-    summary = _summary(mode, values, results, prepared, controls.mask_mode)
+    summary = _summary(mode, values, results, prepared, controls.mask_mode) + (auto_summary(auto) if auto else "")
     # a drawn mask is restored as saved beside the result: fitted to the restored input (source_path)
     restore_mask = images[-1].mask_path if controls.mask_mode == "drawn" else None
     return EditOutcome(mode, source_path, images, used, details, summary, notices, restore_mask, key=key,
-                       parent=parent)
+                       parent=parent, chosen=auto.picked if auto is not None else 0)
 
 
 def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedImage, controls: EditControls,
@@ -313,14 +321,7 @@ def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedIma
     results: list[EditResult] = []
     try:
         for index, use_tokens in enumerate(token_states):
-            offset = index * params.n_max
-
-            def step(done: int, _steps: int, offset: int = offset) -> None:
-                if cancel.is_set():
-                    raise EditCancelled()
-                if progress is not None:
-                    progress(offset + done, total)
-
+            step = _stepper(cancel, progress, index * params.n_max, total)
             step(0, params.n_max)
             # the editor checks the parameters (FlowEditParams.check), once per edit, and each candidate's seed;
             # it reads and fits a given mask (editing.masks), or finds the region (AutoMask)
@@ -335,12 +336,68 @@ def _edit_each(service: EditorService, editor: FlowEditor, prepared: PreparedIma
     return results
 
 
+def _stepper(cancel: Any, progress: ProgressFn | None, offset: int, total: int | None) -> ProgressFn:
+    """An edit's progress callback: raises ``EditCancelled`` once Cancel was pressed, reports the
+    steps shifted by ``offset`` out of ``total`` (None: the edit's own total) to ``progress``."""
+    def step(done: int, steps: int) -> None:
+        if cancel.is_set():
+            raise EditCancelled()
+        if progress is not None:
+            progress(offset + done, total or steps)
+
+    return step
+
+
+def _edit_auto(service: EditorService, editor: FlowEditor, prepared: PreparedImage, controls: EditControls,
+               values: RunValues, token_states: list[bool], session: str, progress: ProgressFn | None,
+               mask: bytes | Image.Image | AutoMask | None) -> AutoResult:
+    """Auto strength (``editing.auto``): the sweep around the controls' n_max, times the Variations'
+    seeds and, for Compare, tokens off and on, in one batched run; scored, one picked."""
+    from editing.auto import Sweep, edit_auto, sweep_runs
+
+    sweep = Sweep(seeds=tuple(values.seeds) if len(values.seeds) > 1 else (),
+                  tokens=tuple(token_states) if len(token_states) > 1 else ())
+    try:
+        sweep_runs(values.params, sweep, token_states[-1])
+    except ParameterError as exc:
+        if exc.field != "strengths":
+            raise
+        raise UserInputError(f"{LABELS['variations']}: {LABELS['auto']} makes {len(sweep_runs(values.params, Sweep(), True))}"
+                             f" candidates per seed{' and tokens state' if sweep.tokens else ''}, so fewer variations "
+                             f"fit in one run ({exc}).") from None
+    scorer = service.scorer()
+    cancel = service.begin_edit(session)
+    try:
+        step = _stepper(cancel, progress, 0, None)
+        step(0, values.params.n_max)
+        return edit_auto(editor, prepared, controls.source_prompt, controls.target_prompt, scorer, values.params,
+                         sweep=sweep, use_tokens=token_states[-1], mask=mask, progress=step)
+    finally:
+        service.end_edit(session, cancel)
+
+
+def auto_caption(row: dict[str, Any], tokens_axis: bool) -> str:
+    """A candidate of an Auto run in the strip: its strength, its two scores, the pick marked."""
+    tokens = f" · tokens {'on' if row['use_tokens'] else 'off'}" if tokens_axis else ""
+    return (f"{'★ picked · ' if row['picked'] else ''}n_max {row['n_max']}{tokens} · seed {row['seed']} · "
+            f"align {row['alignment']:.2f} · keep {row['preservation']:.1f}")
+
+
+def auto_summary(auto: AutoResult) -> str:
+    """The summary line's Auto part: what was picked, and whether the tokens won."""
+    chosen = auto.chosen.params
+    won = "" if auto.tokens_won is None else f" · the soft tokens {'won' if auto.tokens_won else 'lost'} for this picture"
+    return (f" · **Auto strength:** {len(auto.candidates)} candidates, picked n_max {chosen.n_max} (alignment "
+            f"{auto.alignment[auto.picked]:.2f}, preservation {auto.preservation[auto.picked]:.1f}){won}")
+
+
 def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult], target_prompt: str,
-                 app_record: dict[str, Any]) -> tuple[str, list[OutputImage]]:
+                 app_record: dict[str, Any], auto: AutoResult | None = None) -> tuple[str, list[OutputImage]]:
     """The prepared input (the "before") and each result as PNGs in the session's folder; a masked
     result also gets its mask beside it (``EditResult.save``) and the input with the region tinted.
     Each PNG's metadata holds ``app_record`` (mode, max side, the run's key, its parent: Edit again)
-    and its input file's name under "app", so a replay finds both and a chain can be followed."""
+    and its input file's name under "app", so a replay finds both and a chain can be followed; an
+    Auto run's PNGs also hold the sweep, the scores, the pick and which candidate they are ("auto")."""
     from editing.cli import safe_name  # the editing library: loaded by now, an edit ran
     from editing.editor import mask_path
 
@@ -349,17 +406,24 @@ def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult
     source_path = write_png(prepared.image, folder / f"{stem}-input.png")
     app_record = {**app_record, "input_file": source_path.name}
     images = []
-    for result in results:
+    rows = auto.rows() if auto is not None else None
+    for index, result in enumerate(results):
         suffix = ("tokens" if result.use_tokens else "no-tokens") + (f"-seed{result.params.seed}"
                                                                      if len(results) > 1 and mode == "edit" else "")
-        path = result.save(folder / f"{stem}-{suffix}.png", extra={"app": app_record})
+        extra: dict[str, Any] = {"app": app_record}
+        caption = f"seed {result.params.seed}"
+        if auto is not None:
+            suffix += f"-nmax{result.params.n_max}"
+            extra["auto"] = {**auto.metadata()["auto"], "candidate": index}
+            caption = auto_caption(rows[index], auto.tokens_won is not None)
+        path = result.save(folder / f"{stem}-{suffix}.png", extra=extra)
         masked = result.mask is not None
         label = tokens_label(result.use_tokens).capitalize() + (f" · seed {result.params.seed}" if mode == "edit"
                                                                else "")
         images.append(OutputImage(str(path), result.use_tokens, label,
                                   mask_path=str(mask_path(path)) if masked else None,
                                   region_path=save_region(result, folder / f"{stem}-{suffix}.region.png"),
-                                  seed=result.params.seed))
+                                  seed=result.params.seed, caption=caption))
     return str(source_path), images
 
 
@@ -370,14 +434,29 @@ def choose_candidate(outcome: EditOutcome | None, index: Any) -> EditOutcome:
     """``outcome`` with candidate ``index`` as its result: the slider, the PNG, the seed (the
     controls then rerun exactly it) and the details follow. The same key: it is the same run."""
     if outcome is None or not outcome.candidates:
-        raise UserInputError("There are no variations to pick from: set Variations above 1 and press Edit.")
+        raise UserInputError("There are no candidates to pick from: set Variations above 1 or tick Auto strength, "
+                             "and press Edit.")
     if not isinstance(index, int) or not 0 <= index < len(outcome.images):
         raise UserInputError("That variation is no longer available.")
-    image = outcome.images[index]
-    details = {**outcome.details, "seed": image.seed, "params": {**outcome.details["params"], "seed": image.seed},
-               "mask": outcome.details["results"][index]["mask"], "chosen": index}
+    image, result = outcome.images[index], outcome.details["results"][index]
+    details = {**outcome.details, "seed": image.seed, "params": result["params"], "mask": result["mask"],
+               "chosen": index}
     return dataclasses.replace(outcome, chosen=index, controls=dataclasses.replace(outcome.controls, seed=image.seed),
                                details=details)
+
+
+def picks_per_tokens_state(outcome: EditOutcome) -> tuple[int, int]:
+    """An Auto run with tokens off and on (Compare): the candidate the rule picks among each state's."""
+    from editing.auto import pick  # loaded by now: the run used it
+
+    record = outcome.details["auto"]
+    rows, margin = record["candidates"], record["sweep"]["margin"]
+    picks = []
+    for state in (False, True):
+        own = [index for index, row in enumerate(rows) if row["use_tokens"] == state]
+        picks.append(own[pick([rows[i]["alignment"] for i in own], [rows[i]["preservation"] for i in own],
+                              [rows[i]["n_max"] for i in own], margin)])
+    return picks[0], picks[1]
 
 
 def parent_of(outcome: EditOutcome) -> dict[str, Any]:

@@ -45,6 +45,8 @@ class ControlComponents:
     token_branches: gr.Radio
     mask_mode: gr.Radio
     variations: gr.Slider
+    auto: gr.Checkbox
+    noise_offset: gr.Number
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -87,7 +89,7 @@ def candidates_gallery(outcome: EditOutcome | None) -> dict[str, Any]:
     """The Variations gallery's value for ``outcome``: each candidate with its seed, the chosen one
     selected; hidden unless an edit made several."""
     candidates = outcome.candidates if outcome is not None else []
-    return dict(value=[(image.path, f"seed {image.seed}") for image in candidates] or None,
+    return dict(value=[(image.path, image.caption or f"seed {image.seed}") for image in candidates] or None,
                 visible=bool(candidates), selected_index=outcome.chosen if candidates else None)
 
 

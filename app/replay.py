@@ -191,7 +191,8 @@ def replay(path: str | Path, base: EditControls, settings: AppSettings, has_toke
     controls = dataclasses.replace(base, source_prompt=metadata.get("source_prompt"),
                                    target_prompt=metadata.get("target_prompt"),
                                    max_side=_max_side(metadata, base.max_side), variations=1, randomize_seed=False,
-                                   use_tokens=use_tokens, **{k: v for k, v in params.items() if k in CONTROL_NAMES})
+                                   use_tokens=use_tokens, auto=False,  # the one edit the PNG is, an Auto pick too
+                                   **{"noise_offset": 0, **{k: v for k, v in params.items() if k in CONTROL_NAMES}})
     try:
         checked = check_controls(controls, sides)
         negative = {k: v for k, v in params.items() if k.endswith("negative_prompt")}

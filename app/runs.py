@@ -21,7 +21,7 @@ from app.components import (HELPER_EVENT, LIGHT_EVENT, client_gone, describe_end
 from app.controls import EditControls
 from app.api import compare, edit, summary
 from app.handlers import (EditCancelled, EditOutcome, add_to_history, choose_candidate, history_gallery, in_history,
-                          replace_in_history, reports_errors)
+                          picks_per_tokens_state, replace_in_history, reports_errors)
 from app.page import Page, candidates_gallery
 from app.service import EditorService
 
@@ -71,13 +71,14 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
     def run_edit(image: str | None, source_prompt: str, target_prompt: str, use_tokens: bool, tar_cfg: float,
                  src_cfg: float, n_max: float, steps: float, n_min: float, n_avg: float, seed: float,
                  randomize_seed: bool, max_side: float, guidance: str, token_branches: str, mask_mode: str,
-                 mask: str | None = None, variations: float = 1, request: gr.Request = None,
-                 progress: gr.Progress = gr.Progress(), parent: dict[str, Any] | None = None
-                 ) -> dict[Component, Any]:
+                 mask: str | None = None, variations: float = 1, auto: bool = False, noise_offset: float = 0,
+                 request: gr.Request = None, progress: gr.Progress = gr.Progress(),
+                 parent: dict[str, Any] | None = None) -> dict[Component, Any]:
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=use_tokens,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
-                                token_branches=token_branches, mask_mode=mask_mode, variations=variations)
+                                token_branches=token_branches, mask_mode=mask_mode, variations=variations, auto=auto,
+                                noise_offset=noise_offset)
         try:
             outcome = edit(service, image, controls, session_of(request), progress_callback(progress), mask, parent)
         except EditCancelled:
@@ -92,24 +93,28 @@ def wire_runs(page: Page, service: EditorService, demo: gr.Blocks) -> None:
     def run_compare(image: str | None, source_prompt: str, target_prompt: str, tar_cfg: float, src_cfg: float,
                     n_max: float, steps: float, n_min: float, n_avg: float, seed: float, randomize_seed: bool,
                     max_side: float, guidance: str, token_branches: str, mask_mode: str,
-                    mask: str | None = None, request: gr.Request = None, progress: gr.Progress = gr.Progress(),
-                    parent: dict[str, Any] | None = None) -> dict[Component, Any]:
+                    mask: str | None = None, auto: bool = False, noise_offset: float = 0, request: gr.Request = None,
+                    progress: gr.Progress = gr.Progress(), parent: dict[str, Any] | None = None
+                    ) -> dict[Component, Any]:
         controls = EditControls(source_prompt=source_prompt, target_prompt=target_prompt, use_tokens=True,
                                 tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg,
                                 seed=seed, randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
-                                token_branches=token_branches, mask_mode=mask_mode)
+                                token_branches=token_branches, mask_mode=mask_mode, auto=auto,
+                                noise_offset=noise_offset)
         try:
             outcome = compare(service, image, controls, session_of(request), progress_callback(progress), mask, parent)
         except EditCancelled:
             return {page.summary: CANCELLED}
         notify(outcome)
-        without, with_ = outcome.images
+        # with Auto strength the sweep ran tokens off and on: each state's own pick (the strip shows all)
+        without, with_ = (outcome.images[i] for i in picks_per_tokens_state(outcome)) if outcome.mode == "edit" \
+            else outcome.images
         return {page.slider: (outcome.source_path, with_.path), page.without_tokens: without.path,
                 page.with_tokens: with_.path, page.files: outcome.files(), page.summary: outcome.summary,
                 page.details: outcome.details, page.masks.region: outcome.final.region_path,
                 page.shown_outcome: outcome}
 
-    # mask=None and variations=1 above make them optional in the API (Gradio reads the defaults), and
+    # mask=None, variations=1, auto=False and noise_offset=0 above make them optional in the API (Gradio reads the defaults), and
     # they come last, so calls that pass the others by position still work; parent, the page's state
     # (Edit again), follows Gradio's own arguments: the API events have no input for it (None).
     _wire_buttons(page, service, run_edit, run_compare)

@@ -14,11 +14,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from app.controls import UserInputError, side_limits, side_slider_range
+from app.controls import LABELS, UserInputError, side_limits, side_slider_range
 from app.examples import Example, load_examples, produced_by
 from app.settings import AppSettings
+from softrepa.kinds import KINDS
 
 if TYPE_CHECKING:  # the model's libraries (torch, diffusers) load after the page is served (app/main.py)
     from app.loading import LoadedModel
@@ -63,6 +64,8 @@ class EditorService:
         self._cancel_waiting: set[str] = set()  # sessions whose waiting edit is to stop as it starts
         self._cancel_lock = threading.Lock()
         self._examples: list[Example] | None = None
+        self._scorer: Any = None  # editing.scoring.EditScorer, loaded by the first Auto edit
+        self._scorer_lock = threading.Lock()
 
     # loading -----------------------------------------------------------------
 
@@ -207,6 +210,22 @@ class EditorService:
 
             self._prompt_helpers = (pick_describer(self.settings), pick_instructor(self.settings))
         return self._prompt_helpers
+
+    def scorer(self) -> Any:
+        """The ``editing.scoring.EditScorer`` of Auto strength (``--scorer``, else the kind's), loaded on
+        first use on the model's device; ``UserInputError`` saying what to give when it cannot load."""
+        device = self.editor().pipe.transformer.device
+        with self._scorer_lock:
+            if self._scorer is None:
+                from editing.scoring import EditScorer  # transformers' CLIP: only when Auto is first used
+
+                name = self.settings.scorer or KINDS[self.settings.kind].scorer
+                try:
+                    self._scorer = EditScorer(name, device=device)
+                except OSError as exc:
+                    raise UserInputError(f"{LABELS['auto']}: the scorer could not be loaded ({exc}); start the app "
+                                         "with --scorer naming a CLIP folder or Hub id.") from None
+            return self._scorer
 
     # examples ----------------------------------------------------------------
 

@@ -59,6 +59,7 @@ ENV_VARS: dict[str, str] = {
     "eager_load": "SOFTREPA_EAGER_LOAD",
     "captioner": "SOFTREPA_CAPTIONER",
     "rewriter": "SOFTREPA_REWRITER",
+    "scorer": "SOFTREPA_SCORER",
     "mcp": "SOFTREPA_MCP",
 }
 # what Gradio and Hugging Face Spaces themselves set for the server address (used when ours are unset)
@@ -101,6 +102,9 @@ class AppSettings:
         describer needs no model. Loaded on first use, on ``device``.
     rewriter: chat model (Hub id or folder) that turns a one-line instruction into the target prompt;
         None: no instruction box, except on the shapes model. Loaded on first use, on ``device``.
+    scorer: the CLIP (Hub id or folder) that scores Auto strength's candidates (``editing.scoring``);
+        None: the kind's (``ModelKind.scorer``: openai/clip-vit-large-patch14, the bundled shapes scorer
+        for the shapes model). Loaded on the first Auto edit, on ``device``.
     mcp: also serve the API endpoints (/edit, /compare) as MCP tools for agents
         (``launch(mcp_server=True)``: ``/gradio_api/mcp/``); needs the ``mcp`` package (the ``[mcp]`` extra).
     """
@@ -127,6 +131,7 @@ class AppSettings:
     eager_load: bool = False
     captioner: str | None = None
     rewriter: str | None = None
+    scorer: str | None = None
     mcp: bool = False
     # (path, TokenFile / None / the read's error) once ``token_file`` has read ``tokens``
     _token_read: tuple[str | None, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -263,6 +268,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help=f"chat model Hub id or folder that turns an instruction into the target prompt "
                               f"(loaded on first use, on --device) [{ENV_VARS['rewriter']}] (default: none, no "
                               "instruction box), e.g. meta-llama/Llama-3.1-8B-Instruct")
+    helpers.add_argument("--scorer", metavar="MODEL",
+                         help=f"CLIP Hub id or folder that scores Auto strength's candidates (loaded on the first "
+                              f"Auto edit, on --device) [{ENV_VARS['scorer']}] (default: the model kind's: "
+                              "openai/clip-vit-large-patch14; the bundled shapes scorer for the shapes model)")
     return parser.parse_args(argv)
 
 
@@ -380,7 +389,7 @@ def resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> AppSet
         value = pick(name)
         if value is not None:
             setattr(settings, name, Path(value).expanduser())
-    for name in ("captioner", "rewriter"):
+    for name in ("captioner", "rewriter", "scorer"):
         value = pick(name)
         if value is not None and value.strip().lower() not in NO_TOKENS_WORDS:
             setattr(settings, name, value.strip())

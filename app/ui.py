@@ -128,9 +128,14 @@ def _input_column(service: EditorService, init: EditControls) -> dict[str, Compo
                              info="resets the sliders", scale=2, elem_id="preset")
     # the endpoints' sliders, radios and seed box hand their values to the handlers, which check them
     # (checked_by_the_app): the ranges here are the page's, not the API's
-    n_max = checked_by_the_app(gr.Slider(
-        *slider_range("n_max", init.steps, init.n_max), value=init.n_max, step=1, label=LABELS["n_max"],
-        elem_id="n-max", info="how many of the T steps edit: higher changes more, lower keeps more of the input"))
+    with gr.Row():
+        n_max = checked_by_the_app(gr.Slider(
+            *slider_range("n_max", init.steps, init.n_max), value=init.n_max, step=1, label=LABELS["n_max"],
+            elem_id="n-max", scale=3,
+            info="how many of the T steps edit: higher changes more, lower keeps more of the input"))
+        auto = gr.Checkbox(value=init.auto, label=LABELS["auto"], elem_id="auto-strength", scale=1,
+                           info="4 strengths around this one in one run, scored; the least change that reaches the "
+                                "target is picked (the strip below shows them all)")
     meaning = guidance_sliders(service.settings.kind)  # what the two guidance sliders are on this model
     tar_cfg = checked_by_the_app(gr.Slider(*CFG_RANGE, value=init.tar_cfg, step=0.5, label=LABELS["tar_cfg"],
                                            elem_id="tar-cfg", **meaning["tar_cfg"]))
@@ -146,7 +151,8 @@ def _input_column(service: EditorService, init: EditControls) -> dict[str, Compo
         compare_button = gr.Button("Compare tokens", interactive=service.has_tokens, elem_id="compare-button")
         cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
     return dict(image=image, **masks, source_prompt=source_prompt, describe=describe, target_prompt=target_prompt,
-                copy_prompt=copy_prompt, **prompt_help, use_tokens=use_tokens, preset=preset, n_max=n_max, tar_cfg=tar_cfg, src_cfg=src_cfg, **advanced,
+                copy_prompt=copy_prompt, **prompt_help, use_tokens=use_tokens, preset=preset, n_max=n_max, auto=auto,
+                tar_cfg=tar_cfg, src_cfg=src_cfg, **advanced,
                 variations=variations, edit_button=edit_button, compare_button=compare_button,
                 cancel_button=cancel_button, **replay_inputs())
 
@@ -173,8 +179,12 @@ def _advanced_controls(service: EditorService, init: EditControls) -> dict[str, 
     token_branches = checked_by_the_app(gr.Radio(list(TOKEN_BRANCHES), value=init.token_branches,
                                                  label=LABELS["token_branches"],
                                                  info="soft tokens on both branches (the paper) or the target only"))
+    noise_offset = checked_by_the_app(gr.Number(value=init.noise_offset, precision=0, minimum=0,
+                                                label=LABELS["noise_offset"], elem_id="noise-offset",
+                                                info="noise draws skipped before the first step: 0, or an Auto "
+                                                     "pick's (set when you take one, to rerun exactly it)"))
     return dict(steps=steps, n_min=n_min, n_avg=n_avg, seed=seed, randomize_seed=randomize_seed, max_side=max_side,
-                guidance=guidance, token_branches=token_branches)
+                guidance=guidance, token_branches=token_branches, noise_offset=noise_offset)
 
 
 def _result_column() -> dict[str, Component]:
@@ -183,7 +193,7 @@ def _result_column() -> dict[str, Component]:
     images = dict(type="filepath", format="png", interactive=False, height=300, buttons=["download", "fullscreen"])
     slider = gr.ImageSlider(label="Before / after", type="filepath", height=360, elem_id="before-after")
     result = gr.Image(label="Edited", elem_id="result", **images)
-    candidates = gr.Gallery(label="Variations: click one to make it the result", columns=4, height="auto",
+    candidates = gr.Gallery(label="Candidates (Variations, Auto strength): click one to make it the result", columns=4, height="auto",
                             object_fit="contain", allow_preview=False, interactive=False, visible=False,
                             elem_id="candidates")
     with gr.Row(visible=False) as compare_row:

@@ -15,11 +15,13 @@ the property) and ``slow`` (5000 cases; chosen with ``SOFTREPA_SLOW_TESTS=1`` or
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 FUZZ_CASES = {"ci": 500, "slow": 5000}  # generated cases per fuzz target (issue #24: at least 500 in CI)
 for _profile, _cases in FUZZ_CASES.items():
     settings.register_profile(_profile, max_examples=_cases, deadline=None, derandomize=bool(os.environ.get("CI")),
@@ -52,3 +54,24 @@ def pytest_terminal_summary(terminalreporter):
         for report in skipped:
             terminalreporter.write_line(f"  {report.nodeid}: {report.longrepr[-1]}")
         terminalreporter.write_line("  install Chromium with .ci/install-browser.sh (CI fails instead of skipping)")
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIPModel (64 px images, patch 16, 2 layers), the shapes model's CLIPTokenizer and
+    a PIL CLIPImageProcessor (size 64, crop 64), saved together: the layout of a real CLIP folder."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-clip-scorer")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                         pad_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=64, patch_size=16),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).eval().save_pretrained(directory)
+    CLIPTokenizer.from_pretrained(REPO_ROOT / "assets/shapes-sd3/tokenizer").save_pretrained(directory)
+    CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(directory)
+    return directory

@@ -610,7 +610,7 @@ def test_variations_are_candidates_of_one_run_and_picking_one_makes_it_the_resul
     assert np.abs(pixels(single.final.path) - pixels(picked.final.path)).max() <= 2  # to batch-size rounding
     randomized = edit(service, picture_path, fast_controls(randomize_seed=True, variations=2), session="v")
     assert len({image.seed for image in randomized.images}) == 2
-    with pytest.raises(UserInputError, match="There are no variations"):
+    with pytest.raises(UserInputError, match="There are no candidates to pick from"):
         choose_candidate(single, 0)
 
 

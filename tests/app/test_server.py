@@ -86,11 +86,14 @@ def test_api_lists_the_named_endpoints(client):
     controls = ["tar_cfg", "src_cfg", "n_max", "steps", "n_min", "n_avg", "seed", "randomize_seed", "max_side",
                 "guidance", "token_branches", "mask_mode", "mask"]  # the mask's two last: old positional calls work
     # new parameters come last, so calls that pass the others by position still work
-    assert names == ["image", "source_prompt", "target_prompt", "use_tokens", *controls, "variations"]
+    assert names == ["image", "source_prompt", "target_prompt", "use_tokens", *controls, "variations", "auto",
+                     "noise_offset"]
     assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == ["image", "source_prompt",
-                                                                                 "target_prompt", *controls]
+                                                                                 "target_prompt", *controls, "auto",
+                                                                                 "noise_offset"]
     defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/edit"]["parameters"]}
     assert defaults["mask_mode"] == "none" and defaults["mask"] is None and defaults["variations"] == 1
+    assert defaults["auto"] is False and defaults["noise_offset"] == 0
 
 
 def test_edit_returns_the_image_and_its_parameters(client, picture, server):
