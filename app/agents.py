@@ -3,7 +3,7 @@
 Gradio 6.31 serves the public endpoints as MCP tools (``launch(mcp_server=True)``, ``gradio/mcp.py``).
 A tool's file parameter is a string there: a ``data:`` URL, which Gradio saves to a file, or an
 http(s) URL, which the app downloads through Gradio's SSRF guard (``safehttpx``: public addresses
-only). Three things an agent needs Gradio does not do; this module adds them at the app's edges:
+only). What an agent needs and Gradio does not do, this module adds at the app's edges:
 
 * **The app's own files by URL** (``reads_served_files``). Gradio's way to hand an agent's file to
   a tool is an upload (``POST /gradio_api/upload``, which ``gradio upload-mcp`` does as the MCP tool
@@ -18,12 +18,19 @@ only). Three things an agent needs Gradio does not do; this module adds them at 
 * **File arguments checked before Gradio reads them** (``checked_file``): a data URL must be
   base64 and at most the upload limit (``--max-file-size``; Gradio would write any size to its
   cache first), a bare path must be one the file route serves (the path an upload returns), anything
-  else is refused naming the parameter and saying how to pass a file.
+  else is refused naming the parameter and saying how to pass a file; each file-taking tool's
+  description ends with the same instructions.
 * **A cancelled call stops its edit** (``cancels_with_the_call``). Gradio runs a tool as a
   ``gradio_client`` job on its own server and waits for it; when the MCP request is cancelled (the
   client closes the request's stream on streamable HTTP, or sends ``notifications/cancelled`` on the
-  SSE transport) the wait ends but the job runs on, the edit with it. Here the job is cancelled as
-  ``job.cancel()`` does for a script, so the edit stops after its current step.
+  SSE transport) the job runs on, the edit with it (and without a progress token the call's handler
+  waits for it in a thread). Here the job is cancelled as ``job.cancel()`` does for a script, so
+  the edit stops after its current step. The same replacement hands an endpoint's returns on as
+  one MCP item each (Gradio sends them as one text when the call has no progress token).
+
+The MCP server's handlers are replaced through the ``mcp`` package's public ``Server.request_handlers``;
+the job is reached through two private methods of Gradio's ``GradioMCPServer`` (``gradio`` is pinned;
+``tests/app/test_mcp_agent.py`` cancels calls, and a startup warning says when they are gone).
 
 Progress needs nothing: for a call with a ``progressToken`` Gradio sends a notification per status
 update of the job, the edit's steps included (``Progress Editing: Step 3 of 20``).
