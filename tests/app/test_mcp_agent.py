@@ -179,8 +179,9 @@ async def agent_session(url: str, folder: Path, log: Transcript) -> dict[str, An
             "instruction": "make the star red", "source_prompt": source, "image": picture},
             lambda v: f"target prompt {v[0]!r}; {v[2].splitlines()[0]}")
         progress: list = []
-        # AUTO STRENGTH: once the app has an "auto strength" tool, call it here on (picture, source,
-        # target) and pass the n_max it proposes to the edit below (issue #28, item 2)
+        # AUTO STRENGTH (issue #28, item 2): the spot for the auto strength. /edit has since taken a
+        # parameter `auto` (the app picks n_max from a sweep, d6d6581); add "auto": True to the edit
+        # below (or call an auto-strength tool here and pass its n_max) and check the pick it reports
         _, first, _, files, summary, details, _ = await tool(session, log, "edit", {
             "image": picture, "source_prompt": source, "target_prompt": target, "seed": 11, "variations": 3},
             lambda v: f"{edited(v)}; {len(progress)} progress notifications", progress)
