@@ -376,11 +376,12 @@ def _edit_auto(service: EditorService, editor: FlowEditor, prepared: PreparedIma
         service.end_edit(session, cancel)
 
 
-def auto_caption(row: dict[str, Any], tokens_axis: bool) -> str:
-    """A candidate of an Auto run in the strip: its strength, its two scores, the pick marked."""
-    tokens = f" · tokens {'on' if row['use_tokens'] else 'off'}" if tokens_axis else ""
-    return (f"{'★ picked · ' if row['picked'] else ''}n_max {row['n_max']}{tokens} · seed {row['seed']} · "
-            f"align {row['alignment']:.2f} · keep {row['preservation']:.1f}")
+def auto_caption(row: dict[str, Any], tokens_axis: bool, seeds_axis: bool) -> str:
+    """A candidate of an Auto run in the strip, short enough for a thumbnail: ★ for the pick, n = its
+    n_max, its tokens state and seed where the sweep varied them, alignment / preservation."""
+    tokens = f" {'on' if row['use_tokens'] else 'off'}" if tokens_axis else ""
+    seed = f" s{row['seed']}" if seeds_axis else ""
+    return f"{'★ ' if row['picked'] else ''}n{row['n_max']}{tokens}{seed} · {row['alignment']:.1f}/{row['preservation']:.0f}"
 
 
 def auto_summary(auto: AutoResult) -> str:
@@ -415,7 +416,7 @@ def _save_images(folder: Path, prepared: PreparedImage, results: list[EditResult
         if auto is not None:
             suffix += f"-nmax{result.params.n_max}"
             extra["auto"] = {**auto.metadata()["auto"], "candidate": index}
-            caption = auto_caption(rows[index], auto.tokens_won is not None)
+            caption = auto_caption(rows[index], auto.tokens_won is not None, len({r["seed"] for r in rows}) > 1)
         path = result.save(folder / f"{stem}-{suffix}.png", extra=extra)
         masked = result.mask is not None
         label = tokens_label(result.use_tokens).capitalize() + (f" · seed {result.params.seed}" if mode == "edit"
@@ -441,8 +442,11 @@ def choose_candidate(outcome: EditOutcome | None, index: Any) -> EditOutcome:
     image, result = outcome.images[index], outcome.details["results"][index]
     details = {**outcome.details, "seed": image.seed, "params": result["params"], "mask": result["mask"],
                "chosen": index}
-    return dataclasses.replace(outcome, chosen=index, controls=dataclasses.replace(outcome.controls, seed=image.seed),
-                               details=details)
+    controls = dataclasses.replace(outcome.controls, seed=image.seed)
+    if "auto" in outcome.details:  # an Auto candidate taken: the controls become its setting, Edit reruns exactly it
+        controls = dataclasses.replace(controls_for_params(FlowEditParams.from_dict(result["params"]),
+                                                           result["use_tokens"], controls), auto=False)
+    return dataclasses.replace(outcome, chosen=index, controls=controls, details=details)
 
 
 def picks_per_tokens_state(outcome: EditOutcome) -> tuple[int, int]:

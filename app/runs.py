@@ -25,6 +25,8 @@ from app.handlers import (EditCancelled, EditOutcome, add_to_history, choose_can
 from app.page import Page, candidates_gallery
 from app.service import EditorService
 
+# the controls an Auto candidate differs in (with its seed): taking one sets them, Auto off
+AUTO_SWEPT = ("n_max", "tar_cfg", "noise_offset", "use_tokens", "auto")
 DEVICE_QUEUE = "device"  # the concurrency id every edit shares: one edit at a time on the one device
 ZERO_GPU_SECONDS = 120  # the ZeroGPU slot an edit asks for (SD3 at 1024 px, compare: two edits)
 CANCELLED = ("**Cancelled.** The edit stops after its current step (a waiting one as it starts) and keeps nothing: "
@@ -202,9 +204,13 @@ def _wire_pick(page: Page) -> None:
         entries = replace_in_history(history_entries, chosen)
         updates = page.outcome_updates(chosen)
         del updates[page.candidates]  # already showing the choice
+        taken = "auto" in chosen.details  # an Auto candidate: its whole setting goes into the controls
+        setting = {getattr(page.controls, name): getattr(chosen.controls, name) if taken else gr.skip()
+                   for name in AUTO_SWEPT}
         return {**updates, page.history: history_gallery(entries), page.history_state: entries,
-                page.controls.seed: chosen.controls.seed}
+                page.controls.seed: chosen.controls.seed, **setting}
 
     outputs = [o for o in page.outcome_outputs() if o is not page.candidates]
+    swept = [getattr(page.controls, name) for name in AUTO_SWEPT]
     page.candidates.select(pick, [page.shown_outcome, page.history_state],
-                           [*outputs, page.history, page.history_state, page.controls.seed], **HELPER_EVENT)
+                           [*outputs, page.history, page.history_state, page.controls.seed, *swept], **HELPER_EVENT)

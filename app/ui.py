@@ -193,7 +193,8 @@ def _result_column() -> dict[str, Component]:
     images = dict(type="filepath", format="png", interactive=False, height=300, buttons=["download", "fullscreen"])
     slider = gr.ImageSlider(label="Before / after", type="filepath", height=360, elem_id="before-after")
     result = gr.Image(label="Edited", elem_id="result", **images)
-    candidates = gr.Gallery(label="Candidates (Variations, Auto strength): click one to make it the result", columns=4, height="auto",
+    candidates = gr.Gallery(label="Candidates: click one to make it the result (Auto strength: ★ picked, n = n_max, "
+                                  "alignment / preservation)", columns=4, height="auto",
                             object_fit="contain", allow_preview=False, interactive=False, visible=False,
                             elem_id="candidates")
     with gr.Row(visible=False) as compare_row:

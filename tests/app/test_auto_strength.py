@@ -39,7 +39,8 @@ def test_auto_edits_four_strengths_marks_the_pick_and_records_the_sweep(service,
     assert outcome.chosen == outcome.details["auto"]["picked"] == pick(
         [r["alignment"] for r in rows], [r["preservation"] for r in rows], [r["n_max"] for r in rows],
         outcome.details["auto"]["sweep"]["margin"])
-    assert outcome.final.caption.startswith("★ picked · n_max") and "align" in outcome.final.caption
+    picked = rows[outcome.chosen]
+    assert outcome.final.caption == f"★ n{picked['n_max']} · {picked['alignment']:.1f}/{picked['preservation']:.0f}"
     assert f"picked n_max {rows[outcome.chosen]['n_max']}" in outcome.summary
     for index, image in enumerate(outcome.images):  # every candidate's PNG: the sweep, and which one it is
         record = read_png_metadata(image.path)["auto"]
@@ -54,6 +55,8 @@ def test_taking_another_candidate_replays_to_exactly_it(service, picture_path):
     params = taken.details["params"]
     assert taken.final.path == outcome.images[other].path and params["n_max"] == [4, 5, 6, 7][other]
     assert params["noise_offset"] == 7 - params["n_max"]  # its noise lined up on the strongest candidate's
+    assert (taken.controls.n_max, taken.controls.noise_offset, taken.controls.auto) == (
+        params["n_max"], params["noise_offset"], False)  # the controls rerun exactly the taken candidate
     replayed = replay(service, taken.final.path)
     assert not replayed.controls.auto and replayed.controls.noise_offset == params["noise_offset"]
     rerun = edit(service, picture_path, replayed.controls, session="b")

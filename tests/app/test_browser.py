@@ -2,8 +2,8 @@
 
 Needs ``/usr/bin/chromium`` and the ``playwright`` Python package (``.ci/install-browser.sh``).
 When either is missing the test fails under CI (the ``CI`` environment variable is set) and is
-skipped elsewhere. The screenshots go to ``test-artifacts/app.png``, ``app-mask.png``, ``app-variations.png``
-and ``app-phone.png``.
+skipped elsewhere. The screenshots go to ``test-artifacts/app.png``, ``app-mask.png``, ``app-variations.png``,
+``app-auto.png`` and ``app-phone.png``.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ def require_browser():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, clip_dir):
     """(URL, service) of the app on the tiny pipeline, with the shapes model's prompt help (the
     examples are shapes-world pictures, which its classifier reads)."""
-    settings = tiny_settings(tmp_path_factory.mktemp("app-browser"), port=free_port())
+    settings = tiny_settings(tmp_path_factory.mktemp("app-browser"), port=free_port(), scorer=str(clip_dir))
     service = EditorService(settings, loader=tiny_loader(), prompt_helpers=(ShapesDescriber(), ShapesInstructor()))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADIO_TEMP_DIR", str(settings.uploads_dir))  # create_app sets it; restored afterwards
@@ -219,6 +219,35 @@ def test_variations_pick_one_then_edit_it_again(app_url):
         sync_api.expect(page.locator("#details")).to_contain_text("seed43")  # the parent: the picked candidate
         no_error_badges(page)
         page.screenshot(path=str(ARTIFACTS / "app-variations.png"), full_page=True)
+        assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_auto_strength_shows_the_scored_candidates_and_another_can_be_taken(app_url):
+    with loaded_page(app_url) as (sync_api, page):
+        pick_the_first_example(sync_api, page)
+        page.locator("#n-max input[type=range]").fill("10")
+        page.locator("#auto-strength input").check()
+        page.locator("#edit-button").click()
+        page.locator("#summary").get_by_text("Auto strength:").wait_for()
+        candidates = page.locator("#candidates .thumbnail-item")
+        sync_api.expect(candidates).to_have_count(4)
+        captions = page.locator("#candidates .caption-label").all_inner_texts()
+        assert [int(re.search(r"n(\d+) ·", c).group(1)) for c in captions] == [7, 8, 10, 12]
+        picked = [index for index, caption in enumerate(captions) if caption.startswith("★ ")]
+        assert len(picked) == 1 and all(re.search(r" · -?\d+\.\d/\d+$", c) for c in captions)  # the two scores
+        assert f"nmax{[7, 8, 10, 12][picked[0]]}" in page.locator("#result img").get_attribute("src")
+
+        # another candidate: it becomes the result, and the controls take its setting (Auto off)
+        other = 0 if picked[0] != 0 else 1
+        n_max = [7, 8, 10, 12][other]
+        candidates.nth(other).click()
+        sync_api.expect(page.locator("#png-files")).to_contain_text(f"nmax{n_max}")
+        assert f"nmax{n_max}" in page.locator("#result img").get_attribute("src")
+        sync_api.expect(page.locator("#n-max input[type=number]")).to_have_value(str(n_max))
+        sync_api.expect(page.locator("#auto-strength input")).not_to_be_checked()
+        no_error_badges(page)
+        page.screenshot(path=str(ARTIFACTS / "app-auto.png"), full_page=True)
         assert not page.errors, page.errors
 
 
