@@ -103,11 +103,12 @@ API_HELP: dict[str, str] = {
     "result": "a result PNG of this app (or of python -m editing): it becomes the source image, and its settings "
               "are the defaults of every parameter left out",
 }
-# Files the API takes (image, mask, png, result) may also be given to the MCP tools as a
-# "data:image/png;base64,..." URL or an http(s) URL: an agent's local image needs no upload step.
+# Files the API takes (image, mask, png, result), given to the MCP tools: the URL of an upload to this
+# app (the rule and its messages: app/agents.py), a small "data:image/png;base64,..." URL or an http(s) URL.
 FILE_PARAMETERS = ("image", "mask", "png", "result")
 for _name in FILE_PARAMETERS:
-    API_HELP[_name] += "; over MCP, a data:image/png;base64,... URL or an http(s) URL"
+    API_HELP[_name] += ("; over MCP, the URL of an upload to this app (POST /gradio_api/upload, or gradio upload-mcp), "
+                        "a data:image/png;base64,... URL within the upload limit, or an http(s) URL")
 # the CFG sliders (the FlowEdit demo's go to 30); 0..1 is allowed (standard CFG 1 = conditional only)
 CFG_RANGE = (0.0, 30.0)
 MAX_STEPS = 100  # the app's caps: what one press may cost on the shared device

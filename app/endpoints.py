@@ -105,11 +105,13 @@ def _wire_edit_again(page: Page, service: EditorService, named: dict[str, Any]) 
                        n_avg: float | None = None, seed: float | None = None, randomize_seed: bool | None = None,
                        max_side: float | None = None, guidance: str | None = None, token_branches: str | None = None,
                        mask_mode: str | None = None, mask: str | None = None, variations: float | None = None,
-                       request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple:
+                       auto: bool | None = None, noise_offset: float | None = None, request: gr.Request = None,
+                       progress: gr.Progress = gr.Progress()) -> tuple:
         changes = dict(target_prompt=target_prompt, source_prompt=source_prompt, use_tokens=use_tokens,
                        tar_cfg=tar_cfg, src_cfg=src_cfg, n_max=n_max, steps=steps, n_min=n_min, n_avg=n_avg, seed=seed,
                        randomize_seed=randomize_seed, max_side=max_side, guidance=guidance,
-                       token_branches=token_branches, mask_mode=mask_mode, variations=variations)
+                       token_branches=token_branches, mask_mode=mask_mode, variations=variations, auto=auto,
+                       noise_offset=noise_offset)
         try:
             outcome = edit_again(service, result, changes, session_of(request), progress_callback(progress), mask)
         except EditCancelled:

@@ -154,6 +154,9 @@ def load_clip(name: str | os.PathLike) -> tuple[Any, Any, Any]:
     """(CLIPModel, CLIPTokenizer, the PIL CLIPImageProcessor) from one folder or Hub id, on the CPU."""
     from transformers import CLIPModel, CLIPTokenizer
 
+    from softrepa.known_warnings import quiet_known_warnings
+
+    quiet_known_warnings()  # the PIL processor is the one meant: transformers' torchvision notice says nothing here
     source = str(name)
     try:
         model = CLIPModel.from_pretrained(source)

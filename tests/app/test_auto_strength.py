@@ -72,3 +72,22 @@ def test_compare_with_auto_says_whether_the_tokens_won(service, picture_path):
     assert f"the soft tokens {'won' if won else 'lost'} for this picture" in outcome.summary
     without, with_ = picks_per_tokens_state(outcome)
     assert not rows[without]["use_tokens"] and rows[with_]["use_tokens"] and outcome.chosen in (without, with_)
+
+
+def test_the_api_returns_every_candidate_with_its_scores(tmp_path, clip_dir, picture_path):
+    from gradio_client import Client, handle_file
+
+    from app.testing import FAST_CONTROLS
+    from tests.app.test_server import serving
+
+    with serving(tmp_path, scorer=str(clip_dir)) as (url, _, _):
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        _, edited, files, summary, details, _ = client.predict(
+            image=handle_file(picture_path), source_prompt="a red circle", target_prompt="a blue circle",
+            **dict(FAST_CONTROLS, steps=10, n_max=6), auto=True, api_name="/edit")
+    rows = details["auto"]["candidates"]
+    assert [row["n_max"] for row in rows] == [4, 5, 6, 7] and len(files) == 4  # each candidate's PNG
+    assert all(isinstance(row["alignment"], float) and isinstance(row["preservation"], float) for row in rows)
+    picked = details["auto"]["picked"]
+    assert rows[picked]["picked"] and read_png_metadata(edited)["params"]["n_max"] == rows[picked]["n_max"]
+    assert "**Auto strength:** 4 candidates" in summary
