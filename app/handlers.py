@@ -296,8 +296,8 @@ def run_edits(service: EditorService, image: Any, controls: EditControls, token_
     details = {**_details(service, editor, mode, controls, values, prepared, results, notices), "parent": parent}
     if mode == "edit" and len(results) > 1:
         details["candidates"] = [{"seed": image.seed, "file": Path(image.path).name} for image in images]
-    if auto is not None:
-        details["auto"] = auto.metadata()["auto"]
+    if auto is not None:  # the details describe the result: the pick
+        details = {**_chosen(details, auto.picked), "auto": auto.metadata()["auto"]}
     used = dataclasses.replace(controls, seed=values.params.seed, randomize_seed=False, max_side=values.max_side,
                                use_tokens=token_states[-1])
     summary = _summary(mode, values, results, prepared, controls.mask_mode) + (auto_summary(auto) if auto else "")
@@ -440,13 +440,18 @@ def choose_candidate(outcome: EditOutcome | None, index: Any) -> EditOutcome:
     if not isinstance(index, int) or not 0 <= index < len(outcome.images):
         raise UserInputError("That variation is no longer available.")
     image, result = outcome.images[index], outcome.details["results"][index]
-    details = {**outcome.details, "seed": image.seed, "params": result["params"], "mask": result["mask"],
-               "chosen": index}
+    details = _chosen(outcome.details, index)
     controls = dataclasses.replace(outcome.controls, seed=image.seed)
     if "auto" in outcome.details:  # an Auto candidate taken: the controls become its setting, Edit reruns exactly it
         controls = dataclasses.replace(controls_for_params(FlowEditParams.from_dict(result["params"]),
                                                            result["use_tokens"], controls), auto=False)
     return dataclasses.replace(outcome, chosen=index, controls=controls, details=details)
+
+
+def _chosen(details: dict[str, Any], index: int) -> dict[str, Any]:
+    """A run's details with candidate ``index`` as the result: its seed, parameters and mask."""
+    result = details["results"][index]
+    return {**details, "seed": result["seed"], "params": result["params"], "mask": result["mask"], "chosen": index}
 
 
 def picks_per_tokens_state(outcome: EditOutcome) -> tuple[int, int]:

@@ -90,4 +90,5 @@ def test_the_api_returns_every_candidate_with_its_scores(tmp_path, clip_dir, pic
     assert all(isinstance(row["alignment"], float) and isinstance(row["preservation"], float) for row in rows)
     picked = details["auto"]["picked"]
     assert rows[picked]["picked"] and read_png_metadata(edited)["params"]["n_max"] == rows[picked]["n_max"]
+    assert details["params"] == read_png_metadata(edited)["params"] and details["chosen"] == picked  # the result's
     assert "**Auto strength:** 4 candidates" in summary
