@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from editing.scoring import clip_image_processor_class
 from evaluation.fid import InceptionFeatures, fid_from_features
 from evaluation.image_tensors import ImageLike, as_rgb_image, to_lpips_input
 
@@ -115,15 +116,6 @@ class _Batched:
 # ----------------------------------------------------------------------------- CLIP score and PickScore
 
 
-def _image_processor_class():
-    """The PIL-based CLIP image processor: the one the reference implementations ran (transformers 4
-    ``CLIPImageProcessor``, named ``CLIPImageProcessorPil`` in transformers 5, where the default
-    ``CLIPImageProcessor`` needs torchvision)."""
-    import transformers
-
-    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-
-
 class ClipSimilarity(_Batched, PromptMetric):
     """Cosine similarity of CLIP image and text embeddings, optionally times ``exp(logit_scale)``.
 
@@ -145,7 +137,7 @@ class ClipSimilarity(_Batched, PromptMetric):
 
         model = CLIPModel.from_pretrained(self.model_id).eval().to(self.device)
         tokenizer = AutoTokenizer.from_pretrained(self.processor_id)
-        image_processor = _image_processor_class().from_pretrained(self.processor_id)
+        image_processor = clip_image_processor_class().from_pretrained(self.processor_id)
         max_length = int(model.config.text_config.max_position_embeddings)
         return model, tokenizer, image_processor, max_length
 

@@ -21,7 +21,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FUZZ_CASES = {"ci": 500, "slow": 5000}  # generated cases per fuzz target (issue #24: at least 500 in CI)
 for _profile, _cases in FUZZ_CASES.items():
     settings.register_profile(_profile, max_examples=_cases, deadline=None, derandomize=bool(os.environ.get("CI")),
@@ -56,22 +55,49 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("  install Chromium with .ci/install-browser.sh (CI fails instead of skipping)")
 
 
-@pytest.fixture(scope="session")
-def clip_dir(tmp_path_factory) -> Path:
-    """A tiny random CLIPModel (64 px images, patch 16, 2 layers), the shapes model's CLIPTokenizer and
-    a PIL CLIPImageProcessor (size 64, crop 64), saved together: the layout of a real CLIP folder."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+def save_tiny_clip(directory: Path, image_size: int, patch_size: int) -> Path:
+    """A tiny random CLIPModel (2 layers, 32 wide), the offline CLIP tokenizer and a PIL image processor
+    at ``image_size``, saved together: the layout of a real CLIP folder (``openai/clip-vit-...``)."""
+    from transformers import CLIPConfig, CLIPModel
 
-    directory = tmp_path_factory.mktemp("tiny-clip-scorer")
+    from editing.scoring import clip_image_processor_class
+    from softrepa.tiny import CLIP_VOCAB_SIZE, clip_tokenizer
+
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        text_config=dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
                          pad_token_id=49407),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=64, patch_size=16),
+                           image_size=image_size, patch_size=patch_size),
         projection_dim=16)
     torch.manual_seed(0)
     CLIPModel(config).eval().save_pretrained(directory)
-    CLIPTokenizer.from_pretrained(REPO_ROOT / "assets/shapes-sd3/tokenizer").save_pretrained(directory)
-    CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(directory)
+    clip_tokenizer().save_pretrained(directory)
+    clip_image_processor_class()(size={"shortest_edge": image_size},
+                                 crop_size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP at 64 px (patch 16): the shapes world's image size, what scorers see here."""
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip-64"), 64, 16)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP at 32 px (patch 8), the evaluation's metrics model."""
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), 32, 8)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    """A tiny random ViTModel (DINO's architecture at toy size: patch 8, 2 layers, 32 wide), saved."""
+    from transformers import ViTConfig, ViTModel
+
+    directory = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       image_size=32, patch_size=8, qkv_bias=True)
+    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(directory)
     return directory

@@ -15,23 +15,9 @@ from editing.masks import PixelMask
 from editing.scoring import DEFAULT_CLIP, EditScorer, EditScores, mask_box
 from editing.structure import DinoUnavailable
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_PROMPT = "a star that is tiny and blue"
 TARGET_PROMPT = "a triangle that is solid and orange"
 SIZE = (48, 40)  # (width, height): not square, so the processor's resize and center crop both act
-
-
-@pytest.fixture(scope="module")
-def vit_dir(tmp_path_factory) -> Path:
-    """A tiny random ViTModel (DINO's architecture at toy size: patch 8, 2 layers, 32 wide), saved."""
-    from transformers import ViTConfig, ViTModel
-
-    directory = tmp_path_factory.mktemp("tiny-vit-scorer")
-    torch.manual_seed(1)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       image_size=32, patch_size=8, qkv_bias=True)
-    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +143,17 @@ def test_batched_scores_equal_one_at_a_time(scorer, clip_dir):
 # ----------------------------------------------------------------------------- structure distance
 
 
-def test_structure_distance_equals_the_evaluations(clip_dir, vit_dir):
+def test_structure_distance_equals_the_evaluations(clip_dir, tiny_vit_dir):
     from evaluation import region_metrics
     from evaluation.region_metrics import StructureDistance
 
     from editing import structure
 
-    scorer = EditScorer(clip_dir, structure=vit_dir, device="cpu", dtype="float32")
-    assert scorer.describe() == {"clip": str(clip_dir), "structure": str(vit_dir)}
+    scorer = EditScorer(clip_dir, structure=tiny_vit_dir, device="cpu", dtype="float32")
+    assert scorer.describe() == {"clip": str(clip_dir), "structure": str(tiny_vit_dir)}
     source = picture(10)
     edits = [changed(source, (8, 8, 28, 24), seed=11), source, picture(12)]
-    evaluation = StructureDistance(str(vit_dir), progress=False)
+    evaluation = StructureDistance(str(tiny_vit_dir), progress=False)
     expected = evaluation.region_scores(edits, [source] * len(edits))
     got = [s.structure_distance for s in scorer.score(source, edits, SOURCE_PROMPT, TARGET_PROMPT)]
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-9)

@@ -4,7 +4,6 @@ downloaded) and cheap stand-ins for the networks that need torchvision or take l
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,29 +30,6 @@ def flush_denormals():
     yield
     if supported:
         torch.set_flush_denormal(False)
-
-
-@pytest.fixture(scope="session")
-def tiny_clip_dir(tmp_path_factory) -> Path:
-    """A tiny random CLIPModel + the real offline CLIP tokenizer + a PIL image processor, saved."""
-    from transformers import CLIPConfig, CLIPModel
-
-    from evaluation.metrics import _image_processor_class
-    from softrepa.tiny import CLIP_VOCAB_SIZE, clip_tokenizer
-
-    directory = tmp_path_factory.mktemp("tiny-clip")
-    config = CLIPConfig(
-        text_config=dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                         pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).eval().save_pretrained(directory)
-    clip_tokenizer().save_pretrained(directory)
-    _image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture
@@ -99,16 +75,3 @@ def tiny_world(tmp_path_factory, tiny_clip_dir):
                                      "source_prompt": f"a cat number {i}", "target_prompt": f"a dog number {i}"})
                          + "\n")
     return root
-
-
-@pytest.fixture(scope="session")
-def tiny_vit_dir(tmp_path_factory) -> Path:
-    """A tiny random ViTModel (DINO's architecture at toy size: patch 8, 2 layers, 32 wide), saved."""
-    from transformers import ViTConfig, ViTModel
-
-    directory = tmp_path_factory.mktemp("tiny-vit")
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       image_size=32, patch_size=8, qkv_bias=True)
-    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(directory)
-    return directory
