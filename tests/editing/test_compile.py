@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 
 from app.testing import tiny_tokens
 from editing import compile as compiling
+from editing.auto import Sweep, sweep_runs
 from editing.cli import parse_args
 from editing.editor import FlowEditor
 from editing.params import FlowEditParams
@@ -28,11 +29,15 @@ TRIANGLE = np.tri(64, 48, dtype=np.float32)  # a soft-free hard mask for the tal
 
 def varied_edits(editor: FlowEditor) -> list[torch.Tensor]:
     """Latents of edits that differ in every way a session varies them: tokens off and on, 3
-    candidates in one batch, another size with a mask, another n_max."""
+    candidates in one batch, another size with a mask, another n_max, an auto-strength sweep (its
+    batch changes size as candidates join, tokens off and on in one run)."""
+    sweep = sweep_runs(FAST.replace(steps=8, n_max=4), Sweep(strengths=(2, 3, 4), tokens=(False, editor.has_tokens)),
+                       use_tokens=False)
     edits = [editor.edit(SQUARE, "a red square", "a blue square", FAST, use_tokens=False),
              editor.edit(SQUARE, "a red square", "a blue square", FAST, use_tokens=editor.has_tokens),
              *editor.edit_candidates(SQUARE, "a red square", "a green square", FAST, seeds=[1, 2, 3]),
-             editor.edit(TALL, "a blue square", "a red circle", FAST.replace(n_max=4), mask=TRIANGLE)]
+             editor.edit(TALL, "a blue square", "a red circle", FAST.replace(n_max=4), mask=TRIANGLE),
+             *editor.edit_runs(SQUARE, "a red square", "a yellow square", sweep)]
     return [result.latents for result in edits]
 
 
