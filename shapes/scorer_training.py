@@ -48,7 +48,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shapes.rendering import render
-from shapes.scenes import Scene, ShapesWorldConfig
+from shapes.scenes import FILLS, SIZES, Scene, ShapesWorldConfig
 from shapes.world import make_edit_pair, make_edit_pairs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,9 @@ class ScorerConfig:
     weight_decay: float = 0.05
     warmup: int = 50
     hard_weight: float = 1.0  # weight of the two-way image/caption vs its hard negative loss
-    seed: int = 5150  # train-split edit pairs and all random draws
+    seed: int = 5150  # train-split edit pairs and all random draws (seed + 1: the one-object pairs)
+    aux_weight: float = 1.0  # training-only per-cell attribute heads on the vision tokens (0: pure CLIP)
+    single_share: float = 0.5  # share of each batch's pairs from one-object scenes (see the docstring)
     vae_share: float = 0.125  # images round-tripped through the bundled VAE
     max_shift: float = 2.0  # pixels, the other images' augmentation
     channel_gain: float = 0.08
@@ -206,8 +208,11 @@ def training_batch(step: int, config: ScorerConfig, world: ShapesWorldConfig, to
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Step `step`'s batch: sources then targets of `batch_pairs` fresh train-split edit pairs,
     augmented (a `vae_share` of them by the VAE round trip), with their tokenized captions."""
-    first = step * config.batch_pairs
-    pairs = [make_edit_pair(first + k, config.seed, world, split="train") for k in range(config.batch_pairs)]
+    first, multi = step * config.batch_pairs, config.batch_pairs - round(config.single_share * config.batch_pairs)
+    single_world = replace(world, min_objects=1, max_objects=1, mention_colour=1.0, mention_size=1.0, mention_fill=1.0)
+    pairs = [make_edit_pair(first + k, config.seed, world, split="train") for k in range(multi)]
+    pairs += [make_edit_pair(first + k, config.seed + 1, single_world, split="train")
+              for k in range(multi, config.batch_pairs)]
     sources, targets = pair_images(pairs, world.resolution)
     unit = to_unit(sources + targets)
     through_vae = torch.rand(len(unit), generator=generator) < (config.vae_share if vae is not None else 0.0)
@@ -216,8 +221,9 @@ def training_batch(step: int, config: ScorerConfig, world: ShapesWorldConfig, to
         augmented[through_vae] = vae_round_trip(vae, unit[through_vae])
     captions = [pair["source_prompt"] for pair in pairs] + [pair["target_prompt"] for pair in pairs]
     tokens = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+    scenes = [pair["source_labels"] for pair in pairs] + [pair["target_labels"] for pair in pairs]
     return {"pixel_values": normalise(augmented), "input_ids": tokens["input_ids"],
-            "attention_mask": tokens["attention_mask"]}
+            "attention_mask": tokens["attention_mask"], "cell_labels": cell_labels(scenes, world)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,10 +240,50 @@ def features(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attenti
     return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
 
 
-def scorer_loss(model, batch: dict[str, torch.Tensor], hard_weight: float) -> tuple[torch.Tensor, dict]:
-    """CLIP's symmetric InfoNCE over the batch plus the two-way hard-negative term. Item i's hard
-    negative is item (i + n/2) mod n: sources first, then their targets."""
-    image, text = features(model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+class CellHeads(torch.nn.Module):
+    """Training-only auxiliary heads (not saved): each patch token of the vision tower predicts its
+    grid cell's shape (or empty), colour, size and fill from the scene's own labels."""
+
+    def __init__(self, hidden: int, world: ShapesWorldConfig):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(hidden)
+        self.sizes = (len(world.shapes) + 1, len(world.colours), len(SIZES), len(FILLS))
+        self.linear = torch.nn.Linear(hidden, sum(self.sizes))
+
+    def forward(self, tokens: torch.Tensor, cell_labels: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T*T, hidden) in raster order; cell_labels (B, G*G, 4), -1 where undefined."""
+        batch, count, _ = tokens.shape
+        side, grid = math.isqrt(count), math.isqrt(cell_labels.shape[1])
+        rows = torch.arange(side).repeat_interleave(side) * grid // side
+        cols = torch.arange(side).repeat(side) * grid // side
+        targets = cell_labels[:, rows * grid + cols]  # (B, T*T, 4)
+        logits = self.linear(self.norm(tokens)).split(self.sizes, dim=-1)
+        losses = [F.cross_entropy(part.reshape(-1, part.shape[-1]), targets[..., k].reshape(-1), ignore_index=-1)
+                  for k, part in enumerate(logits)]
+        return sum(losses) / len(losses)
+
+
+def cell_labels(scenes: Sequence[dict], world: ShapesWorldConfig) -> torch.Tensor:
+    """(B, G*G, 4) integer labels per cell: shape index + 1 (0: empty), colour, size, fill (-1: empty)."""
+    out = torch.full((len(scenes), world.grid ** 2, 4), -1, dtype=torch.long)
+    out[..., 0] = 0
+    for b, scene in enumerate(scenes):
+        for c, obj in enumerate(scene["cells"]):
+            if obj is not None:
+                out[b, c] = torch.tensor([world.shapes.index(obj["shape"]) + 1, world.colours.index(obj["colour"]),
+                                          SIZES.index(obj["size"]), FILLS.index(obj["fill"])])
+    return out
+
+
+def scorer_loss(model, batch: dict[str, torch.Tensor], hard_weight: float, heads: CellHeads | None = None,
+                aux_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """CLIP's symmetric InfoNCE over the batch plus the two-way hard-negative term (item i's hard
+    negative is item (i + n/2) mod n: sources first, then their targets), plus `aux_weight` times
+    the cell heads' loss when they are given."""
+    vision = model.vision_model(pixel_values=batch["pixel_values"])
+    image = F.normalize(model.visual_projection(vision.pooler_output), dim=-1)
+    text = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    text = F.normalize(text if isinstance(text, torch.Tensor) else text.pooler_output, dim=-1)
     logits = model.logit_scale.exp().clamp(max=100.0) * image @ text.T
     n = len(logits)
     labels = torch.arange(n)
@@ -249,12 +295,18 @@ def scorer_loss(model, batch: dict[str, torch.Tensor], hard_weight: float) -> tu
     hard = (F.cross_entropy(rows, zeros) + F.cross_entropy(columns, zeros)) / 2
     with torch.no_grad():
         hard_accuracy = (rows[:, 0] > rows[:, 1]).float().mean().item()
-    return clip + hard_weight * hard, {"clip": clip.item(), "hard": hard.item(), "hard_acc": hard_accuracy}
+    parts = {"clip": clip.item(), "hard": hard.item(), "hard_acc": hard_accuracy}
+    loss = clip + hard_weight * hard
+    if heads is not None and aux_weight > 0:
+        aux = heads(vision.last_hidden_state[:, 1:], batch["cell_labels"])
+        loss, parts["aux"] = loss + aux_weight * aux, aux.item()
+    return loss, parts
 
 
-def make_optimizer(model, config: ScorerConfig):
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
-    rest = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
+def make_optimizer(model, config: ScorerConfig, heads: torch.nn.Module | None = None):
+    named = list(model.named_parameters()) + (list(heads.named_parameters()) if heads is not None else [])
+    decay = [p for name, p in named if p.ndim >= 2 and "embedding" not in name]
+    rest = [p for name, p in named if not (p.ndim >= 2 and "embedding" not in name)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
 
@@ -275,16 +327,17 @@ def train_scorer(config: ScorerConfig, world: ShapesWorldConfig | None = None, p
     tokenizer = CLIPTokenizer.from_pretrained(config.tokenizer)
     vae = load_vae(config.vae)
     model = build_model(config, world.resolution).train()
-    optimizer, schedule = make_optimizer(model, config)
+    heads = CellHeads(config.vision_hidden, world) if config.aux_weight > 0 else None
+    optimizer, schedule = make_optimizer(model, config, heads)
     generator = torch.Generator().manual_seed(config.seed)
     check = make_edit_pairs(min(config.eval_pairs, 64), config.eval_seed, world) if config.eval_every else None
     log, bar = [], tqdm(range(config.steps), desc="scorer", unit="step", disable=not progress)
     for step in bar:
         batch = training_batch(step, config, world, tokenizer, vae, generator)
-        loss, parts = scorer_loss(model, batch, config.hard_weight)
+        loss, parts = scorer_loss(model, batch, config.hard_weight, heads, config.aux_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
         optimizer.step()
         schedule.step()
         entry = {"step": step, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()}}
@@ -397,7 +450,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "batch_pairs", "warmup", "seed", "text_hidden", "text_layers", "vision_hidden",
                  "vision_layers", "patch_size", "projection_dim", "eval_pairs", "eval_seed", "eval_every", "threads"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "hard_weight", "vae_share", "max_shift", "channel_gain", "blur_max_sigma",
+    for name in ("lr", "weight_decay", "hard_weight", "aux_weight", "single_share", "vae_share", "max_shift", "channel_gain", "blur_max_sigma",
                  "noise_max_std"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     parser.add_argument("--vae", default=defaults.vae, help="VAE folder for augmentation and measure (c); 'none': off")
