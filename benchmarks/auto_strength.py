@@ -187,6 +187,10 @@ def main(argv=None) -> dict:
     name = model_label(args.model)
     if args.tune:
         table = tune(rows, pairs)
+        s = summarize(rows, pairs, args.margin)
+        print(f"\ntuning pairs: preset success {s['preset']['success']:.3f} preservation "
+              f"{s['preset']['preservation']:.3f}; oracle {s['auto/oracle']['success']:.3f} / "
+              f"{s['auto/oracle']['preservation']:.3f}")
         print(f"\nthe rule's margin on {len(pairs)} tuning pairs (seed {args.tune_seed}):")
         print("| margin | success | preservation | success (x tokens) | preservation (x tokens) |\n|---|---|---|---|---|")
         for row in table:

@@ -17,7 +17,7 @@ Each candidate gets two scores from ``editing.scoring.EditScorer`` (not the judg
 
     alignment    a_c = 100 (<I(x_c), T(p_tar)> - <I(x_c), T(p_src)>)   reads more as the target than the source
     preservation p_c = 100 (1 - structure_distance_c)                  with DINO weights, else
-                 p_c = 100 image_similarity_c                          (CLIP image cosine to the source)
+                 p_c = 100 pixel_similarity_c        (1 - mean absolute pixel difference to the source)
 
 (preservation inside the mask's box when there is a mask). The pick, "as much as needed, no more":
 
@@ -118,10 +118,10 @@ def alignment(scores: EditScores) -> float:
 
 
 def preservation(scores: EditScores) -> float:
-    """p_c: 100 = the source kept (DINO structure when measured, else CLIP image similarity)."""
+    """p_c: 100 = the source kept (DINO structure when measured, else the pixels kept)."""
     if scores.structure_distance is not None:
         return 100.0 * (1.0 - scores.structure_distance)
-    return 100.0 * scores.image_similarity
+    return 100.0 * scores.pixel_similarity
 
 
 def pick(alignments: Sequence[float], preservations: Sequence[float], strengths: Sequence[int],

@@ -13,18 +13,19 @@ crop(.) the bounding box of the mask's nonzero pixels (the whole image without a
     directional_k        = <i_k - i_src, t_tar - t_src>              StyleGAN-NADA; InstructPix2Pix's
                            / max(|i_k - i_src| |t_tar - t_src|, eps)   "did it change the way the text did"
     image_similarity_k   = <I(crop(x_k)), I(crop(x_src))>            InstructPix2Pix's preservation
+    pixel_similarity_k   = 1 - mean |crop(x_k) - crop(x_src)| / 255     how much of the pixels stayed (no model)
     structure_distance_k = d(crop(x_src), crop(x_k))                 DINO key self-similarity distance
                                                                      (``editing.structure``); 0 = same layout
 
 with eps = 1e-8 (directional is 0 when the edit is the source or the two prompts embed alike).
-Higher clip_target and directional mean more edit; higher image_similarity and lower
-structure_distance mean more kept. These are the raw measures; weighing them is the caller's.
+Higher clip_target and directional mean more edit; higher image_similarity and pixel_similarity
+and lower structure_distance mean more kept. These are the raw measures; weighing them is the caller's.
 
 **Masks** (``mask``: (H, W) floats in [0, 1] at the images' size, 1 = may change, as in
 ``editing.masks``). The alignment measures (clip_target, clip_source, directional) read the whole
 images, since the prompts describe the whole picture. The preservation measures (image_similarity,
-structure_distance) compare edit and source inside the box around the mask's nonzero pixels, both
-cropped to it: outside the mask the editor pastes the input back, so the whole image would count
+pixel_similarity, structure_distance) compare edit and source inside the box around the mask's
+nonzero pixels, both cropped to it: outside the mask the editor pastes the input back, so the whole image would count
 the kept part as "preserved" for every candidate alike and hide the differences. CLIP's processor
 then resizes and center-crops the box as it does any image (a long thin box loses its ends).
 
@@ -63,6 +64,7 @@ class EditScores:
     clip_source: float
     directional: float
     image_similarity: float
+    pixel_similarity: float
     structure_distance: float | None
 
     def to_dict(self) -> dict[str, float | None]:
@@ -263,10 +265,12 @@ class EditScorer:
             kept_src, kept_edits = source.crop(box), [edit.crop(box) for edit in edits]
             kept = self.embed_images([kept_src, *kept_edits])  # (1 + B, D)
         image_similarity = kept[1:] @ kept[0]  # (B,)
+        pixels = unit_pixels([kept_src, *kept_edits])  # (1 + B, 3, h, w) in [0, 1]
+        pixel_similarity = 1.0 - (pixels[1:] - pixels[:1]).abs().mean(dim=(1, 2, 3))  # (B,)
         structure: list[float | None] = (self.structure_distances(kept_src, kept_edits)
                                          if self.structure_model is not None else [None] * len(edits))
         return [EditScores(clip_target=float(clip_target[k]), clip_source=float(clip_source[k]),
                            directional=float(directional[k]), image_similarity=float(image_similarity[k]),
-                           structure_distance=structure[k])
+                           structure_distance=structure[k], pixel_similarity=float(pixel_similarity[k]))
                 for k in range(len(edits))]
 

@@ -67,8 +67,8 @@ def test_the_pick_is_the_least_change_within_the_margin():
 
 def test_the_two_scores_from_the_raw_measures():
     scores = EditScores(clip_target=0.30, clip_source=0.25, directional=0.1, image_similarity=0.9,
-                        structure_distance=None)
-    assert alignment(scores) == pytest.approx(5.0) and preservation(scores) == pytest.approx(90.0)
+                        pixel_similarity=0.95, structure_distance=None)
+    assert alignment(scores) == pytest.approx(5.0) and preservation(scores) == pytest.approx(95.0)
     with_dino = EditScores(**dict(scores.to_dict(), structure_distance=0.02))
     assert preservation(with_dino) == pytest.approx(98.0)  # DINO structure first where it was measured
 
@@ -81,8 +81,8 @@ def test_edit_auto_scores_every_candidate_and_says_whether_the_tokens_won(editor
     expected = scorer.score(source, [c.image for c in result.candidates], *PROMPTS)
     for got, want in zip(result.scores, expected):
         assert got.structure_distance is None and want.structure_distance is None
-        assert [got.clip_target, got.clip_source, got.image_similarity] == pytest.approx(
-            [want.clip_target, want.clip_source, want.image_similarity], abs=1e-6)
+        assert [got.clip_target, got.clip_source, got.image_similarity, got.pixel_similarity] == pytest.approx(
+            [want.clip_target, want.clip_source, want.image_similarity, want.pixel_similarity], abs=1e-6)
     assert result.picked == pick(result.alignment, result.preservation, [c.params.n_max for c in result.candidates],
                                  result.sweep.margin)
     metadata = read_png_metadata(result.save(tmp_path / "auto.png"))

@@ -68,9 +68,12 @@ def reference_scores(clip_dir: Path, source, edits, mask_crop=None) -> list[dict
                                                     attention_mask=tokens["attention_mask"]))
         whole = images([source, *edits])
         kept = images([im.crop(mask_crop) for im in [source, *edits]]) if mask_crop else whole
+    crops = [im.crop(mask_crop) if mask_crop else im for im in [source, *edits]]
+    pixels = [np.asarray(im.convert("RGB"), np.float64) / 255 for im in crops]
     return [dict(clip_target=float(i_k @ t_tar), clip_source=float(i_k @ t_src),
                  directional=float(F.cosine_similarity(i_k - whole[0], t_tar - t_src, dim=0)),
-                 image_similarity=float(kept[k + 1] @ kept[0]))
+                 image_similarity=float(kept[k + 1] @ kept[0]),
+                 pixel_similarity=float(1 - np.abs(pixels[k + 1] - pixels[0]).mean()))
             for k, i_k in enumerate(whole[1:])]
 
 
@@ -95,7 +98,9 @@ def test_scores_equal_a_plain_clip_computation(scorer, clip_dir):
     assert isinstance(scores[0].clip_target, float) and not isinstance(scores[0].clip_target, np.floating)
     assert scores[0].to_dict() == {"clip_target": scores[0].clip_target, "clip_source": scores[0].clip_source,
                                    "directional": scores[0].directional,
-                                   "image_similarity": scores[0].image_similarity, "structure_distance": None}
+                                   "image_similarity": scores[0].image_similarity,
+                                   "pixel_similarity": scores[0].pixel_similarity, "structure_distance": None}
+    assert scores[2].pixel_similarity == 1.0 and scores[1].pixel_similarity < scores[0].pixel_similarity < 1.0
     assert scorer.describe() == {"clip": str(clip_dir), "structure": None}
     assert DEFAULT_CLIP == "openai/clip-vit-large-patch14"
 
@@ -108,6 +113,7 @@ def test_a_mask_crops_the_preservation_measures_only(scorer, clip_dir):
     masked = scorer.score(source, edits, SOURCE_PROMPT, TARGET_PROMPT, mask=box_mask(box))
     assert_scores_match(masked, reference_scores(clip_dir, source, edits, mask_crop=box))
     assert masked[0].image_similarity == pytest.approx(1.0, abs=1e-5)  # identical inside the box
+    assert masked[0].pixel_similarity == 1.0
     assert masked[1].image_similarity < 1.0 - 1e-4
     whole = scorer.score(source, edits, SOURCE_PROMPT, TARGET_PROMPT)
     assert whole[0].image_similarity < 1.0 - 1e-4  # without the mask the change counts
