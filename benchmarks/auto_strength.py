@@ -57,7 +57,7 @@ from local_edits import pooled_psnr  # noqa: E402
 KIND = "shapes-sd3"
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TOKENS = REPO / "assets" / "shapes-sd3-softrepa.safetensors"
-MARGINS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 1e9)  # 1e9: every candidate eligible, the most preserving wins
+MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 1e9)  # 1e9: every candidate eligible, the most preserving wins
 
 
 def parse_args(argv=None) -> argparse.Namespace:

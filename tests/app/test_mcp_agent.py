@@ -178,10 +178,12 @@ async def agent_session(url: str, folder: Path, log: Transcript) -> dict[str, An
         target, _, verdict = await tool(session, log, "instruct", {
             "instruction": "make the star red", "source_prompt": source, "image": picture},
             lambda v: f"target prompt {v[0]!r}; {v[2].splitlines()[0]}")
+        # the strength: the app's own pick from a sweep around the preset's n_max (Auto strength)
+        _, _, _, auto_files, _, auto, _ = await tool(session, log, "edit", {
+            "image": picture, "source_prompt": source, "target_prompt": target, "seed": 11, "auto": True},
+            lambda v: f"{edited(v)}; picked n_max {v[5]['params']['n_max']} of "
+                      f"{[c['n_max'] for c in v[5]['auto']['candidates']]}")
         progress: list = []
-        # AUTO STRENGTH (issue #28, item 2): the spot for the auto strength. /edit has since taken a
-        # parameter `auto` (the app picks n_max from a sweep, d6d6581); add "auto": True to the edit
-        # below (or call an auto-strength tool here and pass its n_max) and check the pick it reports
         _, first, _, files, summary, details, _ = await tool(session, log, "edit", {
             "image": picture, "source_prompt": source, "target_prompt": target, "seed": 11, "variations": 3},
             lambda v: f"{edited(v)}; {len(progress)} progress notifications", progress)
@@ -198,7 +200,8 @@ async def agent_session(url: str, folder: Path, log: Transcript) -> dict[str, An
                       f"{v[0]['tar_cfg']}, ... (/edit's arguments); input image {log.short(v[2])}; mask {v[3]}")
         _, rerun, _, _, _, rerun_details, _ = await tool(session, log, "edit", {"image": replayed_input, **settings},
                                                          edited)
-    return dict(source=source, target=target, verdict=verdict, first=first, files=files, details=details,
+    return dict(source=source, target=target, verdict=verdict, auto=auto, auto_files=auto_files, first=first,
+                files=files, details=details,
                 picked=picked, picked_image=download(picked_url), again_target=again_target, final=final,
                 final_metadata=png_metadata(final_url, folder), again=again, settings=settings, mask=mask,
                 replayed_input=download(replayed_input),
@@ -216,6 +219,11 @@ def test_a_scripted_agent_edits_a_bundled_example_through_mcp_alone(agent_server
     # describe and instruct: the picture's prompt, one change of it
     assert "triangle" in session["source"] and "blue star" in session["source"]
     assert session["target"] == session["source"].replace("blue star", "red star") and "Valid" in session["verdict"]
+    # Auto strength: four scored candidates around the preset's n_max 20, the pick the result
+    auto = session["auto"]
+    rows = auto["auto"]["candidates"]
+    assert [row["n_max"] for row in rows] == [14, 17, 20, 24] and len(session["auto_files"]) == 4
+    assert auto["params"]["n_max"] == rows[auto["auto"]["picked"]]["n_max"] and auto["chosen"] == auto["auto"]["picked"]
     # the edit: 3 candidates of the example's size, each a PNG carrying its seed and prompts
     details = session["details"]
     assert [c["seed"] for c in details["candidates"]] == [11, 12, 13] and session["first"].size == (64, 64)

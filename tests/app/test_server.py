@@ -205,7 +205,7 @@ def run_as_written(url: str, blocks: list[str], source: str) -> None:
 
 def test_the_readme_and_docs_api_examples_run_as_written(tmp_path, monkeypatch):
     readme, docs = python_blocks(README, "The API: scripts and agents"), python_blocks(DOCS, "API")
-    assert len(readme) == 1 and len(docs) == 6
+    assert len(readme) == 1 and len(docs) == 7
     assert 'Client("http://127.0.0.1:7860/")' in docs[0] and "n_max=30" in docs[0]  # beyond the page's T 28
     assert all(f'api_name="/{name}"' in "".join(docs) for name in ENDPOINTS)
     assert "streamablehttp_client" in docs[-1] and "call_tool" in docs[-1]
