@@ -17,7 +17,7 @@ Each candidate gets two scores from ``editing.scoring.EditScorer`` (not the judg
 
     alignment    a_c = 100 (<I(x_c), T(p_tar)> - <I(x_c), T(p_src)>)   reads more as the target than the source
     preservation p_c = 100 (1 - structure_distance_c)                  with DINO weights, else
-                 p_c = 100 pixel_similarity_c        (1 - mean absolute pixel difference to the source)
+                 p_c = 100 image_similarity_c                          (CLIP image cosine to the source)
 
 (preservation inside the mask's box when there is a mask). The pick, "as much as needed, no more":
 
@@ -47,8 +47,8 @@ from editing.scoring import EditScorer, EditScores
 DEFAULT_STRENGTH_FRACTIONS = (0.7, 0.85, 1.0, 1.2)  # of the preset's n_max: its useful range (editing/presets.py)
 # alignment points (x 100 CLIP cosine) a pick may give up for preservation: chosen on 32 tuning pairs of the
 # shapes world (benchmarks/auto_strength.py --tune, never the held-out pairs) as the smallest margin whose
-# picks keep preservation within 0.02 of the preset's (margin 1: success 0.78, preservation 0.83; 3: 0.66,
-# 0.865; preset 0.53, 0.885)
+# picks keep preservation within 0.02 of the preset's (margin 1: success 0.78, preservation 0.83; 3: 0.72,
+# 0.875; preset 0.53, 0.885; docs/benchmarks.md, Auto strength)
 DEFAULT_MARGIN = 3.0
 MAX_CANDIDATES = 32  # one sweep's batch: each candidate is a full edit's latents and two items per step
 
@@ -122,10 +122,10 @@ def alignment(scores: EditScores) -> float:
 
 
 def preservation(scores: EditScores) -> float:
-    """p_c: 100 = the source kept (DINO structure when measured, else the pixels kept)."""
+    """p_c: 100 = the source kept (DINO structure when measured, else CLIP image similarity)."""
     if scores.structure_distance is not None:
         return 100.0 * (1.0 - scores.structure_distance)
-    return 100.0 * scores.pixel_similarity
+    return 100.0 * scores.image_similarity
 
 
 def pick(alignments: Sequence[float], preservations: Sequence[float], strengths: Sequence[int],
