@@ -60,6 +60,7 @@ from tqdm import tqdm
 from shapes.rendering import render
 from shapes.scenes import FILLS, SIZES, Scene, ShapesWorldConfig
 from shapes.world import make_edit_pair, make_edit_pairs
+from softrepa.known_warnings import quiet_known_warnings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = REPO_ROOT / "assets" / "shapes-sd3"
@@ -71,27 +72,29 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class ScorerConfig:
     """Everything a training run depends on (recorded in the folder's training_report.json)."""
 
-    steps: int = 700
-    batch_pairs: int = 64  # edit pairs per step: 2x images and captions
+    steps: int = 4000
+    batch_pairs: int = 32  # edit pairs per step: 2x images and captions
+    pool_pairs: int = 16000  # edit pairs rendered once and drawn from in shuffled epochs
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 50
-    hard_weight: float = 1.0  # weight of the two-way image/caption vs its hard negative loss
+    hard_weight: float = 5.0  # weight of the two-way image/caption vs its hard negative loss
     seed: int = 5150  # train-split edit pairs and all random draws (seed + 1: the one-object pairs)
-    aux_weight: float = 1.0  # training-only per-cell attribute heads on the vision tokens (0: pure CLIP)
+    aux_weight: float = 3.0  # training-only per-cell attribute heads on the vision tokens (0: pure CLIP)
+    aux_layer: int = -1  # vision layer whose tokens the heads read (-1: half way)
     single_share: float = 0.5  # share of each batch's pairs from one-object scenes (see the docstring)
-    vae_share: float = 0.125  # images round-tripped through the bundled VAE
+    vae_share: float = 0.04  # pool pairs stored as the bundled VAE's round trip
     max_shift: float = 2.0  # pixels, the other images' augmentation
     channel_gain: float = 0.08
     blur_max_sigma: float = 1.0
     noise_max_std: float = 0.04
-    # model: text as in the bundled model's encoders (hidden 64), a small ViT on 8-px patches
+    # model: text as in the bundled model's encoders (hidden 64), a small ViT with one token per grid cell
     text_hidden: int = 64
     text_layers: int = 4
-    vision_hidden: int = 128
+    vision_hidden: int = 192
     vision_layers: int = 4
-    patch_size: int = 8
-    projection_dim: int = 64
+    patch_size: int = 32  # = the 2x2 grid's cell: one token per cell
+    projection_dim: int = 128
     eval_pairs: int = 200
     eval_seed: int = 777  # held-out val-split pairs (the benchmark uses 1234, its tuning 99)
     eval_every: int = 0  # steps between quick held-out checks in the progress bar (0: off)
@@ -123,6 +126,7 @@ def make_processor(resolution: int):
     needed; transformers then uses its PIL backend)."""
     from transformers import CLIPImageProcessor
 
+    quiet_known_warnings()  # the PIL backend is the one meant; transformers' torchvision notice says nothing here
     return CLIPImageProcessor(size={"shortest_edge": resolution}, crop_size={"height": resolution, "width": resolution},
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
 
@@ -204,26 +208,62 @@ def pair_images(pairs: Sequence[dict], resolution: int) -> tuple[list, list]:
     return sources, targets
 
 
-def training_batch(step: int, config: ScorerConfig, world: ShapesWorldConfig, tokenizer, vae,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Step `step`'s batch: sources then targets of `batch_pairs` fresh train-split edit pairs,
-    augmented (a `vae_share` of them by the VAE round trip), with their tokenized captions."""
-    first, multi = step * config.batch_pairs, config.batch_pairs - round(config.single_share * config.batch_pairs)
-    single_world = replace(world, min_objects=1, max_objects=1, mention_colour=1.0, mention_size=1.0, mention_fill=1.0)
-    pairs = [make_edit_pair(first + k, config.seed, world, split="train") for k in range(multi)]
-    pairs += [make_edit_pair(first + k, config.seed + 1, single_world, split="train")
-              for k in range(multi, config.batch_pairs)]
-    sources, targets = pair_images(pairs, world.resolution)
-    unit = to_unit(sources + targets)
-    through_vae = torch.rand(len(unit), generator=generator) < (config.vae_share if vae is not None else 0.0)
-    augmented = augment(unit, generator, config)
-    if through_vae.any():
-        augmented[through_vae] = vae_round_trip(vae, unit[through_vae])
-    captions = [pair["source_prompt"] for pair in pairs] + [pair["target_prompt"] for pair in pairs]
-    tokens = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
-    scenes = [pair["source_labels"] for pair in pairs] + [pair["target_labels"] for pair in pairs]
-    return {"pixel_values": normalise(augmented), "input_ids": tokens["input_ids"],
-            "attention_mask": tokens["attention_mask"], "cell_labels": cell_labels(scenes, world)}
+class PairPool:
+    """The training data: `pool_pairs` train-split edit pairs (a `single_share` of them of one-object
+    scenes, every attribute mentioned), rendered, tokenized and labelled once; a `vae_share` of
+    them is stored as the bundled VAE's round trip. Batches are drawn from shuffled epochs."""
+
+    def __init__(self, config: ScorerConfig, world: ShapesWorldConfig, tokenizer, vae, progress: bool = True):
+        self.config, self.world = config, world
+        count, multi = config.pool_pairs, config.pool_pairs - round(config.single_share * config.pool_pairs)
+        single_world = replace(world, min_objects=1, max_objects=1, mention_colour=1.0, mention_size=1.0, mention_fill=1.0)
+        pairs = [make_edit_pair(k, config.seed, world, split="train") for k in range(multi)]
+        pairs += [make_edit_pair(k, config.seed + 1, single_world, split="train") for k in range(count - multi)]
+        res = world.resolution
+        self.images = torch.empty(count, 2, 3, res, res, dtype=torch.uint8)  # source, target
+        for k, pair in enumerate(tqdm(pairs, desc="rendering", unit="pair", disable=not progress)):
+            for side, key in enumerate(("source_labels", "target_labels")):
+                array = np.asarray(render(Scene.from_dict(pair[key]), res), dtype=np.uint8)
+                self.images[k, side] = torch.from_numpy(array).permute(2, 0, 1)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.from_vae = torch.zeros(count, dtype=torch.bool)
+        if vae is not None and config.vae_share > 0:
+            rows = torch.randperm(count, generator=self.generator)[:round(config.vae_share * count)]
+            for chunk in tqdm(rows.split(32), desc="VAE round trips", unit="batch", disable=not progress):
+                unit = self.images[chunk].flatten(0, 1).float() / 255
+                trip = (vae_round_trip(vae, unit) * 255).round().to(torch.uint8)
+                self.images[chunk] = trip.view(len(chunk), 2, 3, res, res)
+            self.from_vae[rows] = True
+        captions = [pair[key] for pair in pairs for key in ("source_prompt", "target_prompt")]
+        tokens = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+        self.input_ids = tokens["input_ids"].view(count, 2, -1)
+        self.attention_mask = tokens["attention_mask"].view(count, 2, -1)
+        scenes = [pair[key] for pair in pairs for key in ("source_labels", "target_labels")]
+        self.labels = cell_labels(scenes, world).view(count, 2, world.grid ** 2, 4)
+        self.order: list[int] = []
+
+    def next_indices(self) -> torch.Tensor:
+        size = min(self.config.batch_pairs, len(self.images))
+        if len(self.order) < size:
+            self.order += torch.randperm(len(self.images), generator=self.generator).tolist()
+        indices, self.order = self.order[:size], self.order[size:]
+        return torch.tensor(indices)
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        """The next batch: the sources, then their targets, augmented unless stored from the VAE."""
+        indices = self.next_indices()
+
+        def both(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.cat([tensor[indices, 0], tensor[indices, 1]])
+
+        unit = both(self.images).float() / 255
+        augmented = augment(unit, self.generator, self.config)
+        keep = self.from_vae[indices].repeat(2)
+        augmented[keep] = unit[keep]
+        mask = both(self.attention_mask)
+        length = int(mask.sum(1).max())
+        return {"pixel_values": normalise(augmented), "input_ids": both(self.input_ids)[:, :length],
+                "attention_mask": mask[:, :length], "cell_labels": both(self.labels)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,21 +271,19 @@ def training_batch(step: int, config: ScorerConfig, world: ShapesWorldConfig, to
 # ---------------------------------------------------------------------------------------------
 
 
-def features(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Unit-norm image and text embeddings (transformers 4 returns tensors, 5 an output object)."""
-    image = model.get_image_features(pixel_values=pixel_values)
-    text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-    image = image if isinstance(image, torch.Tensor) else image.pooler_output
-    text = text if isinstance(text, torch.Tensor) else text.pooler_output
-    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+def pooled(output) -> torch.Tensor:
+    """get_image_features / get_text_features as a tensor: transformers 4 returns one, 5 an output
+    object whose pooler_output is the projected embedding."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 class CellHeads(torch.nn.Module):
     """Training-only auxiliary heads (not saved): each patch token of the vision tower predicts its
     grid cell's shape (or empty), colour, size and fill from the scene's own labels."""
 
-    def __init__(self, hidden: int, world: ShapesWorldConfig):
+    def __init__(self, hidden: int, world: ShapesWorldConfig, layer: int):
         super().__init__()
+        self.layer = layer  # read the tokens after this many encoder layers, so later layers pool them
         self.norm = torch.nn.LayerNorm(hidden)
         self.sizes = (len(world.shapes) + 1, len(world.colours), len(SIZES), len(FILLS))
         self.linear = torch.nn.Linear(hidden, sum(self.sizes))
@@ -280,10 +318,10 @@ def scorer_loss(model, batch: dict[str, torch.Tensor], hard_weight: float, heads
     """CLIP's symmetric InfoNCE over the batch plus the two-way hard-negative term (item i's hard
     negative is item (i + n/2) mod n: sources first, then their targets), plus `aux_weight` times
     the cell heads' loss when they are given."""
-    vision = model.vision_model(pixel_values=batch["pixel_values"])
+    vision = model.vision_model(pixel_values=batch["pixel_values"], output_hidden_states=heads is not None)
     image = F.normalize(model.visual_projection(vision.pooler_output), dim=-1)
     text = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    text = F.normalize(text if isinstance(text, torch.Tensor) else text.pooler_output, dim=-1)
+    text = F.normalize(pooled(text), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100.0) * image @ text.T
     n = len(logits)
     labels = torch.arange(n)
@@ -298,7 +336,7 @@ def scorer_loss(model, batch: dict[str, torch.Tensor], hard_weight: float, heads
     parts = {"clip": clip.item(), "hard": hard.item(), "hard_acc": hard_accuracy}
     loss = clip + hard_weight * hard
     if heads is not None and aux_weight > 0:
-        aux = heads(vision.last_hidden_state[:, 1:], batch["cell_labels"])
+        aux = heads(vision.hidden_states[heads.layer][:, 1:], batch["cell_labels"])
         loss, parts["aux"] = loss + aux_weight * aux, aux.item()
     return loss, parts
 
@@ -308,7 +346,8 @@ def make_optimizer(model, config: ScorerConfig, heads: torch.nn.Module | None = 
     decay = [p for name, p in named if p.ndim >= 2 and "embedding" not in name]
     rest = [p for name, p in named if not (p.ndim >= 2 and "embedding" not in name)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98),
+                                  fused=True)
 
     def factor(step: int) -> float:  # linear warm-up, then cosine to 0
         if step < config.warmup:
@@ -327,13 +366,14 @@ def train_scorer(config: ScorerConfig, world: ShapesWorldConfig | None = None, p
     tokenizer = CLIPTokenizer.from_pretrained(config.tokenizer)
     vae = load_vae(config.vae)
     model = build_model(config, world.resolution).train()
-    heads = CellHeads(config.vision_hidden, world) if config.aux_weight > 0 else None
+    layer = config.aux_layer if config.aux_layer >= 0 else config.vision_layers // 2
+    heads = CellHeads(config.vision_hidden, world, layer) if config.aux_weight > 0 else None
     optimizer, schedule = make_optimizer(model, config, heads)
-    generator = torch.Generator().manual_seed(config.seed)
+    pool = PairPool(config, world, tokenizer, vae, progress)
     check = make_edit_pairs(min(config.eval_pairs, 64), config.eval_seed, world) if config.eval_every else None
     log, bar = [], tqdm(range(config.steps), desc="scorer", unit="step", disable=not progress)
     for step in bar:
-        batch = training_batch(step, config, world, tokenizer, vae, generator)
+        batch = pool.batch()
         loss, parts = scorer_loss(model, batch, config.hard_weight, heads, config.aux_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -357,13 +397,24 @@ def train_scorer(config: ScorerConfig, world: ShapesWorldConfig | None = None, p
 
 
 @torch.no_grad()
+def _embed_images(model, processor, images: Sequence) -> torch.Tensor:
+    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
+    output = model.get_image_features(pixel_values=pixels)
+    return F.normalize(pooled(output), dim=-1)
+
+
+@torch.no_grad()
+def _embed_texts(model, tokenizer, captions: Sequence[str]) -> torch.Tensor:
+    tokens = tokenizer(list(captions), padding=True, truncation=True, return_tensors="pt")
+    output = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    return F.normalize(pooled(output), dim=-1)
+
+
+@torch.no_grad()
 def cosine_scores(model, tokenizer, processor, images: Sequence, captions: Sequence[str]) -> torch.Tensor:
     """(len(images), len(captions)) cosine similarities, through the saved processor and tokenizer:
     the way a user scores with any CLIPModel."""
-    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
-    tokens = tokenizer(list(captions), padding=True, truncation=True, return_tensors="pt")
-    image, text = features(model, pixels, tokens["input_ids"], tokens["attention_mask"])
-    return image @ text.T
+    return _embed_images(model, processor, images) @ _embed_texts(model, tokenizer, captions).T
 
 
 def _to_pil(unit: torch.Tensor) -> list:
@@ -375,8 +426,10 @@ def _to_pil(unit: torch.Tensor) -> list:
 
 def pair_preferences(model, tokenizer, pairs: Sequence[dict], vae, processor=None) -> dict[str, float]:
     """Shares of pairs whose target render scores its target caption above its source caption
-    (target_over_source) and whose source render the reverse (source_over_target); with a VAE,
-    the same on the renders' VAE round trips (vae_*)."""
+    (target_over_source), whose source render the reverse (source_over_target), and whose
+    image change points the way the caption change does (directional: cos(I(target) - I(source),
+    T(target caption) - T(source caption)) > 0, the editor's directional score); with a VAE, the
+    same on the renders' VAE round trips (vae_*)."""
     processor = processor or make_processor(pairs[0]["source_image"].size[0])
     images = {"": ([p["source_image"] for p in pairs], [p["target_image"] for p in pairs])}
     if vae is not None:
@@ -385,6 +438,9 @@ def pair_preferences(model, tokenizer, pairs: Sequence[dict], vae, processor=Non
     captions = [p["source_prompt"] for p in pairs] + [p["target_prompt"] for p in pairs]
     n, out = len(pairs), {}
     for prefix, (sources, targets) in images.items():
+        image_change = _embed_images(model, processor, targets) - _embed_images(model, processor, sources)
+        text_change = _embed_texts(model, tokenizer, captions[n:]) - _embed_texts(model, tokenizer, captions[:n])
+        out[f"{prefix}directional"] = ((image_change * text_change).sum(-1) > 0).float().mean().item()
         from_sources = cosine_scores(model, tokenizer, processor, sources, captions)  # (n, 2n)
         from_targets = cosine_scores(model, tokenizer, processor, targets, captions)
         on_source, source_vs_target = from_sources.diagonal(0), from_sources.diagonal(n)
@@ -447,7 +503,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = ScorerConfig()
     parser = argparse.ArgumentParser(prog="python -m shapes.scorer_training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (e.g. assets/shapes-scorer)")
-    for name in ("steps", "batch_pairs", "warmup", "seed", "text_hidden", "text_layers", "vision_hidden",
+    for name in ("steps", "batch_pairs", "pool_pairs", "warmup", "seed", "aux_layer", "text_hidden", "text_layers", "vision_hidden",
                  "vision_layers", "patch_size", "projection_dim", "eval_pairs", "eval_seed", "eval_every", "threads"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "hard_weight", "aux_weight", "single_share", "vae_share", "max_shift", "channel_gain", "blur_max_sigma",
