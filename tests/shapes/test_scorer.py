@@ -30,7 +30,8 @@ def load(folder):
 def test_training_writes_a_folder_that_loads_like_openai_clip(tmp_path, capsys):
     out = tmp_path / "scorer"
     assert main(["--out", str(out), *TINY]) == 0
-    assert "RESULT target_over_source=" in capsys.readouterr().out
+    result = capsys.readouterr().out
+    assert "RESULT " in result and " target_over_source=" in result
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
         p.name for p in out.iterdir()}
     assert not list(tmp_path.glob(".scorer.*"))  # no temp or old folder left beside it
