@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -47,12 +46,10 @@ from editing.editor import FlowEditor
 from editing.presets import default_preset_name, get_preset
 from editing.scoring import EditScorer
 from shapes.judge import edit_outcomes, load_classifier
-from shapes.world import make_edit_pairs
+from shapes.world import make_edit_pairs, pooled_psnr
 from softrepa.models import KINDS, load_pipeline, model_label
 from softrepa.runtime import add_threads_arg, apply_threads, resolve_device
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's pooled PSNR
-from local_edits import pooled_psnr  # noqa: E402
 
 KIND = "shapes-sd3"
 REPO = Path(__file__).resolve().parent.parent

@@ -40,7 +40,7 @@ from editing.editor import FlowEditor
 from editing.masks import AutoMask
 from editing.presets import default_preset_name, get_preset
 from shapes.judge import edit_outcomes, load_classifier
-from shapes.world import edited_cell_mask, make_edit_pairs
+from shapes.world import edited_cell_mask, make_edit_pairs, pooled_psnr
 from softrepa.models import KINDS, load_pipeline, model_label
 from softrepa.runtime import resolve_device
 
@@ -71,18 +71,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.edits = 12
     return args
-
-
-def pooled_psnr(images, pairs, resolution: int) -> float:
-    """PSNR of all pixels outside the edited cells against the inputs, as one set (torchmetrics)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    edited, source = [], []
-    for image, pair in zip(images, pairs):
-        outside = edited_cell_mask(pair, resolution) == 0
-        edited.append(torch.from_numpy(np.asarray(image, np.float32)[outside]))
-        source.append(torch.from_numpy(np.asarray(pair["source_image"], np.float32)[outside]))
-    return float(peak_signal_noise_ratio(torch.cat(edited), torch.cat(source), data_range=255.0))
 
 
 def iou(found: np.ndarray, truth: np.ndarray) -> float:

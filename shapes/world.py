@@ -218,6 +218,20 @@ def edited_cell_mask(pair: dict, resolution: int) -> np.ndarray:
     return mask
 
 
+def pooled_psnr(images, pairs, resolution: int) -> float:
+    """PSNR of all pixels outside the edited cells of ``pairs`` against their inputs, pooled into one
+    set (torchmetrics, from the eval extra): the benchmarks' measure of what an edit left alone."""
+    import torch
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    edited, source = [], []
+    for image, pair in zip(images, pairs):
+        outside = edited_cell_mask(pair, resolution) == 0
+        edited.append(torch.from_numpy(np.asarray(image, np.float32)[outside]))
+        source.append(torch.from_numpy(np.asarray(pair["source_image"], np.float32)[outside]))
+    return float(peak_signal_noise_ratio(torch.cat(edited), torch.cat(source), data_range=255.0))
+
+
 def make_edit_pairs(
     n: int, seed: int = 0, config: ShapesWorldConfig | None = None, split: str = "val", render_images: bool = True
 ) -> list[dict]:
