@@ -16,7 +16,7 @@ from shapes.world import make_edit_pairs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = REPO_ROOT / "assets" / "shapes-scorer"
-TINY = ["--steps", "2", "--batch-pairs", "4", "--eval-pairs", "4", "--vision-hidden", "32", "--vision-layers", "1",
+TINY = ["--steps", "2", "--batch-pairs", "4", "--pool-pairs", "6", "--eval-pairs", "4", "--vision-hidden", "32", "--vision-layers", "1",
         "--text-layers", "1", "--warmup", "1", "--no-progress"]
 
 
