@@ -47,9 +47,9 @@ from editing.scoring import EditScorer, EditScores
 DEFAULT_STRENGTH_FRACTIONS = (0.7, 0.85, 1.0, 1.2)  # of the preset's n_max: its useful range (editing/presets.py)
 # alignment points (x 100 CLIP cosine) a pick may give up for preservation: chosen on 32 tuning pairs of the
 # shapes world (benchmarks/auto_strength.py --tune, never the held-out pairs) as the smallest margin whose
-# picks keep preservation within 0.02 of the preset's (margin 1: success 0.78, preservation 0.83; 3: 0.72,
-# 0.875; preset 0.53, 0.885; docs/benchmarks.md, Auto strength)
-DEFAULT_MARGIN = 3.0
+# picks keep preservation within 0.02 of the preset's (margin 3: success 0.78, preservation 0.83; 3.5: 0.75,
+# 0.865; preset 0.53, 0.885; docs/benchmarks.md, Auto strength)
+DEFAULT_MARGIN = 3.5
 MAX_CANDIDATES = 32  # one sweep's batch: each candidate is a full edit's latents and two items per step
 
 
