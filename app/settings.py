@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from editing.compile import COMPILE_MODES
+from softrepa.compile import COMPILE_MODES
 from softrepa.atomic import file_sha256
 from softrepa.kinds import SHAPES_MODEL_DIR, kind_of_hub_id
 
@@ -119,7 +119,7 @@ class AppSettings:
     vae_tiling: bool = False
     max_sequence_length: int | None = None
     threads: int | str = "auto"
-    compile: str = "off"  # editing.compile: off or a torch.compile mode; warmed up before the model is ready
+    compile: str = "off"  # softrepa.compile: off or a torch.compile mode; warmed up before the model is ready
     host: str = "127.0.0.1"
     port: int = 7860
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "softrepa-app")

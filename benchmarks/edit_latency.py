@@ -39,7 +39,7 @@ Medians over ``--repeats``. The last line is::
            model=<shapes-sd3 | random-sd3-<layers>x<width> | folder> size=<px> steps=<T> n_max=<n>
            repeats=<r> transformer_pct=<transformer share of a first edit, %> clock=<cpu | wall>
 
-``--compile [MODE]`` (default mode ``default``; ``editing.compile.COMPILE_MODES``) measures instead, on
+``--compile [MODE]`` (default mode ``default``; ``softrepa.compile.COMPILE_MODES``) measures instead, on
 one pipeline and one editor (``FlowEditor(..., compile=MODE)``) in one process: eager and compiled
 edits interleaved after warm-up (tokens off, a new seed each, so each runs the full batch); the cold
 compile (the first compiled edit minus a warm eager edit, inductor's on-disk cache emptied first); the
@@ -55,7 +55,6 @@ seeds, n_max, guidance, a mask, 2-4 candidates, a cache hit, tokens on and off. 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
@@ -71,9 +70,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from editing.compile import COMPILE_MODES, repeated_blocks, warm_up
+from editing.compile import warm_up
 from editing.editor import EditResult, FlowEditor
 from editing.flowedit import FlowEditParams
+from softrepa.compile import COMPILE_MODES, eager_blocks
 from softrepa.models import KINDS, load_pipeline, model_label
 from softrepa.tokens import new_tokens
 
@@ -296,22 +296,6 @@ def report(setup: Setup, args: argparse.Namespace, cases: dict[str, Case], share
 # ----------------------------------------------------------------------------- compiled against eager
 
 
-@contextlib.contextmanager
-def eager(transformer: torch.nn.Module):
-    """Inside, the compiled blocks run eagerly: each block's compiled call (``nn.Module.compile`` keeps it
-    in ``_compiled_call_impl``) is set aside and put back after, so eager and compiled edits run on one
-    pipeline and one editor, interleaved."""
-    blocks = repeated_blocks(transformer)
-    kept = [block._compiled_call_impl for block in blocks]
-    for block in blocks:
-        block._compiled_call_impl = None
-    try:
-        yield
-    finally:
-        for block, call in zip(blocks, kept):
-            block._compiled_call_impl = call
-
-
 def plain_edit(setup: Setup, editor: FlowEditor, seed: int) -> EditResult:
     """The timed edit: tokens off, a new seed each time (no cached source velocities: the full batch)."""
     return editor.edit(setup.image, SOURCE, "a blue circle", setup.params.replace(seed=seed), use_tokens=False)
@@ -320,7 +304,7 @@ def plain_edit(setup: Setup, editor: FlowEditor, seed: int) -> EditResult:
 def first_compile(setup: Setup, editor: FlowEditor) -> float:
     """Wall seconds the first compiled edit takes beyond a warm eager one (the same work: image and
     prompts cached, a new seed each). Wall time: inductor compiles in worker processes."""
-    with eager(setup.model.pipe.transformer):
+    with eager_blocks(setup.model.pipe.transformer):
         plain_edit(setup, editor, 0)  # first calls allocate and pick kernels; the caches fill
         warm, _ = timed(lambda: plain_edit(setup, editor, 1))
     cold, _ = timed(lambda: plain_edit(setup, editor, 2))
@@ -395,7 +379,7 @@ def measure_compile(setup: Setup, args: argparse.Namespace, raw_argv: list[str])
     plain_edit(setup, editor, 3)
     found["eager"], found["compiled"] = [], []
     for r in tqdm(range(args.repeats), desc=f"eager vs compiled ({setup.model.name})", leave=False):
-        with eager(setup.model.pipe.transformer):
+        with eager_blocks(setup.model.pipe.transformer):
             found["eager"].append(timed(lambda: plain_edit(setup, editor, 100 + 2 * r)))
         found["compiled"].append(timed(lambda: plain_edit(setup, editor, 101 + 2 * r)))
     found["compiles"] = count_compiles(varied_edits(setup, editor))

@@ -434,7 +434,7 @@ class ModelRun:
             raise Skip("not measured: this checkout's FlowEditor has no compile= (issue #26, item 1)")
         import torch._dynamo
 
-        from editing.compile import uncompile
+        from softrepa.compile import uncompile
 
         editor = self._editor(compile=mode)
         try:

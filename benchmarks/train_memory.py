@@ -22,19 +22,30 @@ alternating keeps load drifts from favouring one mode).
 
 Ends with ``RESULT mem_ratio_b16_b4=<chunked peak at B=16 / at B=4> speed_ratio=<chunked pairs/s /
 naive pairs/s at B=8> model=random-sd3-4x128 pair_chunk=<chunk>`` (the model is always this one).
+
+``--compile [MODE]`` measures instead whether ``TrainConfig(compile=MODE)`` pays: per B (default 4
+and 8), in one process, chunked steps with the blocks compiled (``softrepa.compile``) and eager
+(``eager_blocks``), alternated after a warm-up of each, the fastest of ``--repeats``; and the compile,
+the first compiled step's seconds beyond a warm eager one, with inductor's on-disk cache empty (a
+fresh ``TORCHINDUCTOR_CACHE_DIR``). Ends with ``RESULT compiled_vs_eager_b<B>=<compiled / eager step>
+... compile_s_b<B>=<s> ... mode=<mode> model=random-sd3-4x128 pair_chunk=<chunk>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from softrepa.compile import COMPILE_MODES
 
 MODEL_NAME = "random-sd3-4x128"
 MODEL_DESCRIBED = (f"{MODEL_NAME} (SD3-shaped transformer, random weights: 4 joint blocks x 128 wide, 4 heads; "
@@ -49,7 +60,7 @@ def _status_kb(field: str) -> int:
 
 
 def _setup(batch: int):
-    """The SD3-shaped model with tokens attached, and a step function for either mode."""
+    """The SD3-shaped model with tokens attached, and a step function for either mode (pair chunk)."""
     import torch
 
     torch.set_num_threads(1)
@@ -81,12 +92,12 @@ def _setup(batch: int):
                            pair_chunk)
         return time.perf_counter() - start
 
-    return step
+    return model, step
 
 
 def memory_worker(batch: int, pair_chunk: int) -> dict:
     """Peak RSS above the post-warm-up baseline during one step (pair_chunk 0 = naive)."""
-    step = _setup(batch)
+    _, step = _setup(batch)
     step(pair_chunk)  # warm-up: lazily built buffers, allocator state
     Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
     baseline = _status_kb("VmRSS")
@@ -97,7 +108,7 @@ def memory_worker(batch: int, pair_chunk: int) -> dict:
 def speed_worker(batch: int, pair_chunk: int, repeats: int) -> dict:
     """Naive and chunked steps alternated in one process (machine load drifts hit both alike);
     the fastest of ``repeats`` for each."""
-    step = _setup(batch)
+    _, step = _setup(batch)
     step(0), step(pair_chunk)  # warm-up
     times: dict[str, list[float]] = {"naive": [], "chunked": []}
     for _ in range(repeats):
@@ -106,16 +117,40 @@ def speed_worker(batch: int, pair_chunk: int, repeats: int) -> dict:
     return {mode: min(values) for mode, values in times.items()}
 
 
-def run_worker(kind: str, batch: int, pair_chunk: int, repeats: int) -> dict:
+def compile_worker(batch: int, pair_chunk: int, repeats: int, mode: str) -> dict:
+    """Compiled and eager chunked steps alternated on one model; the compile's own seconds."""
+    from softrepa.compile import compile_denoiser, eager_blocks
+
+    model, step = _setup(batch)
+    step(pair_chunk)  # warm-up
+    warm = step(pair_chunk)
+    info = compile_denoiser(model, mode)
+    if info.mode is None:
+        raise RuntimeError(info.note)
+    compile_s = step(pair_chunk) - warm  # the first compiled step: forward, no-grad and backward graphs
+    step(pair_chunk)
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(repeats):
+        with eager_blocks(model):
+            times["eager"].append(step(pair_chunk))
+        times["compiled"].append(step(pair_chunk))
+    return {"compile_s": compile_s, **{name: min(values) for name, values in times.items()}}
+
+
+def run_worker(kind: str, batch: int, pair_chunk: int, repeats: int, mode: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kind == "memory":
         # glibc: serve every block >= 64 KiB with its own mmap and unmap it on free, so RSS follows
         # the live tensors instead of heap pages kept from earlier steps (not for timing: the
         # page faults cost the chunked path, which allocates more often, several times more)
         env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run([sys.executable, __file__, "--worker", kind, "--batch", str(batch),
-                          "--pair-chunk", str(pair_chunk), "--repeats", str(repeats)],
-                         capture_output=True, text=True, env=env, check=False)
+    with contextlib.ExitStack() as stack:
+        if kind == "compile":  # a cold compile: inductor's on-disk cache starts empty
+            env["TORCHINDUCTOR_CACHE_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="train-compile-"))
+        out = subprocess.run([sys.executable, __file__, "--worker", kind, "--batch", str(batch),
+                              "--pair-chunk", str(pair_chunk), "--repeats", str(repeats),
+                              *(["--compile", mode] if mode else [])],
+                             capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} worker B={batch} chunk={pair_chunk} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -123,12 +158,32 @@ def run_worker(kind: str, batch: int, pair_chunk: int, repeats: int) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes (default 2 4 8 16; --compile: 4 8)")
     parser.add_argument("--pair-chunk", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--worker", choices=("memory", "speed"), help=argparse.SUPPRESS)
+    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
+                        help="measure compiled against eager steps instead (default mode: default; sizes 4 8)")
+    parser.add_argument("--worker", choices=("memory", "speed", "compile"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.sizes = args.sizes or ([4, 8] if args.compile else [2, 4, 8, 16])
+    return args
+
+
+def compare_compiled(args: argparse.Namespace) -> int:
+    """The ``--compile`` table and RESULT line (module docstring)."""
+    print(f"model: {MODEL_DESCRIBED}; pair_chunk {args.pair_chunk}, fastest of {args.repeats}; compile {args.compile}")
+    print(f"{'B':>3} {'pairs':>5} {'eager s':>8} {'compiled s':>10} {'ratio':>6} {'compile s':>9}   ({MODEL_NAME})",
+          flush=True)
+    found = {}
+    for batch in tqdm(args.sizes, desc="batch sizes", leave=False):
+        r = found[batch] = run_worker("compile", batch, args.pair_chunk, args.repeats, args.compile)
+        tqdm.write(f"{batch:>3} {batch * batch:>5} {r['eager']:>8.3f} {r['compiled']:>10.3f} "
+                   f"{r['compiled'] / r['eager']:>6.3f} {r['compile_s']:>9.1f}", file=sys.stdout)
+    ratios = " ".join(f"compiled_vs_eager_b{b}={r['compiled'] / r['eager']:.3f}" for b, r in found.items())
+    compiles = " ".join(f"compile_s_b{b}={r['compile_s']:.1f}" for b, r in found.items())
+    print(f"RESULT {ratios} {compiles} mode={args.compile} model={MODEL_NAME} pair_chunk={args.pair_chunk}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker == "speed":
         print(json.dumps(speed_worker(args.batch, args.pair_chunk, args.repeats)))
         return 0
+    if args.worker == "compile":
+        print(json.dumps(compile_worker(args.batch, args.pair_chunk, args.repeats, args.compile)))
+        return 0
+    if args.compile:
+        return compare_compiled(args)
 
     rows: dict[tuple[int, str], dict] = {}
     print(f"model: {MODEL_DESCRIBED}; pair_chunk {args.pair_chunk}, fastest of {args.repeats}")

@@ -35,7 +35,7 @@ import torch
 # the batch files' reader; safe_name stays an editing.cli name too (the app's result files use it)
 from editing.auto import DEFAULT_MARGIN, AutoResult, Sweep, edit_auto, sweep_runs
 from editing.batch import AUTO_MASK, Job, job_name, missing_input, output_path, read_batch, safe_name  # noqa: F401
-from editing.compile import COMPILE_MODES
+from softrepa.compile import COMPILE_MODES
 from editing.editor import FlowEditor
 from editing.flowedit import FAMILIES
 from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError

@@ -47,7 +47,7 @@ from typing import Any, Callable, Generic, Hashable, Sequence, TypeVar
 import torch
 from PIL import Image
 
-from editing.compile import compile_denoiser, run_with_fallback
+from softrepa.compile import compile_denoiser, run_with_fallback
 from editing.flowedit import (Branch, Candidate, FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents,
                               encode_image, family_of, flowedit_candidates, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_max_side, prepare_image
@@ -250,7 +250,7 @@ class FlowEditor:
         several fit, e.g. SD3 and SD3.5, the first, said in the log and in each result's
         ``stats.kind_assumed`` and PNG metadata). With tokens, the default preset follows the tokens' kind.
     compile: None / False (eager), True or "default", "max-autotune-no-cudagraphs", "reduce-overhead":
-        ``torch.compile`` the transformer's repeated blocks in place (``editing.compile``); the first
+        ``torch.compile`` the transformer's repeated blocks in place (``softrepa.compile``); the first
         edit compiles, later edits of any size reuse it; ``compile_info`` says what runs (and why
         eager, where no compiler is present).
     """
@@ -262,7 +262,7 @@ class FlowEditor:
                  kind: str | None = None, compile: bool | str | None = None):
         self.pipe = pipe
         self.family = family_of(pipe.transformer)
-        self.compile_info = compile_denoiser(pipe.transformer, compile)  # editing.compile: blocks, in place
+        self.compile_info = compile_denoiser(pipe.transformer, compile)  # softrepa.compile: blocks, in place
         if kind:
             get_kind(kind)  # an unknown kind is refused here, naming the known ones
         resolved = PipelineKind(kind) if kind else pipeline_kind(pipe)

@@ -65,6 +65,7 @@ import torch
 from softrepa.batches import TrainData, open_training_data
 from softrepa.cache import encode_prompts, free_text_encoders
 from softrepa.checkpoints import TrainState, find_checkpoint, load_checkpoint, save_checkpoint, seed_everything
+from softrepa.compile import CompileInfo, compile_denoiser, run_with_fallback, uncompile
 from softrepa.data import DatasetError
 from softrepa.flux import PAIR_CALL, FluxDenoiser, encoding_view, flux_objective, training_guidance
 from softrepa.generate import generate_images, image_grid
@@ -103,7 +104,8 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
     """Train soft tokens; see the module docstring. ``pipe``: an already-loaded diffusers pipeline
     (then ``config.kind`` names its kind, or it is inferred from the pipeline class; its dtype is
     kept unless ``mixed_precision`` is set explicitly; its text encoders are kept unless
-    ``free_text_encoders=True``). The tokens are detached from ``pipe`` when training ends."""
+    ``free_text_encoders=True``). The tokens are detached from ``pipe`` when training ends, and
+    the blocks ``config.compile`` compiled go back to eager."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -161,6 +163,8 @@ def train(config: TrainConfig, pipe: Any = None, accelerator: Any = None) -> Tra
     finally:
         progress.close()
         attached.detach()
+        if model.compile_info.mode is not None:
+            uncompile(model.denoiser)  # the pipeline as it came: eager
     best = output / "tokens-best.safetensors"
     return TrainResult(output=output, tokens=tokens, step=state.step, final_path=final_path,
                        best_path=best if best.is_file() else None, history=jsonl.rows)
@@ -184,6 +188,7 @@ class FrozenModel:
     needs_time_ids: bool  # SDXL micro-conditioning
     pair_denoiser: torch.nn.Module  # what softrepa.pairs calls: the denoiser, or FLUX's FluxDenoiser around it
     pair_arch: str  # its softrepa.pairs call convention ("mmdit" for FLUX: softrepa.flux)
+    compile_info: CompileInfo  # the denoiser's blocks compiled (config.compile), or eager and why
 
 
 def _prepare_model(config: TrainConfig, pipe: Any, accelerator: Any) -> FrozenModel:
@@ -221,7 +226,8 @@ def _prepare_model(config: TrainConfig, pipe: Any, accelerator: Any) -> FrozenMo
         objective, pair_arch, pair_denoiser = DiffusionObjective.for_pipeline(pipe, arch), arch, denoiser
     return FrozenModel(pipe=pipe, kind=kind, model_id=model_id, weight_dtype=weight_dtype, loaded_here=loaded_here,
                        denoiser=denoiser, arch=arch, objective=objective, needs_time_ids=needs_time_ids,
-                       pair_denoiser=pair_denoiser, pair_arch=pair_arch)
+                       pair_denoiser=pair_denoiser, pair_arch=pair_arch,
+                       compile_info=compile_denoiser(denoiser, config.compile))  # compiles at the first step
 
 
 def _make_tokens(config: TrainConfig, model: FrozenModel, checkpoint: Path | None) -> SoftTokens:
@@ -339,9 +345,13 @@ def _train_step(config: TrainConfig, loss_config: LossConfig, model: FrozenModel
     batch, epoch = data.next_batch(state, accelerator)
     noise = draw_noise(batch.latents, model.objective, noise_generator, config.per_sample_t, config.per_sample_t)
     scorer = PairScorer(model.pair_denoiser, model.pair_arch, model.objective, batch, noise)
-    opt.optimizer.zero_grad(set_to_none=True)
-    out = pair_loss_backward(scorer, make_loss_fn(loss_config, noise, batch.positives), config.pair_chunk,
-                             opt.backward)
+
+    def loss_and_gradient():  # from zero gradients: a compiler failure at the first step reruns it eagerly
+        opt.optimizer.zero_grad(set_to_none=True)
+        return pair_loss_backward(scorer, make_loss_fn(loss_config, noise, batch.positives), config.pair_chunk,
+                                  opt.backward)
+
+    out = run_with_fallback(model.compile_info, model.denoiser, loss_and_gradient)
     lr = opt.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
     stepped, grad_norm = _optimizer_step(config, opt, out.loss, state, accelerator)
     state.step += 1
@@ -495,7 +505,10 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, str 
     if not args.data:
         parser.error("--data is required")
     threads = vars(args).pop("threads")
-    return TrainConfig(**vars(args)), threads
+    try:
+        return TrainConfig(**vars(args)), threads
+    except ValueError as exc:  # a bad value (--compile fast, --lr-scheduler linear): usage and the rule, exit 2
+        parser.error(str(exc))
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

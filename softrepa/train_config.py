@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from softrepa.compile import COMPILE_MODES, check_mode
 from softrepa.loss import LossConfig
 from softrepa.models import get_kind
 from softrepa.tokens import INITS
@@ -84,6 +85,10 @@ class TrainConfig:
     free_text_encoders: bool | None = None  # None: only when train() loaded the pipeline itself
     cache_batch_size: int = 8
     progress: bool = True
+    # torch.compile the denoiser's repeated blocks (softrepa.compile; MM-DiT and FLUX.1, a UNet runs eager): a mode,
+    # or None (eager). Undone when train() ends. Pays after a few hundred steps: 0.81-0.89x a step on one CPU thread
+    # after 65-87 s of compiling (docs/training.md, Speed)
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
@@ -107,6 +112,7 @@ class TrainConfig:
             raise ValueError(f"resolution must be >= 8 px, got {self.resolution}")
         if not all(0 <= t < 1000 for t in self.val_timesteps):
             raise ValueError(f"val_timesteps must lie in [0, 999], got {self.val_timesteps}")
+        self.compile = check_mode(self.compile)
 
     def resolved(self, kind: str) -> "TrainConfig":
         """A copy with the kind's defaults filled in (resolution, T5 length)."""
@@ -147,6 +153,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "stop_after_step": "stop once this step is done, without final files (tests/resume drills)",
         "cweight": "weight of the contrastive term (1: SoftREPA; 0: prompt tuning, the denoising loss only, "
                    "which needs --dweight > 0 and runs only the positive pairs)",
+        "compile": f"torch.compile the denoiser's repeated blocks: one of {', '.join(COMPILE_MODES)} (default: "
+                   "eager; pays on long runs, docs/training.md)",
         "max_minutes": "time box: stop with final files after this many minutes of steps (this run), or at "
                        "--max-steps, whichever comes first",
     }

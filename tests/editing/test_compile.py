@@ -1,4 +1,4 @@
-"""The compiled editor (``editing.compile``): compiled edits equal eager ones, compile once for every
+"""The compiled editor (``softrepa.compile``, ``editing.compile.warm_up``): compiled edits equal eager ones, compile once for every
 later size, tokens state and batch, and fall back to eager with a note where no compiler runs."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from PIL import Image
 from torch._dynamo.utils import counters
 
 from app.testing import tiny_tokens
-from editing import compile as compiling
+from editing.compile import warm_up
 from editing.auto import Sweep, sweep_runs
 from editing.cli import parse_args
 from editing.editor import FlowEditor
 from editing.params import FlowEditParams
+from softrepa import compile as compiling
 from softrepa.models import load_pipeline
 from softrepa.tiny import tiny_pipeline
 
@@ -53,7 +54,7 @@ def assert_compiled_equals_eager(kind: str, compiles_once: bool = True) -> None:
     eager = varied_edits(editor_of(kind, None))
     compiled_editor = editor_of(kind, "default")
     assert compiled_editor.compile_info.mode == "default" and compiled_editor.compile_info.blocks > 0
-    compiling.warm_up(compiled_editor)  # as the app does before it reports the model ready
+    warm_up(compiled_editor)  # as the app does before it reports the model ready
     graphs = counters["stats"]["unique_graphs"]
     compiled = varied_edits(compiled_editor)
     again = varied_edits(compiled_editor)  # these hit the source caches: target halves alone
