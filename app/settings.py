@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from softrepa.compile import COMPILE_MODES
 from softrepa.atomic import file_sha256
+from softrepa.compile import COMPILE_MODES
 from softrepa.kinds import SHAPES_MODEL_DIR, kind_of_hub_id
 
 if TYPE_CHECKING:

@@ -35,7 +35,6 @@ import torch
 # the batch files' reader; safe_name stays an editing.cli name too (the app's result files use it)
 from editing.auto import DEFAULT_MARGIN, AutoResult, Sweep, edit_auto, sweep_runs
 from editing.batch import AUTO_MASK, Job, job_name, missing_input, output_path, read_batch, safe_name  # noqa: F401
-from softrepa.compile import COMPILE_MODES
 from editing.editor import FlowEditor
 from editing.flowedit import FAMILIES
 from editing.params import GUIDANCE_MODES, TOKEN_BRANCHES, FlowEditParams, ParameterError
@@ -44,6 +43,7 @@ from editing.masks import AutoMask, MaskOptions
 from editing.presets import PRESETS, default_preset_name, get_preset
 from editing.token_file import TokenFile
 from softrepa.atomic import atomic_write_text
+from softrepa.compile import COMPILE_MODES
 from softrepa.images import ImageInputError
 from softrepa.models import KINDS, get_kind, load_pipeline, resolve_model
 from softrepa.runtime import (DTYPES, MODEL_DTYPE_HELP, add_memory_args, add_threads_arg, apply_threads,

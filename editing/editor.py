@@ -47,7 +47,6 @@ from typing import Any, Callable, Generic, Hashable, Sequence, TypeVar
 import torch
 from PIL import Image
 
-from softrepa.compile import compile_denoiser, run_with_fallback
 from editing.flowedit import (Branch, Candidate, FlowEditParams, ProgressCallback, PromptEmbeds, decode_latents,
                               encode_image, family_of, flowedit_candidates, source_and_target)
 from editing.inputs import DEFAULT_MAX_SIDE, InputReport, PreparedImage, model_max_side, prepare_image
@@ -55,6 +54,7 @@ from editing.masks import (AutoMask, MaskError, MaskLike, MaskOptions, PixelMask
                            paste_back, pixel_mask_of_latent, prepare_mask, read_mask)
 from editing.presets import default_preset_name, get_preset
 from editing.token_file import TokenFile
+from softrepa.compile import compile_denoiser, run_with_fallback
 from softrepa.hooks import AttachedTokens, attach_tokens
 from softrepa.images import EDIT_METADATA_KEY, write_png
 from softrepa.models import PipelineKind, check_compatible, execution_device, get_kind, pipeline_kind
