@@ -20,6 +20,7 @@ from editing.params import FlowEditParams
 from softrepa import compile as compiling
 from softrepa.models import load_pipeline
 from softrepa.tiny import tiny_pipeline
+from softrepa.tokens import new_tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = FlowEditParams(steps=6, n_max=3, src_cfg=3.5, tar_cfg=7.0, seed=1)
@@ -118,3 +119,26 @@ def test_modes_are_checked_where_they_are_given():
     assert parse_args(["--compile", "--image", "x.png", "--source", "a", "--target", "b"]).compile == "default"
     with pytest.raises(SystemExit):
         parse_args(["--compile", "fast", "--image", "x.png", "--source", "a", "--target", "b"])
+
+
+def test_tokens_swapped_on_a_compiled_editor_equal_eager():
+    """The compiled blocks skip dynamo's checks on their built-in modules (``compile_options``), but not
+    on the blocks' hooks: tokens of another shape (more tokens, other layers) swapped in with
+    ``set_tokens`` are traced again, and the edit equals an eager editor's with those tokens."""
+    pipe = tiny_pipeline("sd3", 0)
+    swapped = new_tokens(pipe, "sd3", num_tokens=6, num_layers=1)
+    with torch.no_grad():
+        swapped.static.copy_(torch.randn(swapped.static.shape, generator=torch.Generator().manual_seed(9)))
+    eager = FlowEditor(pipe, swapped, kind="sd3", max_sequence_length=8)
+    reference = eager.edit(SQUARE, "a red square", "a blue square", FAST).latents
+    eager.close()
+    editor = FlowEditor(pipe, tiny_tokens(pipe), kind="sd3", max_sequence_length=8, compile="default")
+    try:
+        editor.edit(SQUARE, "a red square", "a blue square", FAST)  # compiled with the first tokens
+        editor.set_tokens(swapped)
+        latents = editor.edit(SQUARE, "a red square", "a blue square", FAST.replace(seed=1)).latents
+    finally:
+        editor.close()
+        compiling.uncompile(pipe.transformer)
+    assert editor.compile_info.mode == "default"
+    assert ((latents - reference).abs().max() / reference.abs().max()).item() <= 1e-5
