@@ -142,3 +142,10 @@ def test_tokens_swapped_on_a_compiled_editor_equal_eager():
         compiling.uncompile(pipe.transformer)
     assert editor.compile_info.mode == "default"
     assert ((latents - reference).abs().max() / reference.abs().max()).item() <= 1e-5
+
+
+def test_the_guard_filter_is_left_out_where_accelerate_moves_the_weights():
+    assert compiling.compile_options("default", offloaded=False)["guard_filter_fn"] is \
+        torch.compiler.skip_guard_on_inbuilt_nn_modules_unsafe
+    assert "guard_filter_fn" not in compiling.compile_options("default", offloaded=True)
+    assert compiling.compile_options("max-autotune-no-cudagraphs", offloaded=False)["max_autotune"] is True
