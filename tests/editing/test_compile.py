@@ -1,5 +1,6 @@
-"""The compiled editor (``softrepa.compile``, ``editing.compile.warm_up``): compiled edits equal eager ones, compile once for every
-later size, tokens state and batch, and fall back to eager with a note where no compiler runs."""
+"""The compiled editor (``softrepa.compile``, ``editing.compile.warm_up``): compiled edits equal eager
+ones, compile once for every later size, tokens state and batch, and fall back to eager with a note
+where no compiler runs."""
 
 from __future__ import annotations
 

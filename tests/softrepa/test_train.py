@@ -326,7 +326,7 @@ def test_compiled_training_equals_eager_and_leaves_the_pipeline_eager(tmp_path, 
     def relative(x, y):
         return ((x - y).abs().max() / x.abs().max()).item()
 
-    config = base_config(tmp_path, colours, max_steps=3, validate_every=10, checkpoint_every=10)
+    config = base_config(tmp_path, colours, max_steps=3, validate_every=10, checkpoint_every=2)
     eager = train(dataclasses.replace(config, output=str(tmp_path / "eager")), pipe=pipe)
     graphs = counters["stats"]["unique_graphs"]
     compiled = train(dataclasses.replace(config, output=str(tmp_path / "compiled"), compile="default"), pipe=pipe)
@@ -335,7 +335,8 @@ def test_compiled_training_equals_eager_and_leaves_the_pipeline_eager(tmp_path, 
     steps = [(a, b) for a, b in zip(eager.history, compiled.history, strict=True) if "loss" in a]
     assert len(steps) == 3 and all(abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]) for a, b in steps)
     a, b = load_tokens(eager.final_path), load_tokens(compiled.final_path)
-    assert relative(a.static, new_tokens(pipe, "sd3", num_layers=2).static) > 0.1  # the tokens moved
+    at_step_2 = load_tokens(tmp_path / "eager" / "checkpoints" / "step-00000002" / "tokens.safetensors")
+    assert not torch.equal(a.static, at_step_2.static)  # the tokens moved: their agreement means something
     assert relative(a.static, b.static) <= 1e-4 and relative(a.time.weight, b.time.weight) <= 1e-4
 
     tokens = new_tokens(pipe, "sd3", num_layers=2)
